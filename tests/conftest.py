@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+pytest_plugins = ["support.dockerd"]
+
 
 def free_port() -> int:
     with socket.socket() as sock:

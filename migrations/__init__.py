@@ -1,0 +1,1 @@
+"""Alembic migrations of the metadata schema (`registry migrate` runs them)."""

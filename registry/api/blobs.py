@@ -1,0 +1,46 @@
+"""`/v2/<name>/blobs/<digest>`: fetch (with Range), check and delete blobs."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from registry.api.context import authorize, digest_headers, parse_digest, repository
+from registry.api.ranges import Unsatisfiable, parse_range
+from registry.errors import BlobUnknown, RangeNotSatisfiable, Unsupported
+
+
+async def get_blob(request: Request) -> Response:
+    name = repository(request)
+    digest = parse_digest(request.path_params["digest"])
+    svc = await authorize(request, name, ("pull",))
+    size = await svc.metadata.blob_size_in_repository(name, str(digest))
+    if size is None:
+        raise BlobUnknown(detail={"digest": str(digest)})
+    headers = digest_headers(str(digest), size, Accept_Ranges="bytes")
+    headers["Content-Type"] = "application/octet-stream"
+    try:
+        wanted = parse_range(request.headers.get("range"), size)
+    except Unsatisfiable:
+        raise RangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"}) from None
+    status, offset, length = 200, 0, size
+    if wanted is not None:
+        first, last = wanted
+        status, offset, length = 206, first, last - first + 1
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        headers["Content-Length"] = str(length)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers)
+    return StreamingResponse(svc.blobs.read(digest, offset, length), status, headers=headers)
+
+
+async def delete_blob(request: Request) -> Response:
+    name = repository(request)
+    digest = parse_digest(request.path_params["digest"])
+    svc = await authorize(request, name, ("delete",))
+    if not svc.config.storage.delete_enabled:
+        raise Unsupported("deletes are disabled on this registry")
+    if not await svc.metadata.unlink_blob(name, str(digest)):
+        raise BlobUnknown(detail={"digest": str(digest)})
+    # Only the repository's link goes; the bytes stay for others until garbage collection.
+    return Response(status_code=202, headers={"Docker-Content-Digest": str(digest)})

@@ -1,0 +1,81 @@
+"""What every handler needs: the services built at start-up and request-parsing helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+
+from registry.auth import Access, AccessController, actions_for_method
+from registry.config import Config
+from registry.errors import DigestInvalid, NameInvalid
+from registry.metadata.store import MetadataStore
+from registry.oci.digest import Digest, DigestError
+from registry.oci.names import is_repository_name
+from registry.storage.blobstore import BlobStore
+
+
+@dataclass
+class Services:
+    config: Config
+    blobs: BlobStore
+    metadata: MetadataStore
+    access: AccessController
+    upload_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
+
+    def upload_lock(self, upload_id: str) -> asyncio.Lock:
+        """Serialises requests on one upload within this process."""
+        lock = self.upload_locks.get(upload_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self.upload_locks[upload_id] = lock
+        return lock
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def repository(request: Request) -> str:
+    name: str = request.path_params["name"]
+    if not is_repository_name(name):
+        raise NameInvalid(detail={"name": name[:300]})
+    return name
+
+
+def parse_digest(value: str | None) -> Digest:
+    if not value:
+        raise DigestInvalid("a digest is required")
+    try:
+        return Digest.parse(value)
+    except DigestError as exc:
+        raise DigestInvalid(str(exc), detail={"digest": value[:300]}) from None
+
+
+async def authorize(request: Request, name: str, actions: tuple[str, ...] | None = None) -> Services:
+    """Check the request may act on repository `name`; return the services for convenience."""
+    svc = services(request)
+    wanted = actions if actions is not None else actions_for_method(request.method)
+    await svc.access.authorize(request, [Access("repository", name, wanted)])
+    return svc
+
+
+def location(request: Request, path: str) -> str:
+    """An absolute Location when a public URL is configured, else a path (both are allowed)."""
+    base: str = services(request).config.server.public_url.rstrip("/")
+    return f"{base}{path}"
+
+
+def digest_headers(digest: str, size: int, **extra: Any) -> dict[str, str]:
+    headers = {
+        "Docker-Content-Digest": digest,
+        "Content-Length": str(size),
+        "ETag": f'"{digest}"',
+    }
+    headers.update({k.replace("_", "-"): str(v) for k, v in extra.items()})
+    return headers

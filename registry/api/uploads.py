@@ -1,0 +1,191 @@
+"""`/v2/<name>/blobs/uploads/`: monolithic, chunked and resumable uploads, and mounts.
+
+Sessions live in the database (id, repository, size so far) and their bytes in storage, so a
+restarted server, or another replica, carries on with an upload another one started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from registry.api.context import Services, authorize, location, parse_digest, repository
+from registry.api.ranges import parse_content_range
+from registry.auth import Access
+from registry.errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    NameInvalid,
+    SizeInvalid,
+)
+from registry.metadata.store import Upload
+from registry.oci.digest import Digest
+from registry.oci.names import is_repository_name
+from registry.storage.layout import is_upload_id
+
+
+def _upload_headers(request: Request, name: str, upload: Upload, size: int) -> dict[str, str]:
+    return {
+        "Location": location(request, f"/v2/{name}/blobs/uploads/{upload.id}"),
+        "Range": f"0-{max(size - 1, 0)}",
+        "Docker-Upload-UUID": upload.id,
+        "Content-Length": "0",
+    }
+
+
+def _created(request: Request, name: str, digest: Digest) -> Response:
+    return Response(
+        status_code=201,
+        headers={
+            "Location": location(request, f"/v2/{name}/blobs/{digest}"),
+            "Docker-Content-Digest": str(digest),
+            "Content-Length": "0",
+        },
+    )
+
+
+async def _checked_body(request: Request, expected: int | None) -> AsyncIterator[bytes]:
+    """The request body, failing (before anything is kept) when its length is not `expected`."""
+    received = 0
+    async for piece in request.stream():
+        received += len(piece)
+        if expected is not None and received > expected:
+            raise SizeInvalid(detail={"expected": expected, "received_at_least": received})
+        yield piece
+    if expected is not None and received != expected:
+        raise SizeInvalid(detail={"expected": expected, "received": received})
+
+
+def _content_length(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise BlobUploadInvalid("malformed Content-Length")
+    return int(raw)
+
+
+async def start_upload(request: Request) -> Response:
+    name = repository(request)
+    svc = await authorize(request, name, ("pull", "push"))
+    params = request.query_params
+    if "mount" in params:
+        mounted = await _try_mount(request, svc, name, parse_digest(params["mount"]), params.get("from"))
+        if mounted is not None:
+            return mounted
+    upload = await svc.metadata.create_upload(name)
+    await svc.blobs.start_upload(upload.id)
+    if "digest" in params:
+        digest = parse_digest(params["digest"])
+        return await _finish(request, svc, name, upload, digest, _content_length(request))
+    return Response(status_code=202, headers=_upload_headers(request, name, upload, 0))
+
+
+async def _try_mount(
+    request: Request, svc: Services, name: str, digest: Digest, source: str | None
+) -> Response | None:
+    """Link an existing blob into `name`; None when it cannot (the caller starts an upload)."""
+    if source is not None:
+        if not is_repository_name(source):
+            raise NameInvalid(detail={"name": source[:300]})
+        if not await svc.access.can(request, Access("repository", source, ("pull",))):
+            return None
+        size = await svc.metadata.blob_size_in_repository(source, str(digest))
+    else:
+        # Spec 1.1: without `from`, mount any copy the caller could read anyway.
+        size = None
+        if await svc.access.can(request, Access("registry", "blobs", ("pull",))):
+            size = await svc.metadata.blob_size(str(digest))
+    if size is None or await svc.blobs.stat(digest) != size:
+        return None
+    await svc.metadata.link_blob(name, str(digest), size)
+    return _created(request, name, digest)
+
+
+async def _session(request: Request) -> tuple[str, Services, Upload]:
+    name = repository(request)
+    svc = await authorize(request, name, ("pull", "push"))
+    upload_id = request.path_params["upload_id"]
+    upload = await svc.metadata.get_upload(name, upload_id) if is_upload_id(upload_id) else None
+    if upload is None:
+        raise BlobUploadUnknown(detail={"upload": upload_id[:100]})
+    return name, svc, upload
+
+
+async def upload_status(request: Request) -> Response:
+    name, _svc, upload = await _session(request)
+    return Response(status_code=204, headers=_upload_headers(request, name, upload, upload.size))
+
+
+async def upload_chunk(request: Request) -> Response:
+    name, svc, upload = await _session(request)
+    async with svc.upload_lock(upload.id):
+        upload = await svc.metadata.get_upload(name, upload.id) or upload
+        expected = _content_length(request)
+        content_range = request.headers.get("content-range")
+        if content_range is not None:
+            parsed = parse_content_range(content_range)
+            if parsed is None:
+                raise BlobUploadInvalid("malformed Content-Range", status=416,
+                                        headers=_upload_headers(request, name, upload, upload.size))
+            start, end = parsed
+            if start != upload.size:
+                raise BlobUploadInvalid(
+                    f"chunk starts at {start}, upload is at {upload.size}", status=416,
+                    headers=_upload_headers(request, name, upload, upload.size),
+                )
+            if expected is not None and expected != end - start + 1:
+                raise BlobUploadInvalid("Content-Length does not match Content-Range", status=416,
+                                        headers=_upload_headers(request, name, upload, upload.size))
+            expected = end - start + 1
+        size = await _append(svc, upload, _checked_body(request, expected))
+    return Response(status_code=202, headers=_upload_headers(request, name, upload, size))
+
+
+async def _append(svc: Services, upload: Upload, body: AsyncIterator[bytes]) -> int:
+    size = await svc.blobs.append_upload(upload.id, upload.size, body)
+    if size != upload.size and not await svc.metadata.advance_upload(upload.id, upload.size, size):
+        raise BlobUploadInvalid("the upload changed during this request", status=416)
+    return size
+
+
+async def finish_upload(request: Request) -> Response:
+    name, svc, upload = await _session(request)
+    digest = parse_digest(request.query_params.get("digest"))
+    async with svc.upload_lock(upload.id):
+        upload = await svc.metadata.get_upload(name, upload.id) or upload
+        expected = _content_length(request)
+        content_range = request.headers.get("content-range")
+        if content_range is not None and expected:
+            parsed = parse_content_range(content_range)
+            if parsed is None or parsed[0] != upload.size:
+                raise BlobUploadInvalid("final chunk out of order", status=416,
+                                        headers=_upload_headers(request, name, upload, upload.size))
+        return await _finish(request, svc, name, upload, digest, expected)
+
+
+async def _finish(
+    request: Request, svc: Services, name: str, upload: Upload, digest: Digest, expected: int | None
+) -> Response:
+    size = upload.size
+    if expected != 0:
+        size = await _append(svc, upload, _checked_body(request, expected))
+    try:
+        await svc.blobs.commit_upload(upload.id, size, digest)
+    except DigestInvalid:
+        await svc.blobs.delete_upload(upload.id)
+        await svc.metadata.delete_upload(upload.id)
+        raise
+    await svc.metadata.finish_upload(upload.id, name, str(digest), size)
+    return _created(request, name, digest)
+
+
+async def cancel_upload(request: Request) -> Response:
+    _name, svc, upload = await _session(request)
+    async with svc.upload_lock(upload.id):
+        await svc.metadata.delete_upload(upload.id)
+        await svc.blobs.delete_upload(upload.id)
+    return Response(status_code=204, headers={"Content-Length": "0"})

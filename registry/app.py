@@ -1,0 +1,111 @@
+"""`create_app(config)`: the ASGI application, with every service built in its lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from registry.api.context import Services
+from registry.api.routes import ROUTES
+from registry.auth import AccessController, AllowAll
+from registry.config import Config
+from registry.errors import NameUnknown, RegistryError, Unsupported
+from registry.metadata.db import Database
+from registry.metadata.store import MetadataStore
+from registry.storage.blobstore import BlobStore
+from registry.storage.driver import StorageError
+from registry.storage.filesystem import FilesystemDriver
+
+log = logging.getLogger("registry")
+
+API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
+
+
+class ApiVersionHeader:
+    """Adds `Docker-Distribution-API-Version` to every answer (clients probe for it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), API_VERSION_HEADER]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+def error_response(request: Request, exc: RegistryError) -> Response:
+    body = b"" if request.method == "HEAD" else exc.body()
+    headers = {"Content-Type": "application/json", **exc.headers}
+    if request.method == "HEAD":
+        headers["Content-Length"] = "0"
+    return Response(body, exc.http_status, headers=headers)
+
+
+async def _registry_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RegistryError)
+    return error_response(request, exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return error_response(request, Unsupported(f"{request.method} is not supported here"))
+    if exc.status_code == 404:
+        return error_response(request, NameUnknown("no such endpoint", detail={"path": request.url.path[:300]}))
+    return Response(exc.detail, exc.status_code)
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    log.error("storage failure on %s %s: %s", request.method, request.url.path, exc)
+    error = RegistryError("storage failure; nothing was stored", status=503)
+    return error_response(request, error)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    return Response(status_code=400)
+
+
+def build_services(config: Config, access: AccessController | None = None) -> tuple[Services, Database]:
+    db = Database(config.database_url, pool_size=config.database.pool_size)
+    driver = FilesystemDriver(config.storage_root)
+    blobs = BlobStore(driver, buffer_bytes=config.limits.upload_buffer_bytes)
+    services = Services(config=config, blobs=blobs, metadata=MetadataStore(db),
+                        access=access or AllowAll())
+    return services, db
+
+
+def create_app(config: Config, access: AccessController | None = None) -> ASGIApp:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services, db = build_services(config, access)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await db.dispose()
+
+    app = Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={
+            RegistryError: _registry_error,
+            HTTPException: _http_error,
+            StorageError: _storage_error,
+            ClientDisconnect: _client_gone,
+        },
+    )
+    return ApiVersionHeader(app)

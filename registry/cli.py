@@ -1,0 +1,74 @@
+"""The `registry` command: `serve`, `migrate`, and the pocket runtime's commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from registry.config import Config, ConfigError, load_config
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML settings file")
+    parser.add_argument("--data", metavar="DIR", help="data folder (blobs and the SQLite database)")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {"data_dir": args.data}
+    if getattr(args, "addr", None):
+        overrides["server.addr"] = args.addr
+    return load_config(args.config, overrides=overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from registry.server import serve
+
+    return serve(_load(args), workers=args.workers)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from registry.metadata.db import upgrade_schema
+
+    config = _load(args)
+    upgrade_schema(config.database_url)
+    print(f"schema up to date: {config.database_url}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="registry", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the registry server")
+    _add_config_flags(serve)
+    serve.add_argument("--addr", metavar="HOST:PORT", help="listen address (default 127.0.0.1:5000)")
+    serve.add_argument("--workers", type=int, default=None, help="worker processes")
+    serve.set_defaults(func=_serve)
+
+    migrate = commands.add_parser("migrate", help="bring the metadata schema up to date")
+    _add_config_flags(migrate)
+    migrate.set_defaults(func=_migrate)
+
+    try:
+        from registry.runtime.cli import add_commands
+    except ImportError:
+        pass
+    else:
+        add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"registry: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""Names and references in a SQL database: repositories, tags, manifests, links, uploads."""

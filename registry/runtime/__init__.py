@@ -1,0 +1,16 @@
+"""The pocket container runtime: pull images from a registry over HTTP and run them.
+
+Modules, one job each:
+
+- `errors`: the error tree; every failure a user can act on is one of these.
+- `credentials`: logins kept in Docker's `config.json`.
+- `client`: the registry HTTP client (token and Basic auth, verified downloads).
+- `platform`: the host's platform and picking a manifest out of an index.
+- `store`: the local content-addressed store (blobs, unpacked layers, image records).
+- `unpack`: applying a layer tar by the OCI layer rules, never writing outside its root.
+- `pull`: resolving a reference, downloading layers in parallel, recording the image.
+- `spec`: turning image config plus flags into the process to run (argv, env, user).
+- `linux`, `capabilities`, `cgroups`, `rootfs`, `sandbox`: the Linux parts of running.
+- `state`, `supervisor`, `volumes`: containers' records, their lifetimes and volumes.
+- `cli`: the subcommands (`login`, `pull`, `images`, `rmi`, `run`, `ps`, ...).
+"""

@@ -1,0 +1,60 @@
+"""Running the app under uvicorn: schema migration first, then one or more workers."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from registry.app import create_app
+from registry.config import Config
+from registry.metadata.db import upgrade_schema
+
+log = logging.getLogger("registry")
+
+
+def app_factory() -> object:
+    """For uvicorn's multi-worker mode, which imports the app by name in each worker."""
+    import json
+    import os
+
+    from registry.config import load_config
+
+    overrides = json.loads(os.environ.get("REGISTRY__OVERRIDES", "{}"))
+    return create_app(load_config(os.environ.get("REGISTRY__CONFIG_FILE") or None, overrides=overrides))
+
+
+def serve(config: Config, workers: int | None = None) -> int:
+    host, port = config.host_port
+    if config.database.auto_migrate:
+        upgrade_schema(config.database_url)
+    count = workers or config.server.workers
+    log.info("registry listening on http://%s:%d (data in %s)", host, port, config.data_dir)
+    common = dict(
+        host=host,
+        port=port,
+        log_level=config.server.log_level,
+        access_log=config.server.access_log,
+        server_header=False,
+        proxy_headers=False,
+        timeout_keep_alive=30,
+    )
+    if count > 1:
+        import json
+        import os
+
+        os.environ["REGISTRY__OVERRIDES"] = json.dumps(_as_overrides(config))
+        uvicorn.run("registry.server:app_factory", factory=True, workers=count, **common)  # type: ignore[arg-type]
+    else:
+        uvicorn.run(create_app(config), **common)  # type: ignore[arg-type]
+    return 0
+
+
+def _as_overrides(config: Config) -> dict[str, object]:
+    import dataclasses
+
+    out: dict[str, object] = {"data_dir": config.data_dir}
+    for section in ("server", "storage", "database", "limits"):
+        for f in dataclasses.fields(getattr(config, section)):
+            out[f"{section}.{f.name}"] = getattr(getattr(config, section), f.name)
+    return out

@@ -1,0 +1,135 @@
+"""Blobs by digest over a storage driver: streamed uploads hashed on the fly, verified commits.
+
+An upload's bytes go to `uploads/<id>/data`. `commit_upload` checks the digest, then moves them
+to the blob's key in one atomic step; a blob key therefore only ever holds verified bytes.
+Hash state is cached per process to avoid re-reading an upload; when it is missing (a restart,
+another replica took the previous chunk) the bytes already stored are hashed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from registry.errors import DigestInvalid
+from registry.oci.digest import Digest, Hasher, new_hasher
+from registry.storage import layout
+from registry.storage.driver import StorageDriver
+
+DEFAULT_ALGORITHM = "sha256"
+_MAX_CACHED_HASHERS = 1024
+
+
+class BlobStore:
+    def __init__(self, driver: StorageDriver, buffer_bytes: int = 4 * 1024 * 1024) -> None:
+        self.driver = driver
+        self.buffer_bytes = buffer_bytes
+        self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
+
+    async def stat(self, digest: Digest) -> int | None:
+        return await self.driver.stat(layout.blob_key(digest))
+
+    def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        return self.driver.read(layout.blob_key(digest), offset, length)
+
+    def local_path(self, digest: Digest) -> Path | None:
+        return self.driver.local_path(layout.blob_key(digest))
+
+    async def read_all(self, digest: Digest) -> bytes:
+        return b"".join([chunk async for chunk in self.read(digest)])
+
+    async def append_upload(self, upload_id: str, offset: int, body: AsyncIterator[bytes]) -> int:
+        """Append a request body to an upload at `offset`; return the new size.
+
+        Bytes are hashed and written in large blocks in worker threads while the next block
+        arrives. If the body fails midway (client gone, disk full), the upload is put back
+        exactly as it was and the error propagates.
+        """
+        hasher = await self._hasher_at(upload_id, offset)
+        resume_point = hasher.copy()
+        writer = await self.driver.append(layout.upload_key(upload_id), offset)
+        size = offset
+        pending: asyncio.Future[object] | None = None
+        buffer = bytearray()
+        try:
+            async for piece in body:
+                buffer += piece
+                if len(buffer) >= self.buffer_bytes:
+                    if pending is not None:
+                        await pending
+                    block, buffer = bytes(buffer), bytearray()
+                    size += len(block)
+                    pending = asyncio.gather(asyncio.to_thread(hasher.update, block), writer.write(block))
+            if pending is not None:
+                await pending
+                pending = None
+            if buffer:
+                block = bytes(buffer)
+                size += len(block)
+                await asyncio.gather(asyncio.to_thread(hasher.update, block), writer.write(block))
+        except BaseException:
+            if pending is not None:
+                await asyncio.gather(pending, return_exceptions=True)
+            await writer.abort()
+            self._remember(upload_id, offset, resume_point)
+            raise
+        await writer.close()
+        self._remember(upload_id, size, hasher)
+        return size
+
+    async def commit_upload(self, upload_id: str, size: int, digest: Digest) -> None:
+        """Verify the upload's bytes against `digest` and move them to the blob's key.
+
+        Raises DigestInvalid when they do not match; the upload is left for the caller to drop.
+        """
+        actual = await self._digest_of_upload(upload_id, size, digest.algorithm)
+        if actual != digest.encoded:
+            raise DigestInvalid(detail={"digest": str(digest), "actual": f"{digest.algorithm}:{actual}"})
+        key = layout.blob_key(digest)
+        if await self.driver.stat(key) == size:
+            # Someone stored these bytes already: one copy is enough.
+            await self.delete_upload(upload_id)
+            return
+        await self.driver.move(layout.upload_key(upload_id), key)
+        await self.delete_upload(upload_id)
+
+    async def start_upload(self, upload_id: str) -> None:
+        await self.driver.put(layout.upload_key(upload_id), b"")
+
+    async def upload_size(self, upload_id: str) -> int | None:
+        return await self.driver.stat(layout.upload_key(upload_id))
+
+    async def delete_upload(self, upload_id: str) -> None:
+        self._hashers.pop(upload_id, None)
+        await self.driver.delete(layout.upload_prefix(upload_id))
+
+    async def delete_blob(self, digest: Digest) -> None:
+        await self.driver.delete(layout.blob_key(digest).rsplit("/", 1)[0])
+
+    async def _digest_of_upload(self, upload_id: str, size: int, algorithm: str) -> str:
+        if algorithm == DEFAULT_ALGORITHM:
+            hasher = await self._hasher_at(upload_id, size)
+            return hasher.copy().hexdigest()
+        hasher = await self._rehash(upload_id, size, algorithm)
+        return hasher.hexdigest()
+
+    async def _hasher_at(self, upload_id: str, offset: int) -> Hasher:
+        cached = self._hashers.get(upload_id)
+        if cached is not None and cached[0] == offset:
+            return cached[1]
+        return await self._rehash(upload_id, offset, DEFAULT_ALGORITHM)
+
+    async def _rehash(self, upload_id: str, size: int, algorithm: str) -> Hasher:
+        hasher = new_hasher(algorithm)
+        if size:
+            async for chunk in self.driver.read(layout.upload_key(upload_id), 0, size):
+                await asyncio.to_thread(hasher.update, chunk)
+        return hasher
+
+    def _remember(self, upload_id: str, offset: int, hasher: Hasher) -> None:
+        self._hashers[upload_id] = (offset, hasher)
+        self._hashers.move_to_end(upload_id)
+        while len(self._hashers) > _MAX_CACHED_HASHERS:
+            self._hashers.popitem(last=False)

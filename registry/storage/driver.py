@@ -1,0 +1,66 @@
+"""The storage driver protocol: a dumb key/value store of byte streams.
+
+Drivers know nothing of digests, manifests or repositories; `BlobStore` adds that meaning.
+Keys are relative, `/`-separated paths built only by `registry.storage.layout`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+
+class StorageError(Exception):
+    """The driver could not complete an operation (disk full, permission, network)."""
+
+
+class PathNotFound(StorageError):
+    """The key does not exist."""
+
+
+class AppendWriter(Protocol):
+    """Bytes appended to an upload in progress; `close` makes them durable."""
+
+    async def write(self, data: bytes) -> None: ...
+    async def close(self) -> None: ...
+    async def abort(self) -> None:
+        """Drop everything written through this writer, back to where it started."""
+        ...
+
+
+class StorageDriver(Protocol):
+    async def stat(self, key: str) -> int | None:
+        """Size in bytes of the object at `key`, or None when there is none."""
+        ...
+
+    def read(self, key: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream the bytes of `key` from `offset`, `length` of them (all when None).
+
+        Raises PathNotFound on first iteration when the key does not exist.
+        """
+        ...
+
+    async def put(self, key: str, data: bytes) -> None:
+        """Write a small object atomically: readers see the old bytes or the new, never a mix."""
+        ...
+
+    async def append(self, key: str, offset: int) -> AppendWriter:
+        """A writer that appends to `key` from `offset`, discarding anything past it."""
+        ...
+
+    async def move(self, source: str, destination: str) -> None:
+        """Atomically rename `source` to `destination`, replacing it if present."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove a key, or everything under a prefix; absent keys are not an error."""
+        ...
+
+    async def list(self, prefix: str) -> list[str]:
+        """Keys directly under `prefix` (one level, like a directory listing), sorted."""
+        ...
+
+    def local_path(self, key: str) -> Path | None:
+        """A filesystem path with the bytes of `key` when the driver has one, for zero-copy sends."""
+        ...

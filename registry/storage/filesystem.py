@@ -1,0 +1,157 @@
+"""The local-disk storage driver: keys are files under a root folder, written with aiofiles."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+from aiofiles.threadpool.binary import AsyncBufferedIOBase
+
+from registry.storage.driver import PathNotFound, StorageError
+
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*$")
+READ_BLOCK = 4 * 1024 * 1024
+
+
+class FilesystemDriver:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        # Keys come from layout.py, but refuse anything that could leave the root all the same.
+        if not _SAFE_KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
+            raise StorageError(f"unsafe storage key {key!r}")
+        return self.root / key
+
+    async def stat(self, key: str) -> int | None:
+        try:
+            st = await aiofiles.os.stat(self._path(key))
+        except FileNotFoundError:
+            return None
+        return st.st_size
+
+    async def read(
+        self, key: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        try:
+            fh = await aiofiles.open(self._path(key), "rb", buffering=0)
+        except FileNotFoundError:
+            raise PathNotFound(key) from None
+        async with fh:
+            if offset:
+                await fh.seek(offset)
+            remaining = length
+            while remaining is None or remaining > 0:
+                size = READ_BLOCK if remaining is None else min(READ_BLOCK, remaining)
+                chunk = await fh.read(size)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+
+    async def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        await asyncio.to_thread(_atomic_write, path, data)
+
+    async def append(self, key: str, offset: int) -> FileAppendWriter:
+        path = self._path(key)
+        await asyncio.to_thread(_create_empty, path)
+        fh = await aiofiles.open(path, "r+b", buffering=0)
+        # Whatever lies past `offset` is from a write that never completed: drop it.
+        await fh.truncate(offset)
+        await fh.seek(offset)
+        return FileAppendWriter(fh, offset)
+
+    async def move(self, source: str, destination: str) -> None:
+        src, dst = self._path(source), self._path(destination)
+        try:
+            await asyncio.to_thread(_durable_rename, src, dst)
+        except FileNotFoundError:
+            raise PathNotFound(source) from None
+        except OSError as exc:
+            raise StorageError(f"move {source} -> {destination}: {exc}") from exc
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        await asyncio.to_thread(_remove, path)
+
+    async def list(self, prefix: str) -> list[str]:
+        path = self._path(prefix)
+        try:
+            names = await aiofiles.os.listdir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(f"{prefix}/{name}" for name in names if not name.startswith(".tmp-"))
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+
+class FileAppendWriter:
+    """Appends through aiofiles; `abort` truncates back to the starting offset."""
+
+    def __init__(self, fh: AsyncBufferedIOBase, start: int) -> None:
+        self._fh = fh
+        self._start = start
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self._fh.write(data)
+        except OSError as exc:
+            raise StorageError(f"write failed: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._fh.close()
+
+    async def abort(self) -> None:
+        try:
+            await self._fh.truncate(self._start)
+        finally:
+            await self._fh.close()
+
+
+def _create_empty(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _durable_rename(src: Path, dst: Path) -> None:
+    with open(src, "rb") as fh:
+        os.fsync(fh.fileno())
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+    dir_fd = os.open(dst.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,37 @@
+"""Where each kind of object lives in storage. Every key is computed here.
+
+    <root>/
+    ├── blobs/
+    │   └── <algorithm>/<first two hex digits>/<hex>/data      one copy per digest, immutable
+    └── uploads/
+        └── <upload id>/data                                   bytes of an upload in progress
+
+Repositories, tags and manifests are not in storage: the metadata database owns names.
+A blob key is written only by an atomic move from an upload after its digest checked.
+"""
+
+from __future__ import annotations
+
+import re
+
+from registry.oci.digest import Digest
+
+_UPLOAD_ID = re.compile(r"^[a-f0-9]{32}$")
+
+
+def blob_key(digest: Digest) -> str:
+    return f"blobs/{digest.algorithm}/{digest.encoded[:2]}/{digest.encoded}/data"
+
+
+def upload_key(upload_id: str) -> str:
+    if not _UPLOAD_ID.match(upload_id):
+        raise ValueError(f"invalid upload id {upload_id!r}")
+    return f"uploads/{upload_id}/data"
+
+
+def upload_prefix(upload_id: str) -> str:
+    return upload_key(upload_id).rsplit("/", 1)[0]
+
+
+def is_upload_id(value: str) -> bool:
+    return _UPLOAD_ID.match(value) is not None

@@ -1,0 +1,141 @@
+"""Fixtures for the client tests: which registry they talk to, and a daemon to talk to it.
+
+By default the clients drive our own server (`registry_server` from tests/conftest.py).
+Two environment variables point them elsewhere, to compare behaviour with another registry:
+
+    REGISTRY_TEST_EXTERNAL_URL=http://127.0.0.1:5000   a registry that is already running
+    REGISTRY_TEST_DISTRIBUTION=1                       start CNCF Distribution
+                                                       (/usr/bin/docker-registry) here
+
+Either must be on a loopback address: docker treats 127.0.0.0/8 as insecure (plain HTTP)
+without configuration, and the tests never reach beyond the machine.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+DISTRIBUTION_BINARY = "/usr/bin/docker-registry"
+
+
+@dataclass
+class ExternalRegistry:
+    """The part of `RegistryServer` the client tests use, for a registry we did not write."""
+
+    url: str
+    kind: str
+    log_path: Path | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).netloc
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def registry_kind(server: Any) -> str:
+    """"pocket" for our server, else what the override says ("distribution", "external")."""
+    return str(getattr(server, "kind", "pocket"))
+
+
+def _require_loopback(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if parts.scheme != "http" or not loopback:
+        raise pytest.UsageError(f"REGISTRY_TEST_EXTERNAL_URL must be http://127.x.x.x:PORT: {url}")
+    return url.rstrip("/")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_distribution(root: Path) -> ExternalRegistry:
+    if not os.access(DISTRIBUTION_BINARY, os.X_OK):
+        raise pytest.UsageError(f"REGISTRY_TEST_DISTRIBUTION=1 needs {DISTRIBUTION_BINARY}")
+    port = _free_port()
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: info\n  formatter: text\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
+        "  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    log_path = root / "distribution.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen([DISTRIBUTION_BINARY, "serve", str(config)],
+                                   stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    registry = ExternalRegistry(f"http://127.0.0.1:{port}", "distribution", log_path, process)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"docker-registry exited early:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{registry.url}/v2/", timeout=1).status_code == 200:
+                return registry
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    registry.stop()
+    raise RuntimeError(f"docker-registry did not start:\n{log_path.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def registry_server(request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Our server, unless the environment names another registry (see the module docstring)."""
+    external = os.environ.get("REGISTRY_TEST_EXTERNAL_URL")
+    if external:
+        yield ExternalRegistry(_require_loopback(external), "external")
+    elif os.environ.get("REGISTRY_TEST_DISTRIBUTION", "") not in ("", "0"):
+        registry = _start_distribution(tmp_path_factory.mktemp("distribution"))
+        try:
+            yield registry
+        finally:
+            registry.stop()
+    else:
+        # The same name one conftest up: our own `python -m registry serve`.
+        yield request.getfixturevalue("registry_server")
+
+
+@pytest.fixture(scope="session")
+def skopeo_binary() -> str:
+    found = shutil.which("skopeo")
+    if found is None:
+        from support.dockerd import in_ci
+
+        if in_ci():
+            pytest.fail("skopeo not found: CI must run the client tests", pytrace=False)
+        pytest.skip("skopeo not found (Debian package skopeo)")
+    return found

@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites: external daemons and clients the tests drive."""
