@@ -47,32 +47,77 @@ class ApiVersionHeader:
         await self.app(scope, receive, send_with_header)
 
 
-def error_response(request: Request, exc: RegistryError) -> Response:
+BODY_DONE = "registry.request_body_done"
+MAX_DRAIN_BYTES = 16 * 1024 * 1024
+
+
+class RequestBodyTracker:
+    """Records in the scope when a request's body has been read to its end.
+
+    An error answered before the body was read must still read it (or close the
+    connection), or a keep-alive client's next request is read from the middle of it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        has_body = b"transfer-encoding" in headers or headers.get(b"content-length", b"0") != b"0"
+        scope[BODY_DONE] = not has_body
+
+        async def tracking_receive() -> Message:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                scope[BODY_DONE] = True
+            return message
+
+        await self.app(scope, tracking_receive, send)
+
+
+async def _drain_body(request: Request) -> bool:
+    """Read and drop what is left of the request body; False when there was too much."""
+    drained = 0
+    while not request.scope.get(BODY_DONE, True):
+        message = await request.receive()
+        drained += len(message.get("body", b""))
+        if drained > MAX_DRAIN_BYTES:
+            return False
+    return True
+
+
+async def error_response(request: Request, exc: RegistryError) -> Response:
     body = b"" if request.method == "HEAD" else exc.body()
-    headers = {"Content-Type": "application/json", **exc.headers}
+    headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-length"}
+    headers["Content-Type"] = "application/json"
     if request.method == "HEAD":
         headers["Content-Length"] = "0"
+    if not await _drain_body(request):
+        headers["Connection"] = "close"
     return Response(body, exc.http_status, headers=headers)
 
 
 async def _registry_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RegistryError)
-    return error_response(request, exc)
+    return await error_response(request, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return error_response(request, Unsupported(f"{request.method} is not supported here"))
+        return await error_response(request, Unsupported(f"{request.method} is not supported here"))
     if exc.status_code == 404:
-        return error_response(request, NameUnknown("no such endpoint", detail={"path": request.url.path[:300]}))
+        return await error_response(request, NameUnknown("no such endpoint", detail={"path": request.url.path[:300]}))
     return Response(exc.detail, exc.status_code)
 
 
 async def _storage_error(request: Request, exc: Exception) -> Response:
     log.error("storage failure on %s %s: %s", request.method, request.url.path, exc)
     error = RegistryError("storage failure; nothing was stored", status=503)
-    return error_response(request, error)
+    return await error_response(request, error)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
@@ -108,4 +153,4 @@ def create_app(config: Config, access: AccessController | None = None) -> ASGIAp
             ClientDisconnect: _client_gone,
         },
     )
-    return ApiVersionHeader(app)
+    return ApiVersionHeader(RequestBodyTracker(app))

@@ -23,13 +23,19 @@ from registry.oci.names import is_tag
 MAX_TAGS_PER_PUSH = 100
 
 
-def _reference(request: Request) -> tuple[str, Digest | None]:
-    """The path's reference, as (text, digest) for a digest or (tag, None) for a tag."""
+def _reference(request: Request, pushing: bool = False) -> tuple[str, Digest | None]:
+    """The path's reference, as (text, digest) for a digest or (tag, None) for a tag.
+
+    A malformed tag cannot name anything: pulls and deletes get 404, pushes 400.
+    """
     reference: str = request.path_params["reference"]
     if ":" in reference:
         return reference, parse_digest(reference)
     if not is_tag(reference):
-        raise ManifestInvalid("invalid tag", detail={"tag": reference[:200]}, status=400)
+        detail = {"tag": reference[:200]}
+        if pushing:
+            raise ManifestInvalid("invalid tag", detail=detail)
+        raise ManifestUnknown("invalid tag", detail=detail)
     return reference, None
 
 
@@ -71,7 +77,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 async def put_manifest(request: Request) -> Response:
     name = repository(request)
-    reference, by_digest = _reference(request)
+    reference, by_digest = _reference(request, pushing=True)
     svc = await authorize(request, name, ("pull", "push"))
     content = await _read_body(request, svc.config.limits.max_manifest_bytes)
     try:

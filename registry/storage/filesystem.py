@@ -42,10 +42,11 @@ class FilesystemDriver:
         self, key: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
         try:
-            fh = await aiofiles.open(self._path(key), "rb", buffering=0)
+            opened = aiofiles.open(self._path(key), "rb", buffering=0)
+            fh = await opened.__aenter__()
         except FileNotFoundError:
             raise PathNotFound(key) from None
-        async with fh:
+        try:
             if offset:
                 await fh.seek(offset)
             remaining = length
@@ -57,6 +58,8 @@ class FilesystemDriver:
                 if remaining is not None:
                     remaining -= len(chunk)
                 yield chunk
+        finally:
+            await fh.close()
 
     async def put(self, key: str, data: bytes) -> None:
         path = self._path(key)

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,13 +129,8 @@ def registry_server(request: pytest.FixtureRequest,
         yield request.getfixturevalue("registry_server")
 
 
-@pytest.fixture(scope="session")
-def skopeo_binary() -> str:
-    found = shutil.which("skopeo")
-    if found is None:
-        from support.dockerd import in_ci
 
-        if in_ci():
-            pytest.fail("skopeo not found: CI must run the client tests", pytrace=False)
-        pytest.skip("skopeo not found (Debian package skopeo)")
-    return found
+@pytest.fixture(scope="session")
+def repo_prefix() -> str:
+    """Repositories of this session live under it, so reruns against one registry never meet."""
+    return f"clients/{uuid.uuid4().hex[:8]}"
