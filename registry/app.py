@@ -110,7 +110,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         return await error_response(request, Unsupported(f"{request.method} is not supported here"))
     if exc.status_code == 404:
-        return await error_response(request, NameUnknown("no such endpoint", detail={"path": request.url.path[:300]}))
+        return await error_response(
+            request, NameUnknown("no such endpoint", detail={"path": request.url.path[:300]})
+        )
     return Response(exc.detail, exc.status_code)
 
 
@@ -124,12 +126,15 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)
 
 
-def build_services(config: Config, access: AccessController | None = None) -> tuple[Services, Database]:
+def build_services(
+    config: Config, access: AccessController | None = None
+) -> tuple[Services, Database]:
     db = Database(config.database_url, pool_size=config.database.pool_size)
     driver = FilesystemDriver(config.storage_root)
     blobs = BlobStore(driver, buffer_bytes=config.limits.upload_buffer_bytes)
-    services = Services(config=config, blobs=blobs, metadata=MetadataStore(db),
-                        access=access or AllowAll())
+    services = Services(
+        config=config, blobs=blobs, metadata=MetadataStore(db), access=access or AllowAll()
+    )
     return services, db
 
 

@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the registry server")
     _add_config_flags(serve)
-    serve.add_argument("--addr", metavar="HOST:PORT", help="listen address (default 127.0.0.1:5000)")
+    serve.add_argument(
+        "--addr", metavar="HOST:PORT", help="listen address (default 127.0.0.1:5000)"
+    )
     serve.add_argument("--workers", type=int, default=None, help="worker processes")
     serve.set_defaults(func=_serve)
 
@@ -63,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return int(args.func(args))

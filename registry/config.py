@@ -116,7 +116,12 @@ def all_keys() -> list[str]:
     """Every setting as `section.key` (or `key` at top level)."""
     keys: list[str] = []
     for f in dataclasses.fields(Config):
-        if dataclasses.is_dataclass(f.type) or f.name in ("server", "storage", "database", "limits"):
+        if dataclasses.is_dataclass(f.type) or f.name in (
+            "server",
+            "storage",
+            "database",
+            "limits",
+        ):
             section = getattr(Config(), f.name)
             keys.extend(f"{f.name}.{sub.name}" for sub in dataclasses.fields(section))
         else:
@@ -132,7 +137,9 @@ def _set(config: Config, dotted: str, value: Any, from_text: bool = False) -> No
             raise ConfigError(f"unknown setting {dotted!r}")
         target = getattr(target, part)
     name = parts[-1]
-    if not dataclasses.is_dataclass(target) or name not in {f.name for f in dataclasses.fields(target)}:
+    if not dataclasses.is_dataclass(target) or name not in {
+        f.name for f in dataclasses.fields(target)
+    }:
         raise ConfigError(f"unknown setting {dotted!r}")
     current = getattr(target, name)
     setattr(target, name, _coerce(dotted, current, value, from_text))
@@ -154,7 +161,7 @@ def _coerce(dotted: str, current: Any, value: Any, from_text: bool) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{dotted} must be an integer, got {value!r}") from None
     if isinstance(current, str):
-        if not isinstance(value, str | int | float) or isinstance(value, bool) and not from_text:
+        if not isinstance(value, str | int | float) or (isinstance(value, bool) and not from_text):
             raise ConfigError(f"{dotted} must be a string, got {value!r}")
         return str(value)
     raise ConfigError(f"cannot set {dotted}")

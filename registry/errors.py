@@ -1,27 +1,28 @@
 """OCI error codes as exceptions, rendered in one place as the spec's JSON body.
 
-    RegistryError                 base: code, HTTP status, message, detail
-    ├── BlobUnknown               404 BLOB_UNKNOWN
-    ├── BlobUploadInvalid         400 BLOB_UPLOAD_INVALID (416 for a chunk out of order)
-    ├── BlobUploadUnknown         404 BLOB_UPLOAD_UNKNOWN
-    ├── DigestInvalid             400 DIGEST_INVALID
-    ├── ManifestBlobUnknown       400 MANIFEST_BLOB_UNKNOWN
-    ├── ManifestInvalid           400 MANIFEST_INVALID
-    ├── ManifestUnknown           404 MANIFEST_UNKNOWN
-    ├── NameInvalid               400 NAME_INVALID
-    ├── NameUnknown               404 NAME_UNKNOWN
-    ├── SizeInvalid               400 SIZE_INVALID
-    ├── Unauthorized              401 UNAUTHORIZED
-    ├── Denied                    403 DENIED
-    ├── Unsupported               405 UNSUPPORTED
-    ├── TooManyRequests           429 TOOMANYREQUESTS
-    ├── RangeNotSatisfiable       416 RANGE_INVALID (a Range the blob cannot satisfy)
-    └── PayloadTooLarge           413 (a manifest over the size limit)
+RegistryError                 base: code, HTTP status, message, detail
+├── BlobUnknown               404 BLOB_UNKNOWN
+├── BlobUploadInvalid         400 BLOB_UPLOAD_INVALID (416 for a chunk out of order)
+├── BlobUploadUnknown         404 BLOB_UPLOAD_UNKNOWN
+├── DigestInvalid             400 DIGEST_INVALID
+├── ManifestBlobUnknown       400 MANIFEST_BLOB_UNKNOWN
+├── ManifestInvalid           400 MANIFEST_INVALID
+├── ManifestUnknown           404 MANIFEST_UNKNOWN
+├── NameInvalid               400 NAME_INVALID
+├── NameUnknown               404 NAME_UNKNOWN
+├── SizeInvalid               400 SIZE_INVALID
+├── Unauthorized              401 UNAUTHORIZED
+├── Denied                    403 DENIED
+├── Unsupported               405 UNSUPPORTED
+├── TooManyRequests           429 TOOMANYREQUESTS
+├── RangeNotSatisfiable       416 RANGE_INVALID (a Range the blob cannot satisfy)
+└── PayloadTooLarge           413 (a manifest over the size limit)
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 
@@ -37,13 +38,13 @@ class RegistryError(Exception):
         *,
         status: int | None = None,
         headers: dict[str, str] | None = None,
-        also: list[RegistryError] | None = None,
+        also: Sequence[RegistryError] | None = None,
     ) -> None:
         self.message = message or self.default_message
         self.detail = detail
         self.http_status = status or self.status
         self.headers = headers or {}
-        self.also = also or []
+        self.also = list(also or [])
         super().__init__(self.message)
 
     def body(self) -> bytes:
@@ -70,12 +71,18 @@ class BlobUploadUnknown(RegistryError):
 
 class DigestInvalid(RegistryError):
     code, status, default_message = (
-        "DIGEST_INVALID", 400, "provided digest did not match uploaded content")
+        "DIGEST_INVALID",
+        400,
+        "provided digest did not match uploaded content",
+    )
 
 
 class ManifestBlobUnknown(RegistryError):
     code, status, default_message = (
-        "MANIFEST_BLOB_UNKNOWN", 400, "manifest references a manifest or blob unknown to registry")
+        "MANIFEST_BLOB_UNKNOWN",
+        400,
+        "manifest references a manifest or blob unknown to registry",
+    )
 
 
 class ManifestInvalid(RegistryError):
@@ -96,7 +103,10 @@ class NameUnknown(RegistryError):
 
 class SizeInvalid(RegistryError):
     code, status, default_message = (
-        "SIZE_INVALID", 400, "provided length did not match content length")
+        "SIZE_INVALID",
+        400,
+        "provided length did not match content length",
+    )
 
 
 class Unauthorized(RegistryError):

@@ -21,7 +21,9 @@ def app_factory() -> object:
     from registry.config import load_config
 
     overrides = json.loads(os.environ.get("REGISTRY__OVERRIDES", "{}"))
-    return create_app(load_config(os.environ.get("REGISTRY__CONFIG_FILE") or None, overrides=overrides))
+    return create_app(
+        load_config(os.environ.get("REGISTRY__CONFIG_FILE") or None, overrides=overrides)
+    )
 
 
 def serve(config: Config, workers: int | None = None) -> int:

@@ -25,8 +25,9 @@ def free_port() -> int:
 class RegistryServer:
     """`python -m registry serve` in a child process, with its own data folder."""
 
-    def __init__(self, data_dir: Path, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, extra_args: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.extra_args = extra_args or []
@@ -46,9 +47,20 @@ class RegistryServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "registry", "serve", "--addr", self.host,
-             "--data", str(self.data_dir), *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            [
+                sys.executable,
+                "-m",
+                "registry",
+                "serve",
+                "--addr",
+                self.host,
+                "--data",
+                str(self.data_dir),
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

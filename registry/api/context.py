@@ -57,7 +57,9 @@ def parse_digest(value: str | None) -> Digest:
         raise DigestInvalid(str(exc), detail={"digest": value[:300]}) from None
 
 
-async def authorize(request: Request, name: str, actions: tuple[str, ...] | None = None) -> Services:
+async def authorize(
+    request: Request, name: str, actions: tuple[str, ...] | None = None
+) -> Services:
     """Check the request may act on repository `name`; return the services for convenience."""
     svc = services(request)
     wanted = actions if actions is not None else actions_for_method(request.method)

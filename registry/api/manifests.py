@@ -127,7 +127,8 @@ async def _check_references(svc: Services, name: str, manifest: Manifest) -> Non
         return
     wanted = [manifest.config.digest] if manifest.config else []
     wanted += [
-        layer.digest for layer in manifest.layers
+        layer.digest
+        for layer in manifest.layers
         if layer.media_type not in mt.NON_DISTRIBUTABLE_LAYERS
     ]
     missing = await svc.metadata.missing_blobs(name, wanted)

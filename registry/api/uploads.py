@@ -73,7 +73,9 @@ async def start_upload(request: Request) -> Response:
     svc = await authorize(request, name, ("pull", "push"))
     params = request.query_params
     if "mount" in params:
-        mounted = await _try_mount(request, svc, name, parse_digest(params["mount"]), params.get("from"))
+        mounted = await _try_mount(
+            request, svc, name, parse_digest(params["mount"]), params.get("from")
+        )
         if mounted is not None:
             return mounted
     upload = await svc.metadata.create_upload(name)
@@ -129,17 +131,24 @@ async def upload_chunk(request: Request) -> Response:
         if content_range is not None:
             parsed = parse_content_range(content_range)
             if parsed is None:
-                raise BlobUploadInvalid("malformed Content-Range", status=416,
-                                        headers=_upload_headers(request, name, upload, upload.size))
+                raise BlobUploadInvalid(
+                    "malformed Content-Range",
+                    status=416,
+                    headers=_upload_headers(request, name, upload, upload.size),
+                )
             start, end = parsed
             if start != upload.size:
                 raise BlobUploadInvalid(
-                    f"chunk starts at {start}, upload is at {upload.size}", status=416,
+                    f"chunk starts at {start}, upload is at {upload.size}",
+                    status=416,
                     headers=_upload_headers(request, name, upload, upload.size),
                 )
             if expected is not None and expected != end - start + 1:
-                raise BlobUploadInvalid("Content-Length does not match Content-Range", status=416,
-                                        headers=_upload_headers(request, name, upload, upload.size))
+                raise BlobUploadInvalid(
+                    "Content-Length does not match Content-Range",
+                    status=416,
+                    headers=_upload_headers(request, name, upload, upload.size),
+                )
             expected = end - start + 1
         size = await _append(svc, upload, _checked_body(request, expected))
     return Response(status_code=202, headers=_upload_headers(request, name, upload, size))
@@ -162,8 +171,11 @@ async def finish_upload(request: Request) -> Response:
         if content_range is not None and expected:
             parsed = parse_content_range(content_range)
             if parsed is None or parsed[0] != upload.size:
-                raise BlobUploadInvalid("final chunk out of order", status=416,
-                                        headers=_upload_headers(request, name, upload, upload.size))
+                raise BlobUploadInvalid(
+                    "final chunk out of order",
+                    status=416,
+                    headers=_upload_headers(request, name, upload, upload.size),
+                )
         return await _finish(request, svc, name, upload, digest, expected)
 
 

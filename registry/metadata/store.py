@@ -119,7 +119,9 @@ class MetadataStore:
         """Record the blob (once, whoever pushed it) and let `repository` serve it."""
         async with self.db.write() as conn:
             repo_id = await self.ensure_repository(conn, repository)
-            await conn.execute(self._insert_ignore(blobs, digest=digest, size=size, created_at=now()))
+            await conn.execute(
+                self._insert_ignore(blobs, digest=digest, size=size, created_at=now())
+            )
             await conn.execute(
                 self._insert_ignore(
                     repository_blobs, repository_id=repo_id, digest=digest, created_at=now()
@@ -180,7 +182,9 @@ class MetadataStore:
         """In one transaction: record the blob, link it, drop the upload session."""
         async with self.db.write() as conn:
             repo_id = await self.ensure_repository(conn, repository)
-            await conn.execute(self._insert_ignore(blobs, digest=digest, size=size, created_at=now()))
+            await conn.execute(
+                self._insert_ignore(blobs, digest=digest, size=size, created_at=now())
+            )
             await conn.execute(
                 self._insert_ignore(
                     repository_blobs, repository_id=repo_id, digest=digest, created_at=now()
@@ -200,8 +204,10 @@ class MetadataStore:
         cols = (manifests.c.digest, manifests.c.media_type, manifests.c.content)
         joined = manifests.join(repositories, repositories.c.id == manifests.c.repository_id)
         if ":" in reference:
-            query = select(*cols).select_from(joined).where(
-                repositories.c.name == repository, manifests.c.digest == reference
+            query = (
+                select(*cols)
+                .select_from(joined)
+                .where(repositories.c.name == repository, manifests.c.digest == reference)
             )
         else:
             query = (
@@ -242,7 +248,9 @@ class MetadataStore:
             return []
         query = (
             select(manifests.c.digest)
-            .select_from(manifests.join(repositories, repositories.c.id == manifests.c.repository_id))
+            .select_from(
+                manifests.join(repositories, repositories.c.id == manifests.c.repository_id)
+            )
             .where(repositories.c.name == repository, manifests.c.digest.in_(set(digests)))
         )
         async with self.db.read() as conn:
@@ -319,7 +327,9 @@ class MetadataStore:
             if not result.rowcount:
                 return False
             await conn.execute(
-                delete(tags).where(tags.c.repository_id == repo_id, tags.c.manifest_digest == digest)
+                delete(tags).where(
+                    tags.c.repository_id == repo_id, tags.c.manifest_digest == digest
+                )
             )
             return True
 
@@ -350,8 +360,10 @@ class MetadataStore:
             repo_id = await self.repository_id(repository, conn)
             if repo_id is None:
                 return False
-            query = select(func.count()).select_from(manifests).where(
-                manifests.c.repository_id == repo_id
+            query = (
+                select(func.count())
+                .select_from(manifests)
+                .where(manifests.c.repository_id == repo_id)
             )
             return bool((await conn.execute(query)).scalar())
 
@@ -366,7 +378,9 @@ class MetadataStore:
                 manifests.c.artifact_type,
                 manifests.c.annotations,
             )
-            .select_from(manifests.join(repositories, repositories.c.id == manifests.c.repository_id))
+            .select_from(
+                manifests.join(repositories, repositories.c.id == manifests.c.repository_id)
+            )
             .where(repositories.c.name == repository, manifests.c.subject_digest == subject)
             .order_by(manifests.c.digest)
         )
@@ -374,6 +388,4 @@ class MetadataStore:
             query = query.where(manifests.c.artifact_type == artifact_type)
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
-        return [
-            Referrer(r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else {}) for r in rows
-        ]
+        return [Referrer(r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else {}) for r in rows]

@@ -38,6 +38,7 @@ def name_column_type(length: int) -> String:
     """A name column that sorts bytewise ("ASCIIbetical", as the spec wants) on every database."""
     return String(length).with_variant(String(length, collation="C"), "postgresql")  # type: ignore[return-value]
 
+
 repositories = Table(
     "repositories",
     metadata,
@@ -58,8 +59,12 @@ blobs = Table(
 repository_blobs = Table(
     "repository_blobs",
     metadata,
-    Column("repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"),
-           primary_key=True),
+    Column(
+        "repository_id",
+        Integer,
+        ForeignKey("repositories.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
     Column("digest", DIGEST, ForeignKey("blobs.digest"), primary_key=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
@@ -68,8 +73,9 @@ manifests = Table(
     "manifests",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"),
-           nullable=False),
+    Column(
+        "repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), nullable=False
+    ),
     Column("digest", DIGEST, nullable=False),
     Column("media_type", String(255), nullable=False),
     Column("artifact_type", String(255), nullable=True),
@@ -86,8 +92,9 @@ manifests = Table(
 manifest_references = Table(
     "manifest_references",
     metadata,
-    Column("manifest_id", Integer, ForeignKey("manifests.id", ondelete="CASCADE"),
-           primary_key=True),
+    Column(
+        "manifest_id", Integer, ForeignKey("manifests.id", ondelete="CASCADE"), primary_key=True
+    ),
     Column("position", Integer, primary_key=True),
     Column("kind", String(16), nullable=False),  # "config", "layer" or "manifest"
     Column("digest", DIGEST, nullable=False),
@@ -97,8 +104,12 @@ manifest_references = Table(
 tags = Table(
     "tags",
     metadata,
-    Column("repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"),
-           primary_key=True),
+    Column(
+        "repository_id",
+        Integer,
+        ForeignKey("repositories.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
     Column("name", name_column_type(128), primary_key=True),
     Column("manifest_digest", DIGEST, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
@@ -109,8 +120,9 @@ uploads = Table(
     "uploads",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"),
-           nullable=False),
+    Column(
+        "repository_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), nullable=False
+    ),
     Column("size", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),

@@ -31,7 +31,9 @@ class BlobStore:
     async def stat(self, digest: Digest) -> int | None:
         return await self.driver.stat(layout.blob_key(digest))
 
-    def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+    def read(
+        self, digest: Digest, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
         return self.driver.read(layout.blob_key(digest), offset, length)
 
     def local_path(self, digest: Digest) -> Path | None:
@@ -51,7 +53,7 @@ class BlobStore:
         resume_point = hasher.copy()
         writer = await self.driver.append(layout.upload_key(upload_id), offset)
         size = offset
-        pending: asyncio.Future[object] | None = None
+        pending: asyncio.Future[tuple[None, None]] | None = None
         buffer = bytearray()
         try:
             async for piece in body:
@@ -61,7 +63,9 @@ class BlobStore:
                         await pending
                     block, buffer = bytes(buffer), bytearray()
                     size += len(block)
-                    pending = asyncio.gather(asyncio.to_thread(hasher.update, block), writer.write(block))
+                    pending = asyncio.gather(
+                        asyncio.to_thread(hasher.update, block), writer.write(block)
+                    )
             if pending is not None:
                 await pending
                 pending = None
@@ -86,7 +90,9 @@ class BlobStore:
         """
         actual = await self._digest_of_upload(upload_id, size, digest.algorithm)
         if actual != digest.encoded:
-            raise DigestInvalid(detail={"digest": str(digest), "actual": f"{digest.algorithm}:{actual}"})
+            raise DigestInvalid(
+                detail={"digest": str(digest), "actual": f"{digest.algorithm}:{actual}"}
+            )
         key = layout.blob_key(digest)
         if await self.driver.stat(key) == size:
             # Someone stored these bytes already: one copy is enough.

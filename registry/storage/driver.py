@@ -62,5 +62,5 @@ class StorageDriver(Protocol):
         ...
 
     def local_path(self, key: str) -> Path | None:
-        """A filesystem path with the bytes of `key` when the driver has one, for zero-copy sends."""
+        """A filesystem path holding the bytes of `key`, when the driver has one."""
         ...

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiofiles
 import aiofiles.os
-from aiofiles.threadpool.binary import AsyncBufferedIOBase
+from aiofiles.threadpool.binary import AsyncFileIO
 
 from registry.storage.driver import PathNotFound, StorageError
 
@@ -102,7 +102,7 @@ class FilesystemDriver:
 class FileAppendWriter:
     """Appends through aiofiles; `abort` truncates back to the starting offset."""
 
-    def __init__(self, fh: AsyncBufferedIOBase, start: int) -> None:
+    def __init__(self, fh: AsyncFileIO, start: int) -> None:
         self._fh = fh
         self._start = start
 
