@@ -104,7 +104,9 @@ class RegistryClient:
         if scheme == "basic":
             basic = self._basic()
             if basic is None:
-                raise AccessDenied(f"{self.host} requires a login: run `registry login {self.host}`")
+                raise AccessDenied(
+                    f"{self.host} requires a login: run `registry login {self.host}`"
+                )
             self._auth[scope] = basic
             return
         if scheme != "bearer" or "realm" not in params:

@@ -100,7 +100,7 @@ class Store:
             self.blob_path(digest).unlink()
 
     def blob_digests(self) -> list[str]:
-        out = []
+        out: list[str] = []
         for alg_dir in (self.root / "blobs").iterdir():
             out.extend(f"{alg_dir.name}:{p.name}" for p in alg_dir.iterdir())
         return out
@@ -137,7 +137,7 @@ class Store:
             remove_tree(doomed)
 
     def layer_ids(self) -> list[str]:
-        out = []
+        out: list[str] = []
         for alg_dir in (self.root / "layers").iterdir():
             out.extend(f"{alg_dir.name}:{p.name}" for p in alg_dir.iterdir())
         return out

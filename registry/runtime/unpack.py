@@ -96,10 +96,10 @@ class HashingReader(io.RawIOBase):
 
 def decompressed(raw: BinaryIO) -> IO[bytes]:
     """The tar stream inside a layer blob, found by magic bytes: gzip, zstd or plain."""
-    buffered = io.BufferedReader(raw, _CHUNK)  # type: ignore[arg-type]
+    buffered = io.BufferedReader(raw, _CHUNK)  # type: ignore[arg-type,type-var]
     magic = buffered.peek(4)[:4]
     if magic[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=buffered, mode="rb")
+        return gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[return-value]
     if magic == b"\x28\xb5\x2f\xfd":
         reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
         return io.BufferedReader(reader, _CHUNK)  # type: ignore[arg-type]
@@ -231,7 +231,8 @@ class LayerWriter:
             st = os.lstat(source)
         except FileNotFoundError:
             raise LayerRejected(
-                f"layer hard link {member.name!r} -> {member.linkname!r}: no such entry in the layer"
+                f"layer hard link {member.name!r} -> {member.linkname!r}: "
+                "no such entry in the layer"
             ) from None
         if stat.S_ISDIR(st.st_mode):
             raise LayerRejected(f"layer hard link {member.name!r} points at a directory")
