@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from registry.api.routes import ROUTES
 from registry.auth import AccessController, AllowAll
 from registry.config import Config
 from registry.errors import NameUnknown, RegistryError, Unsupported
+from registry.maintenance import run_periodically
 from registry.metadata.db import Database
 from registry.metadata.store import MetadataStore
 from registry.storage.blobstore import BlobStore
@@ -143,9 +145,12 @@ def create_app(config: Config, access: AccessController | None = None) -> ASGIAp
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services, db = build_services(config, access)
         app.state.services = services
+        upkeep = asyncio.create_task(run_periodically(services))
         try:
             yield
         finally:
+            upkeep.cancel()
+            await asyncio.gather(upkeep, return_exceptions=True)
             await db.dispose()
 
     app = Starlette(

@@ -54,23 +54,28 @@ class BlobStore:
         writer = await self.driver.append(layout.upload_key(upload_id), offset)
         size = offset
         pending: asyncio.Future[tuple[None, None]] | None = None
-        buffer = bytearray()
+        pieces: list[bytes] = []
+        buffered = 0
         try:
             async for piece in body:
-                buffer += piece
-                if len(buffer) >= self.buffer_bytes:
+                pieces.append(piece)
+                buffered += len(piece)
+                if buffered >= self.buffer_bytes:
+                    block = b"".join(pieces)
+                    pieces.clear()
+                    buffered = 0
+                    size += len(block)
                     if pending is not None:
                         await pending
-                    block, buffer = bytes(buffer), bytearray()
-                    size += len(block)
+                    # Hash in one thread and write in another while the next block arrives.
                     pending = asyncio.gather(
                         asyncio.to_thread(hasher.update, block), writer.write(block)
                     )
             if pending is not None:
                 await pending
                 pending = None
-            if buffer:
-                block = bytes(buffer)
+            if pieces:
+                block = b"".join(pieces)
                 size += len(block)
                 await asyncio.gather(asyncio.to_thread(hasher.update, block), writer.write(block))
         except BaseException:

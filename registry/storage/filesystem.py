@@ -109,6 +109,9 @@ class FileAppendWriter:
     async def write(self, data: bytes) -> None:
         try:
             await self._fh.write(data)
+            # Push each block to disk as it comes, so the fsync before the final rename is
+            # short instead of writing the whole blob back at once.
+            await asyncio.to_thread(os.fdatasync, self._fh.fileno())
         except OSError as exc:
             raise StorageError(f"write failed: {exc}") from exc
 
