@@ -56,11 +56,6 @@ class ExternalRegistry:
         self.process = None
 
 
-def registry_kind(server: Any) -> str:
-    """"pocket" for our server, else what the override says ("distribution", "external")."""
-    return str(getattr(server, "kind", "pocket"))
-
-
 def _require_loopback(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -93,9 +88,12 @@ def _start_distribution(root: Path) -> ExternalRegistry:
     )
     log_path = root / "distribution.log"
     with log_path.open("ab") as log:
-        process = subprocess.Popen([DISTRIBUTION_BINARY, "serve", str(config)],
-                                   stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [DISTRIBUTION_BINARY, "serve", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     registry = ExternalRegistry(f"http://127.0.0.1:{port}", "distribution", log_path, process)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -112,8 +110,9 @@ def _start_distribution(root: Path) -> ExternalRegistry:
 
 
 @pytest.fixture(scope="session")
-def registry_server(request: pytest.FixtureRequest,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def registry_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """Our server, unless the environment names another registry (see the module docstring)."""
     external = os.environ.get("REGISTRY_TEST_EXTERNAL_URL")
     if external:
@@ -129,8 +128,13 @@ def registry_server(request: pytest.FixtureRequest,
         yield request.getfixturevalue("registry_server")
 
 
-
 @pytest.fixture(scope="session")
 def repo_prefix() -> str:
     """Repositories of this session live under it, so reruns against one registry never meet."""
     return f"clients/{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def registry_kind(registry_server: Any) -> str:
+    """ "pocket" for our server, else what the override is ("distribution", "external")."""
+    return str(getattr(registry_server, "kind", "pocket"))

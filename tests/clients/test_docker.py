@@ -23,15 +23,18 @@ LAYERS = 3
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-MANIFEST_ACCEPT = ", ".join([
-    DOCKER_MANIFEST,
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-])
+MANIFEST_ACCEPT = ", ".join(
+    [
+        DOCKER_MANIFEST,
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+    ]
+)
 
 PUSHED_DIGEST = re.compile(
-    r"^(?P<tag>\S+): digest: (?P<digest>sha256:[0-9a-f]{64}) size: (?P<size>\d+)$", re.M)
+    r"^(?P<tag>\S+): digest: (?P<digest>sha256:[0-9a-f]{64}) size: (?P<size>\d+)$", re.M
+)
 LAYER_STATUS = re.compile(r"^(?P<id>[0-9a-f]{12}): (?P<status>.+)$", re.M)
 PULLED_DIGEST = re.compile(r"^Digest: (?P<digest>sha256:[0-9a-f]{64})$", re.M)
 
@@ -72,8 +75,9 @@ def short_ids(diff_ids: list[str]) -> set[str]:
 
 
 def inspect(dockerd: DockerDaemon, ref: str, template: str) -> Any:
-    return json.loads(dockerd.docker("image", "inspect", "--format",
-                                     f"{{{{json {template}}}}}", ref).stdout)
+    return json.loads(
+        dockerd.docker("image", "inspect", "--format", f"{{{{json {template}}}}}", ref).stdout
+    )
 
 
 def is_local(dockerd: DockerDaemon, ref: str) -> bool:
@@ -92,8 +96,9 @@ def ensure_local(dockerd: DockerDaemon, image: PushedImage) -> None:
 
 
 def get_manifest(client: httpx.Client, repository: str, reference: str) -> httpx.Response:
-    return client.get(f"/v2/{repository}/manifests/{reference}",
-                      headers={"Accept": MANIFEST_ACCEPT})
+    return client.get(
+        f"/v2/{repository}/manifests/{reference}", headers={"Accept": MANIFEST_ACCEPT}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +109,14 @@ def image(dockerd: DockerDaemon, registry_server: Any, repo_prefix: str) -> Push
     push = dockerd.docker("push", ref)
     digest, size = pushed_digest(push.stdout)
     return PushedImage(
-        host=registry_server.host, repository=repository, tag="v1",
+        host=registry_server.host,
+        repository=repository,
+        tag="v1",
         image_id=inspect(dockerd, ref, ".Id"),
         diff_ids=inspect(dockerd, ref, ".RootFS.Layers"),
-        digest=digest, size=size, push_output=push.stdout,
+        digest=digest,
+        size=size,
+        push_output=push.stdout,
     )
 
 
@@ -118,8 +127,9 @@ def test_first_push_uploads_every_layer(image: PushedImage) -> None:
 
 
 def test_registry_serves_the_pushed_manifest(image: PushedImage, client: httpx.Client) -> None:
-    head = client.head(f"/v2/{image.repository}/manifests/{image.tag}",
-                       headers={"Accept": MANIFEST_ACCEPT})
+    head = client.head(
+        f"/v2/{image.repository}/manifests/{image.tag}", headers={"Accept": MANIFEST_ACCEPT}
+    )
     assert head.status_code == 200
     assert head.headers["Docker-Content-Digest"] == image.digest
     assert int(head.headers["Content-Length"]) == image.size
@@ -160,8 +170,9 @@ def test_registry_serves_every_blob_intact(image: PushedImage, client: httpx.Cli
         assert "sha256:" + hashlib.sha256(gzip.decompress(blob.content)).hexdigest() == diff_id
 
 
-def test_pull_after_rmi_fetches_every_layer_and_runs(image: PushedImage,
-                                                     dockerd: DockerDaemon) -> None:
+def test_pull_after_rmi_fetches_every_layer_and_runs(
+    image: PushedImage, dockerd: DockerDaemon
+) -> None:
     forget(dockerd, image.image_id)
     pull = dockerd.docker("pull", image.ref)
     match = PULLED_DIGEST.search(pull.stdout)
@@ -182,8 +193,9 @@ def test_repush_uploads_nothing(image: PushedImage, dockerd: DockerDaemon) -> No
     assert pushed_digest(push.stdout) == (image.digest, image.size)
 
 
-def test_second_tag_then_pull_by_digest(image: PushedImage, dockerd: DockerDaemon,
-                                        client: httpx.Client) -> None:
+def test_second_tag_then_pull_by_digest(
+    image: PushedImage, dockerd: DockerDaemon, client: httpx.Client
+) -> None:
     ensure_local(dockerd, image)
     second = f"{image.host}/{image.repository}:v2"
     dockerd.docker("tag", image.ref, second)
@@ -207,8 +219,9 @@ def test_second_tag_then_pull_by_digest(image: PushedImage, dockerd: DockerDaemo
     assert run.stdout == BusyboxImagePlan(LAYERS).expected_output()
 
 
-def test_push_to_another_repository_mounts_the_layers(image: PushedImage, dockerd: DockerDaemon,
-                                                      client: httpx.Client) -> None:
+def test_push_to_another_repository_mounts_the_layers(
+    image: PushedImage, dockerd: DockerDaemon, client: httpx.Client
+) -> None:
     ensure_local(dockerd, image)
     mirror_repository = image.repository.replace("/busybox", "/mirror")
     mirror = f"{image.host}/{mirror_repository}:v1"
@@ -225,8 +238,9 @@ def test_push_to_another_repository_mounts_the_layers(image: PushedImage, docker
         assert client.head(f"/v2/{mirror_repository}/blobs/{layer['digest']}").status_code == 200
 
 
-def test_pull_of_unknown_tag_says_manifest_unknown(image: PushedImage,
-                                                   dockerd: DockerDaemon) -> None:
+def test_pull_of_unknown_tag_says_manifest_unknown(
+    image: PushedImage, dockerd: DockerDaemon
+) -> None:
     pull = dockerd.docker("pull", f"{image.host}/{image.repository}:no-such-tag", check=False)
     assert pull.returncode != 0
     assert "manifest unknown" in pull.stderr, pull.stderr

@@ -33,6 +33,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +86,9 @@ class DockerDaemonError(RuntimeError):
 class DockerDaemon:
     """One private `dockerd`: `start()`, run CLI commands with `docker()`, then `stop()`."""
 
-    def __init__(self, dockerd: str, docker_cli: str,
-                 storage_drivers: tuple[str, ...] = STORAGE_DRIVERS) -> None:
+    def __init__(
+        self, dockerd: str, docker_cli: str, storage_drivers: tuple[str, ...] = STORAGE_DRIVERS
+    ) -> None:
         self.dockerd = dockerd
         self.docker_cli = docker_cli
         self.storage_drivers = storage_drivers
@@ -116,8 +118,11 @@ class DockerDaemon:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items()
-               if key not in ("DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")}
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in ("DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
+        }
         env.update(
             DOCKER_HOST=self.host,
             DOCKER_CONFIG=str(self._path("config")),
@@ -154,15 +159,24 @@ class DockerDaemon:
     def _launch(self, driver: str, timeout: float) -> None:
         command = [
             self.dockerd,
-            "--config-file", str(self._path("daemon.json")),
-            "--data-root", str(self._path("data")),
-            "--exec-root", str(self._path("exec")),
-            "--pidfile", str(self._path("dockerd.pid")),
-            "--host", self.host,
-            "--storage-driver", driver,
-            "--containerd-namespace", self.namespace,
-            "--containerd-plugins-namespace", f"{self.namespace}-plugins",
+            "--config-file",
+            str(self._path("daemon.json")),
+            "--data-root",
+            str(self._path("data")),
+            "--exec-root",
+            str(self._path("exec")),
+            "--pidfile",
+            str(self._path("dockerd.pid")),
+            "--host",
+            self.host,
+            "--storage-driver",
+            driver,
+            "--containerd-namespace",
+            self.namespace,
+            "--containerd-plugins-namespace",
+            f"{self.namespace}-plugins",
             "--iptables=false",
+            "--ip6tables=false",
             "--ip-masq=false",
             "--bridge=none",
             "--userland-proxy=false",
@@ -171,14 +185,18 @@ class DockerDaemon:
             log.write(f"\n=== {' '.join(command)}\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal reaches pytest, not dockerd
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise DockerDaemonError(
-                    f"exited with {self.process.returncode}:\n{self._log_tail()}")
+                    f"exited with {self.process.returncode}:\n{self._log_tail()}"
+                )
             try:
                 answer = self.docker("info", "--format", "{{.Driver}}", check=False, timeout=10)
             except subprocess.TimeoutExpired:
@@ -223,8 +241,9 @@ class DockerDaemon:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for mount_point in self._leftover_mounts():
-            subprocess.run(["umount", "-l", mount_point], capture_output=True,
-                           timeout=10, check=False)
+            subprocess.run(
+                ["umount", "-l", mount_point], capture_output=True, timeout=10, check=False
+            )
 
     def _leftover_pids(self) -> list[int]:
         """containerd and its shims that belong to this daemon (they outlive dockerd)."""
@@ -239,7 +258,8 @@ class DockerDaemon:
                 continue
             ours = any(arg == root or f"{root}/" in arg for arg in args) or any(
                 flag == "-namespace" and value == self.namespace
-                for flag, value in itertools.pairwise(args))
+                for flag, value in itertools.pairwise(args)
+            )
             if ours:
                 pids.append(int(entry.name))
         return pids
@@ -268,13 +288,21 @@ class DockerDaemon:
 
     # -- the CLI -----------------------------------------------------------------------------
 
-    def docker(self, *args: str, check: bool = True, input: str | None = None,
-               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def docker(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         """Run the docker CLI against this daemon; with `check`, a failure raises with output."""
         command = [self.docker_cli, *args]
-        result = subprocess.run(command, input=input, capture_output=True, text=True,
-                                env=self.env, timeout=timeout, check=False,
-                                stdin=None if input is not None else subprocess.DEVNULL)
+        result = subprocess.run(
+            command,
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
         if check and result.returncode != 0:
             raise DockerCommandError(result.returncode, command, result.stdout, result.stderr)
         return result
@@ -319,7 +347,8 @@ WORKDIR = "/work"
 class BusyboxImagePlan:
     """What `build_busybox_image` puts in each layer, and so what the image prints when run.
 
-    Layer 1 is a root filesystem (busybox with symlinked and hardlinked applets). Each later
+    Layer 1 is a root filesystem (busybox with symlinked and hardlinked applets, and a random
+    /etc/build-id so that no two builds share a layer). Each later
     layer writes /layers/<n>.txt; with three layers or more the last one also deletes the
     file of layer 2, so pulling it must apply a whiteout.
     """
@@ -329,8 +358,9 @@ class BusyboxImagePlan:
     @property
     def files(self) -> dict[str, str]:
         """Files under /layers in the final image, path to content."""
-        kept = {f"/layers/{n}.txt": f"layer {n} of {self.layers}\n"
-                for n in range(2, self.layers + 1)}
+        kept = {
+            f"/layers/{n}.txt": f"layer {n} of {self.layers}\n" for n in range(2, self.layers + 1)
+        }
         if self.layers >= 3:
             del kept["/layers/2.txt"]
         return kept
@@ -358,9 +388,11 @@ class BusyboxImagePlan:
         """What `docker run` of the image prints."""
         files = self.files
         names = sorted(Path(path).name for path in files)
-        return (f"{GREETING} in {WORKDIR}\n"
-                + "".join(files[f"/layers/{name}"] for name in names)
-                + "".join(f"{name}\n" for name in names))
+        return (
+            f"{GREETING} in {WORKDIR}\n"
+            + "".join(files[f"/layers/{name}"] for name in names)
+            + "".join(f"{name}\n" for name in names)
+        )
 
 
 def find_busybox() -> Path:
@@ -380,15 +412,20 @@ def _is_static_elf(path: Path) -> bool:
     phnum = int.from_bytes(data[0x38:0x3A], "little")
     for index in range(phnum):
         start = phoff + index * phentsize
-        if int.from_bytes(data[start:start + 4], "little") == 3:  # PT_INTERP
+        if int.from_bytes(data[start : start + 4], "little") == 3:  # PT_INTERP
             return False
     return True
 
 
-def _rootfs_tar(busybox: Path) -> bytes:
-    """Layer 1: busybox, its applets as symlinks and hardlinks, and a few folders."""
+def _rootfs_tar(busybox: Path, build_id: str) -> bytes:
+    """Layer 1: busybox, its applets as symlinks and hardlinks, and a few folders.
+
+    `build_id` makes every build's layers new: no build cache hit in the daemon, and no blob a
+    client's cache (skopeo's blob-info cache) has seen in an earlier run.
+    """
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+
         def add(name: str, kind: bytes, mode: int, data: bytes = b"", link: str = "") -> None:
             info = tarfile.TarInfo(name)
             info.type, info.mode, info.mtime, info.linkname = kind, mode, 1_700_000_000, link
@@ -403,6 +440,7 @@ def _rootfs_tar(busybox: Path) -> bytes:
         for applet in BUSYBOX_HARDLINKS:
             add(f"bin/{applet}", tarfile.LNKTYPE, 0o755, link="bin/busybox")
         add("etc/passwd", tarfile.REGTYPE, 0o644, b"root:x:0:0:root:/:/bin/sh\n")
+        add("etc/build-id", tarfile.REGTYPE, 0o644, f"{build_id}\n".encode())
     return buffer.getvalue()
 
 
@@ -412,7 +450,7 @@ def build_busybox_image(daemon: DockerDaemon, tag: str, layers: int = 3) -> str:
         raise ValueError("an image needs at least one layer")
     plan = BusyboxImagePlan(layers)
     with tempfile.TemporaryDirectory(prefix="busybox-context-") as context:
-        Path(context, "rootfs.tar").write_bytes(_rootfs_tar(find_busybox()))
+        Path(context, "rootfs.tar").write_bytes(_rootfs_tar(find_busybox(), uuid.uuid4().hex))
         Path(context, "Dockerfile").write_text(plan.dockerfile())
         daemon.docker("build", "--force-rm", "--tag", tag, context, timeout=300)
     count = daemon.docker("image", "inspect", "--format", "{{len .RootFS.Layers}}", tag)
