@@ -2,95 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-pytest_plugins = ["support.dockerd"]
+from support.server import RegistryServer, free_port
 
+pytest_plugins = ["support.dockerd", "support.postgres"]
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RegistryServer:
-    """`python -m registry serve` in a child process, with its own data folder."""
-
-    def __init__(
-        self, data_dir: Path, extra_args: list[str] | None = None, env: dict[str, str] | None = None
-    ) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.extra_args = extra_args or []
-        self.env = {**os.environ, **(env or {})}
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
-
-    def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "registry",
-                "serve",
-                "--addr",
-                self.host,
-                "--data",
-                str(self.data_dir),
-                *self.extra_args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"registry exited early:\n{self.log_path.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401):
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"registry did not start:\n{self.log_path.read_text()}")
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def restart(self, kill: bool = False) -> None:
-        self.stop(kill=kill)
-        self.start()
+__all__ = ["RegistryServer", "free_port"]
 
 
 @pytest.fixture(scope="session")
