@@ -124,6 +124,11 @@ async def _storage_error(request: Request, exc: Exception) -> Response:
     return await error_response(request, error)
 
 
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected failure on %s %s", request.method, request.url.path, exc_info=exc)
+    return await error_response(request, RegistryError("internal server error"))
+
+
 async def _client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)
 
@@ -161,6 +166,7 @@ def create_app(config: Config, access: AccessController | None = None) -> ASGIAp
             HTTPException: _http_error,
             StorageError: _storage_error,
             ClientDisconnect: _client_gone,
+            Exception: _unexpected,
         },
     )
     return ApiVersionHeader(RequestBodyTracker(app))
