@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 import subprocess
 import time
 import uuid
@@ -27,6 +26,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
+from support.server import free_port
 
 DISTRIBUTION_BINARY = "/usr/bin/docker-registry"
 
@@ -68,16 +69,10 @@ def _require_loopback(url: str) -> str:
     return url.rstrip("/")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start_distribution(root: Path) -> ExternalRegistry:
     if not os.access(DISTRIBUTION_BINARY, os.X_OK):
         raise pytest.UsageError(f"REGISTRY_TEST_DISTRIBUTION=1 needs {DISTRIBUTION_BINARY}")
-    port = _free_port()
+    port = free_port()
     config = root / "config.yml"
     config.write_text(
         "version: 0.1\n"

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from support.dockerd import BusyboxImagePlan, DockerDaemon, build_busybox_image
 
 pytestmark = pytest.mark.clients

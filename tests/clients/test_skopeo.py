@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import zstandard
+
 from support.dockerd import DockerDaemon, build_busybox_image, in_ci
 
 pytestmark = pytest.mark.clients
@@ -175,11 +176,13 @@ def layer_tar(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def write_multiplatform_layout(root: Path, tag: str) -> Layout:
-    """An image index over one small image per platform in PLATFORMS, tagged `tag`."""
+def write_multiplatform_layout(
+    root: Path, tag: str, platforms: tuple[str, ...] = PLATFORMS
+) -> Layout:
+    """An image index over one small image per linux architecture in `platforms`."""
     layout = Layout(root)
     children = []
-    for architecture in PLATFORMS:
+    for architecture in platforms:
         tar = layer_tar({"platform.txt": f"linux/{architecture}\n".encode()})
         layer = layout.add_blob(gzip.compress(tar, mtime=0))
         config = layout.add_blob(
@@ -423,3 +426,36 @@ def test_all_copies_the_index_and_every_platform(
     skopeo.copy(f"{repository}:all", f"oci:{back.root}:all", "--all", "--preserve-digests")
     assert back.descriptor("all")["digest"] == index_digest
     assert back.reachable(index_digest) == layout.reachable(index_digest)
+
+
+def test_docker_pulls_its_own_platform_from_an_index(
+    skopeo: Skopeo,
+    dockerd: DockerDaemon,
+    repository: str,
+    client: httpx.Client,
+    tmp_path: Path,
+) -> None:
+    native = dockerd.docker("version", "--format", "{{.Server.Arch}}").stdout.strip()
+    foreign = "arm64" if native != "arm64" else "amd64"
+    layout = write_multiplatform_layout(tmp_path / "multi", "v1", (foreign, native))
+    index_digest = layout.descriptor("v1")["digest"]
+    children = {
+        child["platform"]["architecture"]: child["digest"]
+        for child in layout.json_blob(index_digest)["manifests"]
+    }
+    skopeo.copy(f"oci:{layout.root}:v1", f"{repository}:multi", "--all", "--preserve-digests")
+
+    # docker resolves the tag to the index, then fetches the child for its own platform.
+    ref = f"{repository.removeprefix('docker://')}:multi"
+    pull = dockerd.docker("pull", ref)
+    assert f"Digest: {index_digest}" in pull.stdout, pull.stdout
+    native_config = layout.json_blob(children[native])["config"]["digest"]
+    assert dockerd.docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip() == (
+        native_config
+    )
+    container = dockerd.docker("create", "--network", "none", ref).stdout.strip()
+    try:
+        dockerd.docker("cp", f"{container}:/platform.txt", str(tmp_path / "platform.txt"))
+    finally:
+        dockerd.docker("rm", container)
+    assert (tmp_path / "platform.txt").read_text() == f"linux/{native}\n"
