@@ -31,11 +31,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise Unsatisfiable(header)
         return max(0, size - suffix), size - 1
     first = int(first_text)
-    last = int(last_text) if last_text else size - 1
-    if last < first:
+    if last_text and int(last_text) < first:
         return None
     if first >= size:
         raise Unsatisfiable(header)
+    last = int(last_text) if last_text else size - 1
     return first, min(last, size - 1)
 
 
