@@ -126,32 +126,29 @@ async def upload_chunk(request: Request) -> Response:
     name, svc, upload = await _session(request)
     async with svc.upload_lock(upload.id):
         upload = await svc.metadata.get_upload(name, upload.id) or upload
-        expected = _content_length(request)
-        content_range = request.headers.get("content-range")
-        if content_range is not None:
-            parsed = parse_content_range(content_range)
-            if parsed is None:
-                raise BlobUploadInvalid(
-                    "malformed Content-Range",
-                    status=416,
-                    headers=_upload_headers(request, name, upload, upload.size),
-                )
-            start, end = parsed
-            if start != upload.size:
-                raise BlobUploadInvalid(
-                    f"chunk starts at {start}, upload is at {upload.size}",
-                    status=416,
-                    headers=_upload_headers(request, name, upload, upload.size),
-                )
-            if expected is not None and expected != end - start + 1:
-                raise BlobUploadInvalid(
-                    "Content-Length does not match Content-Range",
-                    status=416,
-                    headers=_upload_headers(request, name, upload, upload.size),
-                )
-            expected = end - start + 1
+        expected = _chunk_length(request, name, upload, _content_length(request))
         size = await _append(svc, upload, _checked_body(request, expected))
     return Response(status_code=202, headers=_upload_headers(request, name, upload, size))
+
+
+def _chunk_length(request: Request, name: str, upload: Upload, expected: int | None) -> int | None:
+    """The chunk's length as its `Content-Range` gives it, checked against the upload's size
+    and `Content-Length`; `expected` (the Content-Length) when there is no Content-Range."""
+    content_range = request.headers.get("content-range")
+    if content_range is None:
+        return expected
+    parsed = parse_content_range(content_range)
+    if parsed is None:
+        problem = "malformed Content-Range"
+    elif parsed[0] != upload.size:
+        problem = f"chunk starts at {parsed[0]}, upload is at {upload.size}"
+    elif expected is not None and expected != parsed[1] - parsed[0] + 1:
+        problem = "Content-Length does not match Content-Range"
+    else:
+        return parsed[1] - parsed[0] + 1
+    raise BlobUploadInvalid(
+        problem, status=416, headers=_upload_headers(request, name, upload, upload.size)
+    )
 
 
 async def _append(svc: Services, upload: Upload, body: AsyncIterator[bytes]) -> int:
@@ -167,15 +164,8 @@ async def finish_upload(request: Request) -> Response:
     async with svc.upload_lock(upload.id):
         upload = await svc.metadata.get_upload(name, upload.id) or upload
         expected = _content_length(request)
-        content_range = request.headers.get("content-range")
-        if content_range is not None and expected:
-            parsed = parse_content_range(content_range)
-            if parsed is None or parsed[0] != upload.size:
-                raise BlobUploadInvalid(
-                    "final chunk out of order",
-                    status=416,
-                    headers=_upload_headers(request, name, upload, upload.size),
-                )
+        if expected != 0:  # a final chunk: its Content-Range must fit like a PATCH's
+            expected = _chunk_length(request, name, upload, expected)
         return await _finish(request, svc, name, upload, digest, expected)
 
 
