@@ -1,0 +1,123 @@
+"""`python -m bench limits`: the machine's ceilings for the work the registries do.
+
+- SHA-256 with hashlib on one core (bounds one push stream), and on every core at once
+  (bounds concurrent pushes; hashlib releases the GIL, so threads suffice).
+- Sequential disk write in the benchmark's temporary folder, with fsync at the end, and
+  without it (page cache only).
+- Loopback TCP: one sender (`sendall` of a large buffer) to one receiver (`recv_into`).
+
+All in MB/s (10^6 bytes per second).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+MB = 1_000_000
+MIB = 1024 * 1024
+BLOCK = 4 * MIB
+
+
+def sha256_mbps(total: int, threads: int = 1) -> float:
+    data = os.urandom(BLOCK)
+    per_thread = max(1, total // BLOCK // threads)
+
+    def hash_all() -> None:
+        hasher = hashlib.sha256()
+        for _ in range(per_thread):
+            hasher.update(data)
+        hasher.hexdigest()
+
+    workers = [threading.Thread(target=hash_all) for _ in range(threads)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - started
+    return per_thread * threads * BLOCK / elapsed / MB
+
+
+def disk_write_mbps(folder: Path, total: int, fsync: bool, block: int = 16 * MIB) -> float:
+    path = folder / f".bench-disk-{os.getpid()}"
+    data = os.urandom(block)
+    count = max(1, total // block)
+    try:
+        started = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for _ in range(count):
+                os.write(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        elapsed = time.perf_counter() - started
+    finally:
+        path.unlink(missing_ok=True)
+    return count * block / elapsed / MB
+
+
+def loopback_mbps(total: int, block: int = BLOCK) -> float:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    received = [0]
+
+    def receive() -> None:
+        conn, _ = listener.accept()
+        buffer = memoryview(bytearray(block))
+        with conn:
+            while True:
+                got = conn.recv_into(buffer)
+                if not got:
+                    return
+                received[0] += got
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    data = os.urandom(block)
+    count = max(1, total // block)
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port)) as sender:
+        for _ in range(count):
+            sender.sendall(data)
+        sender.shutdown(socket.SHUT_WR)
+        receiver.join(timeout=120)
+    elapsed = time.perf_counter() - started
+    listener.close()
+    return received[0] / elapsed / MB
+
+
+def measure(folder: Path, quick: bool = False) -> dict[str, float]:
+    """Each ceiling once (the best of two runs, as the machine is shared)."""
+    size = (256 if quick else 1024) * MIB
+    cores = os.cpu_count() or 1
+
+    def best(fn: object, *args: object) -> float:
+        assert callable(fn)
+        return round(max(fn(*args), fn(*args)), 1)
+
+    return {
+        "sha256_one_core_mbps": best(sha256_mbps, size, 1),
+        "sha256_all_cores_mbps": best(sha256_mbps, size * cores, cores),
+        "disk_write_fsync_mbps": best(disk_write_mbps, folder, size, True),
+        "disk_write_cache_mbps": best(disk_write_mbps, folder, size, False),
+        "loopback_tcp_mbps": best(loopback_mbps, size * 2),
+        "cores": float(cores),
+    }
+
+
+def describe(limits: dict[str, float]) -> str:
+    rows = [
+        ("SHA-256, hashlib, one core", "sha256_one_core_mbps"),
+        ("SHA-256, hashlib, all cores", "sha256_all_cores_mbps"),
+        ("disk write + fsync", "disk_write_fsync_mbps"),
+        ("disk write, page cache", "disk_write_cache_mbps"),
+        ("loopback TCP, Python", "loopback_tcp_mbps"),
+    ]
+    return "\n".join(f"  {label:<30} {limits.get(key, 0):>9.0f} MB/s" for label, key in rows)

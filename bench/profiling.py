@@ -1,0 +1,86 @@
+"""`--profile DIR`: py-spy records our server during each measured run; a summary ranks frames.
+
+py-spy writes collapsed stacks (`--format raw`: `frame;frame;...;leaf COUNT`, each frame
+`function (file:line)`), and `summarize` turns them into the top frames by own samples
+(where the CPU went) and by inclusive samples (what called it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+
+def py_spy() -> str | None:
+    from bench.servers import REPO_ROOT
+
+    local = REPO_ROOT / ".venv" / "bin" / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+class Recording:
+    """py-spy attached to one process tree until `stop()`."""
+
+    def __init__(self, pid: int, out: Path, rate: int = 200, native: bool = False) -> None:
+        binary = py_spy()
+        if binary is None:
+            raise RuntimeError("py-spy is not installed (.venv/bin/pip install py-spy)")
+        self.out = out
+        command = [
+            binary, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+            "--output", str(out), "--subprocesses", "--nonblocking",
+        ]  # fmt: skip
+        if native:
+            command.append("--native")
+        self.log = out.with_suffix(".log").open("wb")
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        time.sleep(0.5)  # attach before the measured part starts
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.log.close()
+        with contextlib.suppress(OSError):
+            summary = summarize(self.out.read_text())
+            self.out.with_suffix(".top.txt").write_text(summary)
+
+
+def _frames(stack: str) -> list[str]:
+    return [frame for frame in stack.split(";") if frame]
+
+
+def summarize(collapsed: str, top: int = 25) -> str:
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = _frames(stack)
+        if not frames:
+            continue
+        total += count
+        # py-spy puts the process/thread name first with --subprocesses: skip non-frames.
+        frames = [f for f in frames if "(" in f] or frames
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    if not total:
+        return "no samples\n"
+    lines = [f"{total} samples", "", "by own samples (where the CPU went):"]
+    lines += [f"  {n / total * 100:5.1f}%  {frame}" for frame, n in own.most_common(top)]
+    lines += ["", "by inclusive samples:"]
+    lines += [f"  {n / total * 100:5.1f}%  {frame}" for frame, n in inclusive.most_common(top)]
+    return "\n".join(lines) + "\n"

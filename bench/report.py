@@ -1,0 +1,164 @@
+"""Results: samples per workload, metric and server; a table of medians and ratios; JSON.
+
+The ratio is always ours / Distribution. Whether that is good depends on the metric: for
+throughput (`better="higher"`) the target is a ratio of at least 1.0, for latency, memory and
+CPU (`better="lower"`) at most 1.0. Ceiling columns say how close our median gets to the
+machine's limit for that work (from `bench.limits`).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SIDES = ("ours", "distribution")
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    better: str = "higher"  # or "lower"
+    ceiling: str | None = None  # a key of the limits, for "% of ceiling"
+    target: bool = True  # compared against Distribution (False: informational)
+
+
+@dataclass
+class Results:
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    limits: dict[str, float] | None = None
+    # workload -> metric key -> side -> samples
+    samples: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
+    metrics: dict[str, list[Metric]] = field(default_factory=dict)
+    titles: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, workload: str, side: str, values: dict[str, float]) -> None:
+        per_metric = self.samples.setdefault(workload, {})
+        for key, value in values.items():
+            per_metric.setdefault(key, {s: [] for s in SIDES})[side].append(float(value))
+
+    def note(self, workload: str, text: str) -> None:
+        self.notes.setdefault(workload, []).append(text)
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def ratio(ours: float | None, theirs: float | None) -> float | None:
+    if ours is None or theirs is None or theirs == 0:
+        return None
+    return ours / theirs
+
+
+def meets(metric: Metric, value: float | None) -> bool | None:
+    if value is None or not metric.target:
+        return None
+    return value >= 1.0 if metric.better == "higher" else value <= 1.0
+
+
+def summarize(results: Results) -> dict[str, Any]:
+    """The JSON document: settings, machine, limits, and per workload each metric's figures."""
+    workloads: dict[str, Any] = {}
+    for workload, per_metric in results.samples.items():
+        specs = {m.key: m for m in results.metrics.get(workload, [])}
+        out: dict[str, Any] = {}
+        for key, sides in per_metric.items():
+            spec = specs.get(key) or Metric(key, key, "", target=False)
+            ours, theirs = median(sides["ours"]), median(sides["distribution"])
+            r = ratio(ours, theirs)
+            entry: dict[str, Any] = {
+                "label": spec.label,
+                "unit": spec.unit,
+                "better": spec.better,
+                "ours": {"samples": sides["ours"], "median": ours},
+                "distribution": {"samples": sides["distribution"], "median": theirs},
+                "ratio": r,
+                "meets_target": meets(spec, r),
+            }
+            if spec.ceiling and results.limits and results.limits.get(spec.ceiling):
+                limit = results.limits[spec.ceiling]
+                entry["ceiling"] = {
+                    "name": spec.ceiling,
+                    "value": limit,
+                    "ours_fraction": ours / limit if ours is not None else None,
+                    "distribution_fraction": theirs / limit if theirs is not None else None,
+                }
+            out[key] = entry
+        workloads[workload] = {
+            "title": results.titles.get(workload, workload),
+            "metrics": out,
+            "notes": results.notes.get(workload, []),
+        }
+    return {
+        "version": 1,
+        "settings": results.settings,
+        "machine": results.machine,
+        "limits": results.limits,
+        "workloads": workloads,
+    }
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if unit in ("ms",) and value < 10:
+        return f"{value:.2f}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def table(summary: dict[str, Any]) -> str:
+    """A plain-text table: one row per workload and metric."""
+    header = ("workload", "metric", "ours", "distribution", "ratio", "ok", "ours/ceiling")
+    rows: list[tuple[str, ...]] = []
+    for name, workload in summary["workloads"].items():
+        first = True
+        for _key, m in workload["metrics"].items():
+            ok = {True: "yes", False: "NO", None: ""}[m["meets_target"]]
+            ceiling = m.get("ceiling")
+            ceiling_text = ""
+            if ceiling and ceiling.get("ours_fraction") is not None:
+                ceiling_text = f"{ceiling['ours_fraction'] * 100:.0f}% of {ceiling['value']:,.0f}"
+            rows.append(
+                (
+                    name if first else "",
+                    f"{m['label']} ({m['unit']})" if m["unit"] else m["label"],
+                    _fmt(m["ours"]["median"], m["unit"]),
+                    _fmt(m["distribution"]["median"], m["unit"]),
+                    "-" if m["ratio"] is None else f"{m['ratio']:.2f}x",
+                    ok,
+                    ceiling_text,
+                )
+            )
+            first = False
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for index, row in enumerate([header, *rows]):
+        cells = [
+            cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    notes = [
+        f"  {name}: {text}"
+        for name, workload in summary["workloads"].items()
+        for text in workload["notes"]
+    ]
+    if notes:
+        lines += ["", "notes:", *notes]
+    return "\n".join(lines)
+
+
+def write_json(summary: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")

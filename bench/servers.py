@@ -1,0 +1,215 @@
+"""The two registries under test, started with equivalent settings on loopback.
+
+Both get filesystem storage in a fresh temporary folder, no auth, deletes enabled, logs at
+error level without access logs, and the defaults a user would run otherwise: ours with its
+default worker count (`registry serve`), Distribution with Debian's packaged config minus
+auth (it keeps `cache.blobdescriptor: inmemory`, as that file has it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import rawhttp
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DISTRIBUTION_BINARY = "/usr/bin/docker-registry"
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerError(RuntimeError):
+    """A server that would not start, or died."""
+
+
+class Server:
+    """One registry process: `start()`, use `url`/`host`/`pid`, then `stop()`."""
+
+    name = "server"
+    label = "server"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: object = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise ServerError(f"{self.name} is not running")
+        return self.process.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "server.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(3):
+            self.port = free_port()
+            with self.log_path.open("ab") as log:
+                self.process = subprocess.Popen(
+                    self.command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self.environment(),
+                    cwd=REPO_ROOT,
+                    start_new_session=True,
+                )
+            if self._wait_ready():
+                return
+            self._terminate()
+        raise ServerError(f"{self.name} did not start:\n{self.log_tail()}")
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + START_TIMEOUT
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False  # e.g. lost the port to someone else: try another one
+            with (
+                contextlib.suppress(OSError, rawhttp.HTTPError),
+                rawhttp.Connection(self.host, timeout=2) as conn,
+            ):
+                if conn.request("GET", "/v2/").status == 200:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        self._terminate()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _terminate(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            # The whole session: uvicorn's workers too.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def check_alive(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            raise ServerError(f"{self.name} died:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            text = self.log_path.read_text(errors="replace")
+            return "\n".join(text.splitlines()[-lines:])
+        return "(no log)"
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class OursServer(Server):
+    name = "ours"
+    label = "pocket-registry"
+
+    def __init__(self, workdir: Path, workers: int | None = None) -> None:
+        super().__init__(workdir)
+        self.workers = workers
+
+    def command(self) -> list[str]:
+        command = [
+            sys.executable, "-m", "registry", "serve",
+            "--addr", self.host,
+            "--data", str(self.workdir / "data"),
+        ]  # fmt: skip
+        if self.workers:
+            command += ["--workers", str(self.workers)]
+        return command
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        env["REGISTRY_SERVER_LOG_LEVEL"] = "error"
+        env["REGISTRY_SERVER_ACCESS_LOG"] = "false"
+        env["PYTHONPATH"] = str(REPO_ROOT)
+        return env
+
+
+class DistributionServer(Server):
+    name = "distribution"
+    label = "CNCF Distribution"
+
+    def __init__(self, workdir: Path, binary: str = DISTRIBUTION_BINARY) -> None:
+        super().__init__(workdir)
+        self.binary = binary
+
+    def command(self) -> list[str]:
+        config = self.workdir / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log: {level: error, accesslog: {disabled: true}}\n"
+            "storage:\n"
+            f"  filesystem: {{rootdirectory: {self.workdir / 'data'}}}\n"
+            "  delete: {enabled: true}\n"
+            "  cache: {blobdescriptor: inmemory}\n"
+            f"http: {{addr: '{self.host}', secret: bench-secret}}\n"
+        )
+        return [self.binary, "serve", str(config)]
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        return env
+
+
+def distribution_version(binary: str = DISTRIBUTION_BINARY) -> str:
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError:
+        return "absent"
+    return out.stdout.strip() or out.stderr.strip()
+
+
+def make_server(side: str, base: Path, workers: int | None = None) -> Server:
+    workdir = Path(tempfile.mkdtemp(prefix=f"{side}-", dir=base))
+    if side == "ours":
+        return OursServer(workdir, workers=workers)
+    if side == "distribution":
+        return DistributionServer(workdir)
+    raise ValueError(f"unknown server {side!r}")
