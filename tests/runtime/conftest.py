@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from registry.runtime.store import ROOT_ENV, Store
-from tests.runtime.distribution import Distribution
-from tests.runtime.imaging import Pusher
-from tests.runtime.tokenserver import TokenServer
+from runtime.distribution import Distribution
+from runtime.imaging import Pusher
+from runtime.tokenserver import TokenServer
 
 USERS = {"alice": "wonderland"}
 

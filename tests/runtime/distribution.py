@@ -9,7 +9,7 @@ from pathlib import Path
 import bcrypt
 import httpx
 
-from tests.conftest import free_port
+from support.server import free_port
 
 BINARY = "/usr/bin/docker-registry"
 

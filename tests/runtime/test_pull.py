@@ -22,9 +22,8 @@ from registry.runtime.images import ImageIndex
 from registry.runtime.pull import Puller
 from registry.runtime.store import Store
 from registry.runtime.unpack import read_layer_info
-from tests.conftest import free_port
-from tests.runtime.distribution import Distribution
-from tests.runtime.imaging import (
+from runtime.distribution import Distribution
+from runtime.imaging import (
     DOCKER_MANIFEST,
     Image,
     Layer,
@@ -34,8 +33,10 @@ from tests.runtime.imaging import (
     sha256,
     tar_bytes,
 )
-from tests.runtime.tamper import TamperingProxy
-from tests.runtime.tokenserver import TokenServer
+from runtime.tamper import TamperingProxy
+from runtime.tokenserver import TokenServer
+
+from support.server import free_port
 
 
 def three_layers() -> list[Layer]:

@@ -12,7 +12,7 @@ import pytest
 
 from registry.runtime.errors import LayerRejected
 from registry.runtime.unpack import read_layer_info, symlink_escapes, unpack_layer
-from tests.runtime.imaging import (
+from runtime.imaging import (
     Entry,
     Layer,
     directory,

@@ -1,0 +1,131 @@
+"""A container's root filesystem: an overlay of its image layers with its own upper dir,
+or, where overlayfs is unavailable (or `POCKET_RUNTIME_STORAGE=copy`), a copy of the
+layers applied in order. Also `secure_join`, resolving paths as if `root` were `/`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from registry.runtime import linux
+from registry.runtime.store import remove_tree
+from registry.runtime.unpack import read_layer_info
+
+MAX_SYMLINKS = 255
+
+
+def secure_join(root: str, path: str) -> str:
+    """`root/path` with symlinks resolved inside `root` (never above it), like chroot."""
+    pending = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        try:
+            st = os.lstat(candidate)
+        except OSError:
+            resolved.append(part)
+            continue
+        if not stat.S_ISLNK(st.st_mode):
+            resolved.append(part)
+            continue
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise OSError(40, f"too many levels of symbolic links in {path}")
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            resolved = []
+        pending = [p for p in target.split("/") if p not in ("", ".")] + pending
+    return os.path.join(root, *resolved)
+
+
+def makedirs_in(root: str, path: str, mode: int = 0o755) -> str:
+    """Create `path` inside `root` (resolving symlinks inside it); return the host path."""
+    target = secure_join(root, path)
+    os.makedirs(target, mode, exist_ok=True)
+    return target
+
+
+def mount_overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path) -> None:
+    """Mount lowers (top layer first) + upper at target; raises OSError if unsupported."""
+    upper.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
+    options = f"lowerdir={':'.join(str(p) for p in lowers)},upperdir={upper},workdir={work}"
+    linux.mount("overlay", str(target), "overlay", 0, options)
+
+
+def copy_layers(layer_dirs: Sequence[Path], target: Path) -> None:
+    """Apply layers (bottom first) into `target` by copying, honouring whiteouts."""
+    target.mkdir(parents=True, exist_ok=True)
+    for layer in layer_dirs:
+        info = read_layer_info(layer)
+        for rel in info.opaque_dirs:
+            path = secure_join(str(target), rel)
+            if os.path.isdir(path) and not os.path.islink(path):
+                for child in os.listdir(path):
+                    remove_tree(Path(path) / child)
+        whiteouts = set(info.whiteouts)
+        for rel in info.whiteouts:
+            parent = secure_join(str(target), os.path.dirname(rel))
+            victim = os.path.join(parent, os.path.basename(rel))
+            if os.path.lexists(victim):
+                remove_tree(Path(victim))
+        _copy_tree(layer / "fs", target, whiteouts)
+
+
+def _copy_tree(source: Path, target: Path, whiteouts: set[str]) -> None:
+    inodes: dict[tuple[int, int], str] = {}
+    dirs: list[tuple[str, os.stat_result]] = []
+    for top, subdirs, files in os.walk(source):
+        rel_top = os.path.relpath(top, source)
+        for name in subdirs + files:
+            src = os.path.join(top, name)
+            rel = os.path.normpath(os.path.join(rel_top, name))
+            dst = os.path.join(target, rel)
+            st = os.lstat(src)
+            if rel in whiteouts and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                continue  # an overlayfs whiteout marker, already applied
+            existing = os.lstat(dst) if os.path.lexists(dst) else None
+            if stat.S_ISDIR(st.st_mode):
+                if existing is None or not stat.S_ISDIR(existing.st_mode):
+                    if existing is not None:
+                        os.unlink(dst)
+                    os.mkdir(dst, 0o700)
+                dirs.append((dst, st))
+                continue
+            if existing is not None:
+                remove_tree(Path(dst))
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in inodes:
+                os.link(inodes[key], dst)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(src), dst)
+            elif stat.S_ISREG(st.st_mode):
+                shutil.copyfile(src, dst, follow_symlinks=False)
+            elif stat.S_ISFIFO(st.st_mode):
+                os.mkfifo(dst)
+            else:
+                os.mknod(dst, st.st_mode, st.st_rdev)
+            inodes[key] = dst
+            _copy_metadata(dst, st)
+    for dst, st in reversed(dirs):
+        _copy_metadata(dst, st)
+
+
+def _copy_metadata(dst: str, st: os.stat_result) -> None:
+    with contextlib.suppress(OSError):
+        os.lchown(dst, st.st_uid, st.st_gid)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
