@@ -1,0 +1,182 @@
+"""Malformed names and digests in every URL: the spec's 4xx and JSON body, never a 500."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+import httpx
+import pytest
+
+from api.helpers import (
+    ZERO_DIGEST,
+    assert_4xx_json,
+    assert_error,
+    digest_of,
+    push_blob,
+    raw_request,
+    start_upload,
+    unique_repo,
+)
+
+UPLOAD = "0" * 32
+
+# Every route taking a repository name, as (method, path after the name).
+NAME_ROUTES = [
+    ("GET", "/tags/list"),
+    ("POST", "/blobs/uploads/"),
+    ("GET", f"/blobs/uploads/{UPLOAD}"),
+    ("PATCH", f"/blobs/uploads/{UPLOAD}"),
+    ("PUT", f"/blobs/uploads/{UPLOAD}?digest={ZERO_DIGEST}"),
+    ("DELETE", f"/blobs/uploads/{UPLOAD}"),
+    ("GET", f"/blobs/{ZERO_DIGEST}"),
+    ("HEAD", f"/blobs/{ZERO_DIGEST}"),
+    ("DELETE", f"/blobs/{ZERO_DIGEST}"),
+    ("GET", "/manifests/latest"),
+    ("HEAD", "/manifests/latest"),
+    ("PUT", "/manifests/latest"),
+    ("DELETE", "/manifests/latest"),
+    ("GET", f"/referrers/{ZERO_DIGEST}"),
+]
+
+INVALID_NAMES = [
+    "../x",
+    "x/..",
+    "x/../y",
+    "./x",
+    "Upper",
+    "a/B",
+    "a//b",
+    "x/",
+    "-x",
+    "x-",
+    "x.",
+    "_x",
+    "a___b",
+    "a..b/c/",
+    "a%20b",
+    "a%00b",
+    "caf%C3%A9",
+    "a" * 256,
+    "/".join(["abcdefghijklmnop"] * 16),  # 271 characters of valid components
+]
+
+VALID_NAMES = ["a", "a/b/c", "a__b", "a--b", "a.b-c_d", "0", "x" * 255]
+
+
+def _send(base: str, method: str, name: str, rest: str) -> httpx.Response:
+    # http.client sends the path as it is; httpx would resolve `..` before it left.
+    return raw_request(base, method, f"/v2/{name}{rest}", b"", {"Content-Length": "0"})
+
+
+# A few of them on every route; all of them on one.
+NAME_CASES = [(method, rest, name) for method, rest in NAME_ROUTES for name in INVALID_NAMES[:4]]
+NAME_CASES += [("GET", "/tags/list", name) for name in INVALID_NAMES[4:]]
+
+
+@pytest.mark.parametrize(("method", "rest", "name"), NAME_CASES)
+def test_invalid_name(registry_url: str, method: str, rest: str, name: str) -> None:
+    response = _send(registry_url, method, name, rest)
+    if method == "HEAD":
+        assert response.status_code == 400
+        assert response.content == b""
+    else:
+        errors = assert_error(response, 400, "NAME_INVALID")
+        assert errors[0]["detail"] == {"name": unquote(name)}
+
+
+def test_name_with_empty_first_component_does_not_route(registry_url: str) -> None:
+    """`/v2//x/...` has no name before its first slash; no route matches it."""
+    assert_4xx_json(_send(registry_url, "GET", "/x", "/tags/list"))
+
+
+@pytest.mark.parametrize("name", VALID_NAMES)
+def test_valid_names(client: httpx.Client, name: str) -> None:
+    digest = push_blob(client, name, name.encode())
+    assert client.head(f"/v2/{name}/blobs/{digest}").status_code == 200
+
+
+# Every place a digest goes, as (method, path with {d} for the digest, body).
+DIGEST_ROUTES = [
+    ("GET", "/v2/{repo}/blobs/{d}"),
+    ("HEAD", "/v2/{repo}/blobs/{d}"),
+    ("DELETE", "/v2/{repo}/blobs/{d}"),
+    ("GET", "/v2/{repo}/manifests/{d}"),
+    ("HEAD", "/v2/{repo}/manifests/{d}"),
+    ("PUT", "/v2/{repo}/manifests/{d}"),
+    ("DELETE", "/v2/{repo}/manifests/{d}"),
+    ("GET", "/v2/{repo}/referrers/{d}"),
+    ("POST", "/v2/{repo}/blobs/uploads/?digest={d}"),
+    ("POST", "/v2/{repo}/blobs/uploads/?mount={d}&from={repo}"),
+    ("POST", "/v2/{repo}/blobs/uploads/?mount={d}"),
+    ("PUT", "{upload}?digest={d}"),
+]
+
+INVALID_DIGESTS = [
+    "sha256:abc",
+    "sha256:" + "g" * 64,
+    "sha256:" + "A" * 64,
+    "sha256:" + "0" * 63,
+    "sha256:" + "0" * 65,
+    "sha512:" + "0" * 64,
+    "SHA256:" + "0" * 64,
+    "md5:" + "0" * 32,
+    "sha1:" + "0" * 40,
+    "sha256:",
+    ":" + "0" * 64,
+    "sha256::" + "0" * 64,
+    "sha256:" + "0" * 2000,
+    "sha256:%00",
+    "sha256:%FF%FE",
+    "sha256:0%2F0",
+    "sha256+x:" + "0" * 64,
+]
+
+
+@pytest.fixture(scope="module")
+def digest_repo(registry_url: str) -> str:
+    repo = unique_repo("errors")
+    with httpx.Client(base_url=registry_url) as c:
+        push_blob(c, repo, b"present")
+    return repo
+
+
+DIGEST_CASES = [(m, t, d) for m, t in DIGEST_ROUTES for d in INVALID_DIGESTS[:3]]
+DIGEST_CASES += [
+    (m, t, d) for m, t in DIGEST_ROUTES[:1] + DIGEST_ROUTES[3:4] for d in INVALID_DIGESTS[3:]
+]
+
+
+@pytest.mark.parametrize(("method", "template", "digest"), DIGEST_CASES)
+def test_invalid_digest(
+    client: httpx.Client,
+    registry_url: str,
+    digest_repo: str,
+    method: str,
+    template: str,
+    digest: str,
+) -> None:
+    upload = start_upload(client, digest_repo) if "{upload}" in template else ""
+    path = template.format(repo=digest_repo, d=digest, upload=upload)
+    response = raw_request(registry_url, method, path, b"", {"Content-Length": "0"})
+    if "%2F" in digest:
+        # An encoded slash splits the path: it no longer ends in a digest.
+        assert_4xx_json(response)
+    elif method == "HEAD":
+        assert response.status_code == 400
+    else:
+        assert_error(response, 400, "DIGEST_INVALID")
+
+
+def test_blob_route_needs_a_digest_not_a_tag(client: httpx.Client, digest_repo: str) -> None:
+    assert_error(client.get(f"/v2/{digest_repo}/blobs/latest"), 400, "DIGEST_INVALID")
+
+
+def test_valid_but_unknown_digests(client: httpx.Client, digest_repo: str) -> None:
+    for digest in (ZERO_DIGEST, digest_of(b"nothing", "sha512")):
+        assert_error(client.get(f"/v2/{digest_repo}/blobs/{digest}"), 404, "BLOB_UNKNOWN")
+        response = client.get(f"/v2/{digest_repo}/manifests/{digest}")
+        assert_error(response, 404, "MANIFEST_UNKNOWN")
+
+
+def test_server_is_healthy_after_bad_input(client: httpx.Client) -> None:
+    assert client.get("/v2/").status_code == 200
