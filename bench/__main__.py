@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=3, help="rounds per workload (default 3)")
     parser.add_argument("--json", metavar="FILE", type=Path, help="write the results as JSON")
     parser.add_argument(
-        "--client", choices=["wrk", "python"], default=None,
-        help="flood load generator (default: wrk when installed)",
+        "--client", choices=["auto", "wrk", "python"], default=None,
+        help="flood load generator (default auto: wrk, but python for HEAD)",
     )  # fmt: skip
     parser.add_argument("--no-limits", action="store_true", help="skip measuring the ceilings")
     parser.add_argument("--workers", type=int, default=None, help="our server's --workers")
@@ -156,19 +156,28 @@ def _run(args: argparse.Namespace, settings: Settings, base: Path) -> int:
 
 
 def _calibrate(base: Path, settings: Settings) -> int:
-    """Which flood client costs least: each one against Distribution's blob HEAD."""
+    """Which flood client costs least: each one against each server's manifest GET and HEAD."""
     from bench import oci
     from bench.rawhttp import Connection
 
-    with servers.make_server("distribution", base) as server:
-        with Connection(server.host) as conn:
-            oci.push_image(conn, "bench/calibrate", "latest", b"x" * 1024)
-        path = f"/v2/bench/calibrate/blobs/{oci.sha256_digest(b'x' * 1024)}"
-        print(f"{'client':<8} {'req/s':>9} {'p99 ms':>8} {'client CPU s':>13} {'µs CPU/req':>11}")
-        for result in loadgen.calibrate(server.url + path, "HEAD", {}, settings.flood_seconds):
-            per = result.client_cpu_seconds / max(result.requests, 1) * 1e6
-            print(f"{result.client:<8} {result.rps:>9,.0f} {result.p99_ms:>8.1f} "
-                  f"{result.client_cpu_seconds:>13.2f} {per:>11.1f}")  # fmt: skip
+    print(f"{'server':<13}{'request':<9}{'client':<8}{'req/s':>9}{'p99 ms':>9}"
+          f"{'client CPU s':>14}{'µs CPU/req':>12}")  # fmt: skip
+    for side in ("distribution", "ours"):
+        with servers.make_server(side, base) as server:
+            with Connection(server.host) as conn:
+                oci.push_image(conn, "bench/calibrate", "latest", b"x" * 1024)
+            blob = f"/v2/bench/calibrate/blobs/{oci.sha256_digest(b'x' * 1024)}"
+            targets = [
+                ("HEAD", blob, {}),
+                ("GET", "/v2/bench/calibrate/manifests/latest", {"Accept": oci.OCI_MANIFEST}),
+            ]
+            for method, path, headers in targets:
+                for r in loadgen.calibrate(
+                    server.url + path, method, headers, settings.flood_seconds
+                ):
+                    per = r.client_cpu_seconds / max(r.requests, 1) * 1e6
+                    print(f"{side:<13}{method:<9}{r.client:<8}{r.rps:>9,.0f}{r.p99_ms:>9.1f}"
+                          f"{r.client_cpu_seconds:>14.2f}{per:>12.1f}")  # fmt: skip
     return 0
 
 

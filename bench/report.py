@@ -25,6 +25,7 @@ class Metric:
     better: str = "higher"  # or "lower"
     ceiling: str | None = None  # a key of the limits, for "% of ceiling"
     target: bool = True  # compared against Distribution (False: informational)
+    limit: float | None = None  # an absolute target instead: our median at most this
 
 
 @dataclass
@@ -57,10 +58,12 @@ def ratio(ours: float | None, theirs: float | None) -> float | None:
     return ours / theirs
 
 
-def meets(metric: Metric, value: float | None) -> bool | None:
-    if value is None or not metric.target:
+def meets(metric: Metric, ratio_value: float | None, ours: float | None) -> bool | None:
+    if metric.limit is not None:
+        return None if ours is None else ours <= metric.limit
+    if ratio_value is None or not metric.target:
         return None
-    return value >= 1.0 if metric.better == "higher" else value <= 1.0
+    return ratio_value >= 1.0 if metric.better == "higher" else ratio_value <= 1.0
 
 
 def summarize(results: Results) -> dict[str, Any]:
@@ -69,7 +72,9 @@ def summarize(results: Results) -> dict[str, Any]:
     for workload, per_metric in results.samples.items():
         specs = {m.key: m for m in results.metrics.get(workload, [])}
         out: dict[str, Any] = {}
-        for key, sides in per_metric.items():
+        ordered = [k for k in specs if k in per_metric] + [k for k in per_metric if k not in specs]
+        for key in ordered:
+            sides = per_metric[key]
             spec = specs.get(key) or Metric(key, key, "", target=False)
             ours, theirs = median(sides["ours"]), median(sides["distribution"])
             r = ratio(ours, theirs)
@@ -80,8 +85,10 @@ def summarize(results: Results) -> dict[str, Any]:
                 "ours": {"samples": sides["ours"], "median": ours},
                 "distribution": {"samples": sides["distribution"], "median": theirs},
                 "ratio": r,
-                "meets_target": meets(spec, r),
+                "meets_target": meets(spec, r, ours),
             }
+            if spec.limit is not None:
+                entry["limit"] = spec.limit
             if spec.ceiling and results.limits and results.limits.get(spec.ceiling):
                 limit = results.limits[spec.ceiling]
                 entry["ceiling"] = {

@@ -42,7 +42,7 @@ class Settings:
     scale_samples: int = 30
     docker_layers: int = 5
     docker_layer_mib: int = 40
-    client: str = "wrk"
+    client: str = "auto"
 
     @classmethod
     def quick(cls) -> Settings:
@@ -238,7 +238,13 @@ class Memory(PushMonolithic):
     name = "memory"
     title = "peak RSS during a large monolithic push (target: < 150 MB per worker)"
     metrics = (
-        Metric("peak_worker_rss_mib", "peak RSS of one process", "MiB", better="lower"),
+        Metric(
+            "peak_worker_rss_mib",
+            "peak RSS of one process (target < 150 MB)",
+            "MiB",
+            better="lower",
+            limit=150e6 / MIB,
+        ),
         Metric("mbps", "throughput", "MB/s", ceiling="sha256_one_core_mbps"),
     )
 
@@ -276,7 +282,7 @@ class HeadBlob(Workload):
             server.url + path, self.method, headers, ctx.settings.flood_connections,
             ctx.settings.flood_seconds, client=ctx.settings.client,
         )  # fmt: skip
-        notes = []
+        notes = [f"flood client: {result.client}, {result.connections} connections"]
         if result.errors:
             notes.append(f"{result.errors} errors, statuses {result.statuses}")
         metrics = {
