@@ -1,0 +1,276 @@
+"""Faults: clients that vanish mid-request, restarts mid-upload, races, and a big push.
+
+Tests that restart or count files on disk get a server of their own (`fresh`); the others
+use the session's server and check it still answers afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from api.helpers import (
+    assert_blob,
+    assert_error,
+    digest_of,
+    encode,
+    image_doc,
+    patch_chunk,
+    start_upload,
+    unique_repo,
+    upload_range,
+)
+from registry.oci import mediatypes as mt
+
+from support.server import RegistryServer
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Iterator[RegistryServer]:
+    """A server of this test's own, with an empty data folder."""
+    server = RegistryServer(tmp_path / "data")
+    server.start()
+    yield server
+    server.stop()
+
+
+def send_and_vanish(base_url: str, method: str, path: str, declared: int, body: bytes) -> None:
+    """Send headers announcing `declared` bytes, then only `body`, then close the socket."""
+    url = urlsplit(base_url)
+    assert url.hostname and url.port
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        f"Content-Length: {declared}\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        time.sleep(0.2)  # let the server start on the body before the connection drops
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def stored_size(data_dir: Path, location: str) -> int:
+    return Path(data_dir, "storage", "uploads", location.rsplit("/", 1)[1], "data").stat().st_size
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+class TestDisconnect:
+    def test_mid_patch(
+        self, client: httpx.Client, registry_server: RegistryServer, registry_url: str
+    ) -> None:
+        repo = unique_repo("faults")
+        # More than the server buffers before writing (4 MiB), so some of it reaches disk.
+        first, second = os.urandom(100_000), os.urandom(8 * MiB)
+        location = start_upload(client, repo)
+        assert patch_chunk(client, location, first, 0).status_code == 202
+        send_and_vanish(registry_url, "PATCH", location, len(second), second[: 6 * MiB])
+        # The part-sent chunk leaves no trace, in the session or in storage.
+        wait_for(lambda: stored_size(registry_server.data_dir, location) == len(first))
+        assert upload_range(client, location) == f"0-{len(first) - 1}"
+        response = patch_chunk(client, location, second, len(first))
+        assert response.status_code == 202
+        assert response.headers["range"] == f"0-{len(first) + len(second) - 1}"
+        digest = digest_of(first + second)
+        assert client.put(location, params={"digest": digest}).status_code == 201
+        assert_blob(client, repo, first + second)
+
+    def test_mid_first_patch_with_content_range(
+        self, client: httpx.Client, registry_url: str
+    ) -> None:
+        repo = unique_repo("faults")
+        data = os.urandom(MiB)
+        location = start_upload(client, repo)
+        send_and_vanish(registry_url, "PATCH", location, MiB, data[:1000])
+        assert upload_range(client, location) == "0-0"
+        assert patch_chunk(client, location, data, 0).status_code == 202
+        assert client.put(location, params={"digest": digest_of(data)}).status_code == 201
+        assert_blob(client, repo, data)
+
+    def test_mid_monolithic_post(self, client: httpx.Client, registry_url: str) -> None:
+        repo, data = unique_repo("faults"), os.urandom(MiB)
+        digest = digest_of(data)
+        path = f"/v2/{repo}/blobs/uploads/?digest={digest}"
+        send_and_vanish(registry_url, "POST", path, MiB, data[: MiB // 2])
+        assert_error(client.get(f"/v2/{repo}/blobs/{digest}"), 404, "BLOB_UNKNOWN")
+        assert client.get("/v2/").status_code == 200
+
+    def test_mid_manifest_put(self, client: httpx.Client, registry_url: str) -> None:
+        repo = unique_repo("faults")
+        body = encode(image_doc(client, repo))
+        send_and_vanish(registry_url, "PUT", f"/v2/{repo}/manifests/t", len(body), body[:-10])
+        assert_error(client.get(f"/v2/{repo}/manifests/t"), 404, "MANIFEST_UNKNOWN")
+        response = client.put(
+            f"/v2/{repo}/manifests/t", content=body, headers={"Content-Type": mt.OCI_MANIFEST}
+        )
+        assert response.status_code == 201
+
+    def test_server_still_answers(self, client: httpx.Client) -> None:
+        assert client.get("/v2/").status_code == 200
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
+def test_restart_mid_upload(fresh: RegistryServer, kill: bool) -> None:
+    first, rest = os.urandom(3 * MiB + 17), os.urandom(2 * MiB)
+    with httpx.Client(base_url=fresh.url, timeout=60) as c:
+        location = start_upload(c, "faults/restart")
+        assert patch_chunk(c, location, first, 0).status_code == 202
+    fresh.restart(kill=kill)
+    with httpx.Client(base_url=fresh.url, timeout=60) as c:
+        assert upload_range(c, location) == f"0-{len(first) - 1}"
+        assert patch_chunk(c, location, rest, len(first)).status_code == 202
+        response = c.put(location, params={"digest": digest_of(first + rest)})
+        assert response.status_code == 201, response.text
+        assert_blob(c, "faults/restart", first + rest)
+
+
+def test_restart_after_commit_keeps_everything(fresh: RegistryServer) -> None:
+    with httpx.Client(base_url=fresh.url, timeout=60) as c:
+        doc = image_doc(c, "faults/kept")
+        body = encode(doc)
+        headers = {"Content-Type": mt.OCI_MANIFEST}
+        assert c.put("/v2/faults/kept/manifests/v1", content=body, headers=headers).is_success
+    fresh.restart(kill=True)
+    with httpx.Client(base_url=fresh.url, timeout=60) as c:
+        assert c.get("/v2/faults/kept/manifests/v1").content == body
+        assert c.get("/v2/faults/kept/tags/list").json()["tags"] == ["v1"]
+        for blob in (doc["config"], *doc["layers"]):
+            assert c.head(f"/v2/faults/kept/blobs/{blob['digest']}").status_code == 200
+
+
+def test_parallel_pushes_of_one_blob_store_one_copy(fresh: RegistryServer) -> None:
+    data = os.urandom(2 * MiB)
+    digest = digest_of(data)
+    repos = [f"faults/parallel-{i}" for i in range(20)]
+    all_patched = threading.Barrier(len(repos), timeout=60)
+
+    def push(repo: str) -> int:
+        with httpx.Client(base_url=fresh.url, timeout=60) as c:
+            location = start_upload(c, repo)
+            assert patch_chunk(c, location, data[:MiB], 0).status_code == 202
+            assert patch_chunk(c, location, data[MiB:], MiB).status_code == 202
+            all_patched.wait()  # every commit at the same moment
+            return c.put(location, params={"digest": digest}).status_code
+
+    with ThreadPoolExecutor(len(repos)) as pool:
+        statuses = list(pool.map(push, repos))
+    assert statuses == [201] * len(repos)
+
+    storage = fresh.data_dir / "storage"
+    hex_digest = digest.split(":", 1)[1]
+    blob_files = files_under(storage / "blobs")
+    assert blob_files == [storage / "blobs" / "sha256" / hex_digest[:2] / hex_digest / "data"]
+    assert files_under(storage / "uploads") == []
+    with httpx.Client(base_url=fresh.url, timeout=60) as c:
+        for repo in repos:
+            assert_blob(c, repo, data, digest)
+
+
+class TestRacingPatches:
+    def test_same_range_one_wins(self, client: httpx.Client, registry_url: str) -> None:
+        repo = unique_repo("faults")
+        location = start_upload(client, repo)
+        chunks = [os.urandom(4 * MiB), os.urandom(4 * MiB)]
+        start = threading.Barrier(2, timeout=30)
+
+        def send(chunk: bytes) -> httpx.Response:
+            with httpx.Client(base_url=registry_url, timeout=60) as c:
+                start.wait()
+                return patch_chunk(c, location, chunk, 0)
+
+        with ThreadPoolExecutor(2) as pool:
+            responses = list(pool.map(send, chunks))
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses == [202, 416]
+        winner = chunks[[r.status_code for r in responses].index(202)]
+        assert upload_range(client, location) == f"0-{4 * MiB - 1}"
+        assert client.put(location, params={"digest": digest_of(winner)}).status_code == 201
+        assert_blob(client, repo, winner)
+
+    def test_streamed_chunks_do_not_interleave(
+        self, client: httpx.Client, registry_url: str
+    ) -> None:
+        """Streamed PATCHes (no Content-Range) on one upload all land, whole, one after
+        another; the Range each answer gives says where its chunk went."""
+        repo = unique_repo("faults")
+        location = start_upload(client, repo)
+        chunks = [os.urandom(MiB + i * 1000) for i in range(4)]
+        start = threading.Barrier(len(chunks), timeout=30)
+
+        def send(chunk: bytes) -> tuple[int, bytes]:
+            with httpx.Client(base_url=registry_url, timeout=60) as c:
+                start.wait()
+                response = c.patch(location, content=iter([chunk[:500_000], chunk[500_000:]]))
+                assert response.status_code == 202, response.text
+                return int(response.headers["range"].split("-")[1]), chunk
+
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            ends = sorted(pool.map(send, chunks))
+        data = b"".join(chunk for _, chunk in ends)
+        assert [end for end, _ in ends] == [
+            sum(len(c) for _, c in ends[: i + 1]) - 1 for i in range(len(ends))
+        ]
+        assert client.put(location, params={"digest": digest_of(data)}).status_code == 201
+        assert_blob(client, repo, data)
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """The process's peak resident set size, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_big_streamed_upload_keeps_memory_flat(fresh: RegistryServer) -> None:
+    """256 MiB pushed in one streamed PATCH, made up on the fly: the server's peak RSS stays
+    under 150 MB while receiving, committing and serving it back."""
+    total, block = 256 * MiB, MiB
+    seed = os.urandom(block)
+    sent = hashlib.sha256()
+
+    def body() -> Iterator[bytes]:
+        for i in range(total // block):
+            piece = i.to_bytes(8, "big") + seed[8:]
+            sent.update(piece)
+            yield piece
+
+    assert fresh.process is not None
+    pid = fresh.process.pid
+    with httpx.Client(base_url=fresh.url, timeout=120) as c:
+        location = start_upload(c, "faults/big")
+        response = c.patch(location, content=body())
+        assert response.status_code == 202
+        assert response.headers["range"] == f"0-{total - 1}"
+        digest = f"sha256:{sent.hexdigest()}"
+        assert c.put(location, params={"digest": digest}).status_code == 201
+        received, size = hashlib.sha256(), 0
+        with c.stream("GET", f"/v2/faults/big/blobs/{digest}") as response:
+            assert response.status_code == 200
+            assert response.headers["content-length"] == str(total)
+            for chunk in response.iter_bytes():
+                received.update(chunk)
+                size += len(chunk)
+        assert size == total
+        assert received.hexdigest() == sent.hexdigest()
+    peak_mb = vm_hwm_kib(pid) * 1024 / 1e6
+    assert peak_mb < 150, f"server peak RSS {peak_mb:.0f} MB"
