@@ -170,7 +170,7 @@ def _mount_rootfs(launch: Launch, rootfs: Path) -> None:
             if storage == "overlay":
                 raise
     if not (d / "copied").exists():
-        copy_layers(launch.lowers, rootfs)
+        copy_layers([fs.parent for fs in launch.lowers], rootfs)
         (d / "copied").touch()
     linux.mount(str(rootfs), str(rootfs), None, linux.MS_BIND | linux.MS_REC)
 
@@ -285,7 +285,7 @@ def _drop_privileges(launch: Launch, user: ExecUser) -> None:
         os.write(fd, b"0")
         os.close(fd)
     capabilities.drop_to_default(launch.last_cap)
-    os.setgroups(list(user.groups))
+    os.setgroups(sorted({user.gid, *user.groups}))  # Docker adds the primary group too
     os.setgid(user.gid)
     os.setuid(user.uid)
 
