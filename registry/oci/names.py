@@ -13,11 +13,11 @@ MAX_NAME_LENGTH = 255
 
 
 def is_repository_name(name: str) -> bool:
-    return 0 < len(name) <= MAX_NAME_LENGTH and _NAME.match(name) is not None
+    return 0 < len(name) <= MAX_NAME_LENGTH and _NAME.fullmatch(name) is not None
 
 
 def is_tag(tag: str) -> bool:
-    return _TAG.match(tag) is not None
+    return _TAG.fullmatch(tag) is not None
 
 
 def referrers_tag(digest: str) -> str:

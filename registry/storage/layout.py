@@ -24,7 +24,7 @@ def blob_key(digest: Digest) -> str:
 
 
 def upload_key(upload_id: str) -> str:
-    if not _UPLOAD_ID.match(upload_id):
+    if not _UPLOAD_ID.fullmatch(upload_id):
         raise ValueError(f"invalid upload id {upload_id!r}")
     return f"uploads/{upload_id}/data"
 
@@ -34,4 +34,4 @@ def upload_prefix(upload_id: str) -> str:
 
 
 def is_upload_id(value: str) -> bool:
-    return _UPLOAD_ID.match(value) is not None
+    return _UPLOAD_ID.fullmatch(value) is not None
