@@ -200,7 +200,7 @@ def test_longest_tag(client: httpx.Client, repo: str) -> None:
     assert_manifest(client, repo, tag, pushed)
 
 
-@pytest.mark.parametrize("tag", ["-x", ".x", "a" * 129, "t+u"])
+@pytest.mark.parametrize("tag", ["-x", ".x", "a" * 129, "t+u", "latest%0A"])
 def test_invalid_tag(client: httpx.Client, repo: str, tag: str) -> None:
     body = encode(image_doc(client, repo))
     assert_error(put_manifest(client, repo, tag, body, mt.OCI_MANIFEST), 400, "MANIFEST_INVALID")

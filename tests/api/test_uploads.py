@@ -303,7 +303,9 @@ def test_malformed_content_length(client: httpx.Client, registry_url: str, repo:
     assert upload_range(client, location) == "0-0"
 
 
-@pytest.mark.parametrize("upload_id", ["0" * 32, "not-an-id", "A" * 32, "f" * 33, "%2E%2E"])
+@pytest.mark.parametrize(
+    "upload_id", ["0" * 32, "not-an-id", "A" * 32, "f" * 33, "%2E%2E", "0" * 32 + "%0A"]
+)
 def test_unknown_upload(client: httpx.Client, repo: str, upload_id: str) -> None:
     url = f"/v2/{repo}/blobs/uploads/{upload_id}"
     assert_error(client.get(url), 404, "BLOB_UPLOAD_UNKNOWN")
