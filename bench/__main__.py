@@ -104,10 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="bench-", dir=args.workdir))
     try:
-        if args.mode == "limits":
-            print(limits.describe(limits.measure(base, quick=args.quick)))
-            return 0
         settings = settings_from(args)
+        if args.mode == "limits":
+            print(limits.describe(limits.measure(base, settings.limits_mib)))
+            return 0
         if args.mode == "calibrate":
             return _calibrate(base, settings)
         return _run(args, settings, base)
@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace, settings: Settings, base: Path) -> int:
     )  # fmt: skip
     if not args.no_limits:
         log("measuring the machine's ceilings ...")
-        results.limits = limits.measure(base, quick=args.quick)
+        results.limits = limits.measure(base, settings.limits_mib)
         log(limits.describe(results.limits))
     workloads = choose(args)
     try:

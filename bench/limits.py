@@ -93,9 +93,9 @@ def loopback_mbps(total: int, block: int = BLOCK) -> float:
     return received[0] / elapsed / MB
 
 
-def measure(folder: Path, quick: bool = False) -> dict[str, float]:
+def measure(folder: Path, size_mib: int = 1024) -> dict[str, float]:
     """Each ceiling once (the best of two runs, as the machine is shared)."""
-    size = (256 if quick else 1024) * MIB
+    size = size_mib * MIB
     cores = os.cpu_count() or 1
 
     def best(fn: object, *args: object) -> float:

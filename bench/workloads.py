@@ -38,10 +38,11 @@ class Settings:
     memory_mib: int = 1024
     scale_tags: int = 100_000
     scale_repos: int = 10_000
-    scale_budget_seconds: float = 1200.0
+    scale_budget_seconds: float = 900.0
     scale_samples: int = 30
     docker_layers: int = 5
     docker_layer_mib: int = 40
+    limits_mib: int = 1024
     client: str = "auto"
 
     @classmethod
@@ -49,7 +50,7 @@ class Settings:
         return cls(
             blob_mib=128, pulls=2, flood_seconds=4.0, small_count=100, parallel_mib=16,
             memory_mib=256, scale_tags=5_000, scale_repos=500, scale_samples=15,
-            docker_layer_mib=8,
+            docker_layer_mib=8, limits_mib=256,
         )  # fmt: skip
 
 

@@ -1,0 +1,98 @@
+"""The benchmark runs end to end in a tiny mode and writes a well-formed report.
+
+No timing is asserted: only that both servers were measured and every figure is there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DISTRIBUTION = "/usr/bin/docker-registry"
+WORKLOADS = ("push-monolithic", "pull", "head-blob", "get-manifest", "small-pushes")
+TINY = [
+    "--repeat", "1", "--blob-mib", "4", "--chunk-mib", "1", "--pulls", "1",
+    "--flood-seconds", "1", "--flood-connections", "8", "--small-count", "8",
+    "--small-concurrency", "4", "--limits-mib", "8",
+]  # fmt: skip
+
+
+def _require_distribution() -> None:
+    if not os.access(DISTRIBUTION, os.X_OK):
+        reason = f"{DISTRIBUTION} not found (Debian package docker-registry)"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"{reason}: CI must run the benchmark smoke test", pytrace=False)
+        pytest.skip(reason)
+
+
+def _run_bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--workdir", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+@pytest.mark.parametrize("client", ["python", "auto"])
+def test_tiny_run_reports_both_servers(tmp_path: Path, client: str) -> None:
+    _require_distribution()
+    out = tmp_path / "report.json"
+    only = ",".join(WORKLOADS if client == "python" else ("get-manifest",))
+    done = _run_bench(tmp_path, *TINY, "--only", only, "--client", client, "--json", str(out))
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+
+    report = json.loads(out.read_text())
+    assert report["version"] == 1
+    assert report["settings"]["repeat"] == 1
+    assert report["machine"]["cores"] >= 1
+    for key in ("sha256_one_core_mbps", "disk_write_fsync_mbps", "loopback_tcp_mbps"):
+        assert report["limits"][key] > 0
+    assert set(report["workloads"]) == set(only.split(","))
+    for name, workload in report["workloads"].items():
+        metrics = workload["metrics"]
+        for key in ("server_cpu_s", "client_cpu_s", "peak_rss_mib"):
+            assert key in metrics, (name, key)
+        for key, metric in metrics.items():
+            for side in ("ours", "distribution"):
+                samples = metric[side]["samples"]
+                assert len(samples) == 1, (name, key, side)
+                assert all(_is_number(v) for v in samples), (name, key, side)
+                assert _is_number(metric[side]["median"]), (name, key, side)
+            assert metric["ratio"] is None or _is_number(metric["ratio"])
+        primary = next(iter(metrics.values()))
+        assert primary["ours"]["median"] > 0 and primary["distribution"]["median"] > 0, name
+        assert primary["ratio"] is not None and primary["meets_target"] in (True, False)
+    pull = report["workloads"].get("pull")
+    if pull is not None:
+        assert pull["metrics"]["mbps"]["ceiling"]["name"] == "loopback_tcp_mbps"
+    # The table names every workload and says which is ours / Distribution's.
+    for name in only.split(","):
+        assert name in done.stdout
+    assert "ratio" in done.stdout and "distribution" in done.stdout
+
+
+def test_limits_mode(tmp_path: Path) -> None:
+    done = _run_bench(tmp_path, "limits", "--limits-mib", "8")
+    assert done.returncode == 0, done.stderr
+    for label in ("SHA-256", "fsync", "loopback"):
+        assert label in done.stdout
+
+
+def test_unknown_workload_is_refused(tmp_path: Path) -> None:
+    done = _run_bench(tmp_path, "--only", "no-such-workload", "--no-limits")
+    assert done.returncode != 0
+    assert "unknown workloads" in done.stderr
