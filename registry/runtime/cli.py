@@ -256,8 +256,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.detach:
         return _run_detached(store, container)
     supervisor = Supervisor(store, container)
-    supervisor.start()
     supervisor.forward_signals()
+    supervisor.start()
     return supervisor.wait()
 
 

@@ -56,6 +56,8 @@ class Supervisor:
                                                   container.cpus))
         self.stage1_pid = 0
         self._log_pipes: list[tuple[int, str]] = []
+        self._pending: list[int] = []
+        self._own_pid = os.getpid()
 
     # --- prepare and start ----------------------------------------------------------------
 
@@ -136,14 +138,23 @@ class Supervisor:
             raise StartFailure(message, c.exit_code)
         with contextlib.suppress(FileNotFoundError):
             self.containers.save(c)
+        for signum in self._pending:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(c.pid, signum)
 
     # --- wait and finish ------------------------------------------------------------------
 
     def forward_signals(self) -> None:
+        """Install before `start`: signals that come before pid 1 exists wait for it."""
+
         def forward(signum: int, _frame: FrameType | None) -> None:
+            if os.getpid() != self._own_pid:
+                return  # a just-forked child, before it resets its handlers
+            if not self.container.pid:
+                self._pending.append(signum)
+                return
             with contextlib.suppress(ProcessLookupError):
-                if self.container.pid:
-                    os.kill(self.container.pid, signum)
+                os.kill(self.container.pid, signum)
 
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, forward)
