@@ -12,6 +12,8 @@ from runtime.distribution import Distribution
 from runtime.imaging import Pusher
 from runtime.tokenserver import TokenServer
 
+from support.server import RegistryServer
+
 USERS = {"alice": "wonderland"}
 
 
@@ -23,8 +25,9 @@ def distribution(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribut
 
 
 @pytest.fixture(scope="session")
-def pusher(distribution: Distribution) -> Iterator[Pusher]:
-    p = Pusher(distribution.url)
+def pusher(registry_server: RegistryServer) -> Iterator[Pusher]:
+    """Pushes test images to our own registry, the one the runtime is paired with."""
+    p = Pusher(registry_server.url)
     yield p
     p.close()
 

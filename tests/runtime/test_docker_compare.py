@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from registry.runtime.store import Store
-from runtime.distribution import Distribution
 from runtime.runner import ROOT, cli
 
 from support.dockerd import BusyboxImagePlan, DockerDaemon, build_busybox_image
+from support.server import RegistryServer
 
 pytestmark = pytest.mark.skipif(not ROOT, reason="running containers needs root")
 
@@ -28,9 +28,9 @@ busybox ls -a; exit 5"]
 
 
 @pytest.fixture(scope="session")
-def docker_images(dockerd: DockerDaemon, distribution: Distribution) -> dict[str, str]:
-    base = build_busybox_image(dockerd, f"{distribution.host}/cmp/busybox:v1", layers=3)
-    custom = f"{distribution.host}/cmp/custom:v1"
+def docker_images(dockerd: DockerDaemon, registry_server: RegistryServer) -> dict[str, str]:
+    base = build_busybox_image(dockerd, f"{registry_server.host}/cmp/busybox:v1", layers=3)
+    custom = f"{registry_server.host}/cmp/custom:v1"
     with tempfile.TemporaryDirectory() as context:
         Path(context, "Dockerfile").write_text(CUSTOM.format(base=base))
         dockerd.docker("build", "--tag", custom, context)

@@ -36,7 +36,7 @@ from runtime.imaging import (
 from runtime.tamper import TamperingProxy
 from runtime.tokenserver import TokenServer
 
-from support.server import free_port
+from support.server import RegistryServer, free_port
 
 
 def three_layers() -> list[Layer]:
@@ -48,43 +48,43 @@ def three_layers() -> list[Layer]:
 
 
 def test_pull_records_image_and_unpacks_every_compression(
-        distribution: Distribution, pusher: Pusher, store: Store) -> None:
+        registry_server: RegistryServer, pusher: Pusher, store: Store) -> None:
     image = Image(three_layers(), {"Cmd": ["/bin/sh"]})
     digest = pusher.image("pull/basic", "v1", image)
-    record = Puller(store).pull(f"{distribution.host}/pull/basic:v1")
+    record = Puller(store).pull(f"{registry_server.host}/pull/basic:v1")
     assert record.id == sha256(image.config_bytes())
     assert record.manifest_digest == digest
-    assert f"{distribution.host}/pull/basic:v1" in record.refs
-    assert f"{distribution.host}/pull/basic@{digest}" in record.refs
+    assert f"{registry_server.host}/pull/basic:v1" in record.refs
+    assert f"{registry_server.host}/pull/basic@{digest}" in record.refs
     dirs = [store.layer_dir(d) for d in record.diff_ids]
     assert (dirs[0] / "fs/etc/one").read_text() == "1"
     assert (dirs[1] / "fs/etc/two").read_text() == "2"
     assert read_layer_info(dirs[1]).whiteouts == ["etc/gone"]
     assert (dirs[2] / "fs/etc/three").read_text() == "3"
-    assert ImageIndex(store).get(f"{distribution.host}/pull/basic:v1").id == record.id
+    assert ImageIndex(store).get(f"{registry_server.host}/pull/basic:v1").id == record.id
 
 
 def test_layers_in_the_store_are_not_downloaded_again(
-        distribution: Distribution, pusher: Pusher, store: Store) -> None:
+        registry_server: RegistryServer, pusher: Pusher, store: Store) -> None:
     layers = three_layers()
     pusher.image("pull/cache-a", "v1", Image(layers, {"Env": ["A=1"]}))
-    Puller(store).pull(f"{distribution.host}/pull/cache-a:v1")
+    Puller(store).pull(f"{registry_server.host}/pull/cache-a:v1")
     # A second image sharing the layers, whose layer blobs then vanish from the registry:
     pusher.image("pull/cache-b", "v1", Image(layers, {"Env": ["B=2"]}))
-    with httpx.Client(base_url=distribution.url) as http:
+    with httpx.Client(base_url=registry_server.url) as http:
         for layer in layers:
             gone = http.delete(f"/v2/pull/cache-b/blobs/{sha256(layer.blob)}")
             assert gone.status_code == 202
-    record = Puller(store).pull(f"{distribution.host}/pull/cache-b:v1")
+    record = Puller(store).pull(f"{registry_server.host}/pull/cache-b:v1")
     assert all(store.has_layer(d) for d in record.diff_ids)
 
 
 def test_docker_schema2_and_pull_by_digest(
-        distribution: Distribution, pusher: Pusher, store: Store) -> None:
+        registry_server: RegistryServer, pusher: Pusher, store: Store) -> None:
     digest = pusher.image("pull/docker", "v1", Image(three_layers()[:1]), DOCKER_MANIFEST)
-    record = Puller(store).pull(f"{distribution.host}/pull/docker@{digest}")
+    record = Puller(store).pull(f"{registry_server.host}/pull/docker@{digest}")
     assert record.manifest_media_type == DOCKER_MANIFEST
-    assert record.refs == [f"{distribution.host}/pull/docker@{digest}"]
+    assert record.refs == [f"{registry_server.host}/pull/docker@{digest}"]
 
 
 def platform_images() -> list[Image]:
@@ -95,34 +95,35 @@ def platform_images() -> list[Image]:
 
 
 def test_index_picks_the_wanted_platform(
-        distribution: Distribution, pusher: Pusher, store: Store) -> None:
+        registry_server: RegistryServer, pusher: Pusher, store: Store) -> None:
     index_digest = pusher.index("pull/multi", "v1", platform_images())
-    ref = f"{distribution.host}/pull/multi:v1"
+    ref = f"{registry_server.host}/pull/multi:v1"
     for arch in ("arm64", "s390x"):
         record = Puller(store).pull(ref, Platform(arch, "linux"))
         assert (store.layer_dir(record.diff_ids[0]) / "fs/arch").read_text() == arch
         assert record.platform == f"linux/{arch}"
-        assert f"{distribution.host}/pull/multi@{index_digest}" in record.refs
+        assert f"{registry_server.host}/pull/multi@{index_digest}" in record.refs
     with pytest.raises(PlatformNotFound, match="linux/ppc64le"):
         Puller(store).pull(ref, Platform("ppc64le", "linux"))
 
 
 def test_a_single_manifest_for_another_platform_is_refused(
-        distribution: Distribution, pusher: Pusher, store: Store) -> None:
+        registry_server: RegistryServer, pusher: Pusher, store: Store) -> None:
     pusher.image("pull/other-arch", "v1", platform_images()[2])
     with pytest.raises(Exception, match="linux/s390x"):
-        Puller(store).pull(f"{distribution.host}/pull/other-arch:v1", Platform("amd64", "linux"))
+        Puller(store).pull(f"{registry_server.host}/pull/other-arch:v1", Platform("amd64", "linux"))
 
 
-def test_missing_image_and_unreachable_registry(distribution: Distribution, store: Store) -> None:
+def test_missing_image_and_unreachable_registry(
+        registry_server: RegistryServer, store: Store) -> None:
     with pytest.raises(ImageNotFound):
-        Puller(store).pull(f"{distribution.host}/pull/nothing-here:v1")
+        Puller(store).pull(f"{registry_server.host}/pull/nothing-here:v1")
     with pytest.raises(RegistryUnreachable):
         Puller(store).pull(f"127.0.0.1:{free_port()}/pull/x:v1")
 
 
 def test_diff_id_mismatch_is_refused(
-        distribution: Distribution, pusher: Pusher, store: Store) -> None:
+        registry_server: RegistryServer, pusher: Pusher, store: Store) -> None:
     image = Image(three_layers()[:1])
     lie = json.loads(image.config_bytes())
     lie["rootfs"]["diff_ids"] = [sha256(b"something else")]
@@ -133,12 +134,13 @@ def test_diff_id_mismatch_is_refused(
     doc["config"] = {**doc["config"], "digest": sha256(config), "size": len(config)}
     pusher.manifest("pull/lying", "v1", doc, doc["mediaType"])
     with pytest.raises(ContentInvalid, match="diff id"):
-        Puller(store).pull(f"{distribution.host}/pull/lying:v1")
+        Puller(store).pull(f"{registry_server.host}/pull/lying:v1")
     assert store.layer_ids() == []
 
 
 @pytest.fixture
-def hostile(distribution: Distribution, pusher: Pusher) -> Iterator[tuple[TamperingProxy, str]]:
+def hostile(
+        registry_server: RegistryServer, pusher: Pusher) -> Iterator[tuple[TamperingProxy, str]]:
     digest = pusher.image("pull/tampered", "v1", Image(three_layers()[:1]))
 
     def rewrite(path: str, body: bytes) -> bytes:
@@ -148,7 +150,7 @@ def hostile(distribution: Distribution, pusher: Pusher) -> Iterator[tuple[Tamper
             return body.replace(b'"schemaVersion": 2', b'"schemaVersion":2')
         return body
 
-    proxy = TamperingProxy(distribution.url, rewrite)
+    proxy = TamperingProxy(registry_server.url, rewrite)
     yield proxy, digest
     proxy.stop()
 

@@ -14,15 +14,16 @@ from pathlib import Path
 import pytest
 
 from registry.runtime.store import Store
-from runtime.distribution import Distribution
 from runtime.imaging import Image, Layer, Pusher, busybox_entries, directory, file, tar_bytes
 from runtime.runner import CLI, ROOT, cli
+
+from support.server import RegistryServer
 
 pytestmark = pytest.mark.skipif(not ROOT, reason="running containers needs root")
 
 
 @pytest.fixture(scope="session")
-def image(distribution: Distribution, pusher: Pusher) -> str:
+def image(registry_server: RegistryServer, pusher: Pusher) -> str:
     """Busybox, then a layer deleting a file and making a dir opaque, then config."""
     base = [
         *busybox_entries(),
@@ -36,7 +37,7 @@ def image(distribution: Distribution, pusher: Pusher) -> str:
               "WorkingDir": "/srv/work"}
     pusher.image("rt/busybox", "latest", Image([Layer(tar_bytes(base)),
                                                Layer(tar_bytes(upper), "zstd")], config))
-    return f"{distribution.host}/rt/busybox:latest"
+    return f"{registry_server.host}/rt/busybox:latest"
 
 
 @pytest.fixture(autouse=True)
@@ -219,9 +220,9 @@ def test_killed_by_signal_is_128_plus_n(image: str) -> None:
     assert done.returncode == 128 + signal.SIGUSR1
 
 
-def test_images_rmi_and_errors(image: str, distribution: Distribution) -> None:
+def test_images_rmi_and_errors(image: str, registry_server: RegistryServer) -> None:
     assert "rt/busybox" in cli("images").stdout or run("--rm", image, "true").returncode == 0
-    missing = cli("pull", f"{distribution.host}/rt/nothing:here")
+    missing = cli("pull", f"{registry_server.host}/rt/nothing:here")
     assert missing.returncode != 0 and missing.stderr.startswith("Error: ")
     assert "Traceback" not in missing.stderr and len(missing.stderr.splitlines()) == 1
     assert run("-d", "--name", "user1", image, "sleep", "30").returncode == 0
