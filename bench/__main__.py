@@ -73,6 +73,7 @@ def machine_info() -> dict[str, Any]:
         "distribution": servers.distribution_version(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
+    info.update(_git_state())
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -83,6 +84,24 @@ def machine_info() -> dict[str, Any]:
     except (OSError, IndexError):
         pass
     return info
+
+
+def _git_state() -> dict[str, Any]:
+    """The commit measured, and whether the server's code had uncommitted changes."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=servers.REPO_ROOT, capture_output=True, text=True,
+                timeout=10, check=False,
+            )  # fmt: skip
+        except OSError:
+            return ""
+        return done.stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "registry", "migrations")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "registry_dirty": bool(changed)}
 
 
 def choose(args: argparse.Namespace) -> list[Any]:

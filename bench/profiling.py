@@ -56,10 +56,22 @@ class Recording:
 
 
 def _frames(stack: str) -> list[str]:
-    return [frame for frame in stack.split(";") if frame]
+    # With --subprocesses the first element names the process: `process PID:"cmdline"`.
+    return [
+        f
+        for f in stack.split(";")
+        if " (" in f and f.endswith(")") and not f.startswith(("process ", "thread "))
+    ]
+
+
+def _function(frame: str) -> str:
+    """`name (file:line)` without the line: a function's samples over all its lines."""
+    name, _, where = frame.rpartition(" (")
+    return f"{name} ({where.rsplit(':', 1)[0]})" if name else frame
 
 
 def summarize(collapsed: str, top: int = 25) -> str:
+    own_lines: Counter[str] = Counter()
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
@@ -72,15 +84,18 @@ def summarize(collapsed: str, top: int = 25) -> str:
         if not frames:
             continue
         total += count
-        # py-spy puts the process/thread name first with --subprocesses: skip non-frames.
-        frames = [f for f in frames if "(" in f] or frames
-        own[frames[-1]] += count
-        for frame in set(frames):
-            inclusive[frame] += count
+        own_lines[frames[-1]] += count
+        own[_function(frames[-1])] += count
+        for function in {_function(f) for f in frames}:
+            inclusive[function] += count
     if not total:
         return "no samples\n"
-    lines = [f"{total} samples", "", "by own samples (where the CPU went):"]
-    lines += [f"  {n / total * 100:5.1f}%  {frame}" for frame, n in own.most_common(top)]
-    lines += ["", "by inclusive samples:"]
-    lines += [f"  {n / total * 100:5.1f}%  {frame}" for frame, n in inclusive.most_common(top)]
+
+    def ranked(counter: Counter[str]) -> list[str]:
+        return [f"  {n / total * 100:5.1f}%  {frame}" for frame, n in counter.most_common(top)]
+
+    lines = [f"{total} samples (active threads only)", ""]
+    lines += ["by own samples, per function (where the CPU went):", *ranked(own), ""]
+    lines += ["by own samples, per line:", *ranked(own_lines), ""]
+    lines += ["by inclusive samples, per function:", *ranked(inclusive)]
     return "\n".join(lines) + "\n"
