@@ -7,6 +7,7 @@ Every key is `section.key` in YAML and `REGISTRY_SECTION_KEY` in the environment
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,28 @@ class LimitsConfig:
     page_size_max: int = 10_000
 
 
+# Authentication (registry/auth/). Off by default, which is allowed only on a loopback address.
+@dataclass
+class AuthConfig:
+    enabled: bool = False
+    insecure: bool = False  # allow a non-loopback address without auth
+    realm: str = ""  # token endpoint URL in challenges; empty: <public_url or Host>/auth/token
+    service: str = "pocket-registry"  # the `service` of challenges, and the tokens' audience
+    issuer: str = "pocket-registry"  # `iss` of the tokens we sign
+    keys_dir: str = ""  # signing keys; empty: <data_dir>/auth/keys
+    signing_algorithm: str = "ES256"  # ES256 or RS256
+    algorithms: list[str] = field(default_factory=lambda: ["ES256", "RS256"])  # accepted
+    token_ttl_seconds: int = 300
+    refresh_token_ttl_seconds: int = 90 * 86400
+    key_rotation_seconds: int = 30 * 86400  # 0: never rotate
+    leeway_seconds: int = 30
+    basic_auth: bool = True  # accept Basic credentials directly on /v2/
+    trusted_issuers: list[dict[str, Any]] = field(default_factory=list)
+    login_failures_per_account: int = 5
+    login_failures_per_address: int = 50
+    login_failure_window_seconds: int = 300
+
+
 @dataclass
 class Config:
     data_dir: str = "./data"
@@ -58,6 +81,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def storage_root(self) -> Path:
@@ -121,6 +145,7 @@ def all_keys() -> list[str]:
             "storage",
             "database",
             "limits",
+            "auth",
         ):
             section = getattr(Config(), f.name)
             keys.extend(f"{f.name}.{sub.name}" for sub in dataclasses.fields(section))
@@ -164,4 +189,22 @@ def _coerce(dotted: str, current: Any, value: Any, from_text: bool) -> Any:
         if not isinstance(value, str | int | float) or (isinstance(value, bool) and not from_text):
             raise ConfigError(f"{dotted} must be a string, got {value!r}")
         return str(value)
+    if isinstance(current, list):
+        return _coerce_list(dotted, value, from_text)
     raise ConfigError(f"cannot set {dotted}")
+
+
+def _coerce_list(dotted: str, value: Any, from_text: bool) -> list[Any]:
+    """A list from YAML, or from text: JSON (`[...]`) or comma-separated words."""
+    if from_text and isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                raise ConfigError(f"{dotted}: invalid JSON list: {exc}") from None
+        else:
+            value = [word.strip() for word in text.split(",") if word.strip()]
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{dotted} must be a list, got {value!r}")
+    return list(value)
