@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -126,4 +127,108 @@ uploads = Table(
     Column("size", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
+# Identity and access control (registry/auth/; the SQL is in registry/metadata/identity.py) --
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),  # argon2id, or bcrypt from htpasswd
+    Column("admin", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("password_changed_at", DateTime(timezone=True), nullable=False),
+)
+
+teams = Table(
+    "teams",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+team_members = Table(
+    "team_members",
+    metadata,
+    Column("team_id", Integer, ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Index("ix_team_members_user", "user_id"),
+)
+
+# Actions ("pull,push,delete") on a repository-name pattern, for one user or one team.
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+    Column("team_id", Integer, ForeignKey("teams.id", ondelete="CASCADE"), nullable=True),
+    Column("pattern", String(255), nullable=False),
+    Column("actions", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_grants_user", "user_id"),
+    Index("ix_grants_team", "team_id"),
+)
+
+# Patterns everyone may pull from, anonymous callers included.
+public_repositories = Table(
+    "public_repositories",
+    metadata,
+    Column("pattern", String(255), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# CI tokens: the secret is shown once; only its SHA-256 is kept.
+robot_tokens = Table(
+    "robot_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("scopes", Text, nullable=False),  # JSON [[pattern, "pull,push"], ...]
+    Column("admin", Boolean, nullable=False),  # may use the admin API
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+)
+
+# Identity tokens (`docker login` keeps one instead of the password): hashed like robots'.
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+    Column("robot_id", Integer, ForeignKey("robot_tokens.id", ondelete="CASCADE"), nullable=True),
+    Column("client_id", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(128), nullable=False),  # user, "robot:<name>", or "" (anonymous)
+    Column("address", String(64), nullable=False),
+    Column("action", String(32), nullable=False),  # login, login_failed, push, delete, denied...
+    Column("target", String(512), nullable=False),
+    Column("detail", Text, nullable=True),  # JSON object
+    Index("ix_audit_log_at", "at"),
+    Index("ix_audit_log_actor", "actor"),
+)
+
+# Failed logins per key ("account:<name>" or "address:<ip>") in a fixed window, shared by
+# every replica through the database.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("window_started_at", DateTime(timezone=True), nullable=False),
 )
