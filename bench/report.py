@@ -103,8 +103,17 @@ def summarize(results: Results) -> dict[str, Any]:
             "metrics": out,
             "notes": results.notes.get(workload, []),
         }
+    overall: dict[str, Any] = {}
+    for side in SIDES:
+        peaks = [
+            v
+            for per_metric in results.samples.values()
+            for v in per_metric.get("peak_rss_mib", {}).get(side, [])
+        ]
+        overall[side] = {"peak_rss_mib": max(peaks) if peaks else None}
     return {
         "version": 1,
+        "overall": overall,
         "settings": results.settings,
         "machine": results.machine,
         "limits": results.limits,
@@ -157,6 +166,12 @@ def table(summary: dict[str, Any]) -> str:
         lines.append("  ".join(cells).rstrip())
         if index == 0:
             lines.append("  ".join("-" * w for w in widths))
+    overall = summary.get("overall", {})
+    if overall:
+        peaks = ", ".join(
+            f"{side} {_fmt(overall[side]['peak_rss_mib'])} MiB" for side in SIDES if side in overall
+        )
+        lines += ["", f"peak RSS over every workload: {peaks}"]
     notes = [
         f"  {name}: {text}"
         for name, workload in summary["workloads"].items()
