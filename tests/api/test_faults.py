@@ -1,7 +1,7 @@
 """Faults: clients that vanish mid-request, restarts mid-upload, races, and a big push.
 
-Tests that restart or count files on disk get a server of their own (`fresh`); the others
-use the session's server and check it still answers afterwards.
+Tests that restart the server or look at its files use one of this module's own (`own`),
+restarting it as they need; the others use the session's server and check it still answers.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from support.server import RegistryServer
 MiB = 1024 * 1024
 
 
-@pytest.fixture
-def fresh(tmp_path: Path) -> Iterator[RegistryServer]:
-    """A server of this test's own, with an empty data folder."""
-    server = RegistryServer(tmp_path / "data")
+@pytest.fixture(scope="module")
+def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """A server for this module alone: restarting it disturbs no other test."""
+    server = RegistryServer(tmp_path_factory.mktemp("faults") / "data")
     server.start()
     yield server
     server.stop()
@@ -129,43 +129,46 @@ class TestDisconnect:
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
-def test_restart_mid_upload(fresh: RegistryServer, kill: bool) -> None:
-    first, rest = os.urandom(3 * MiB + 17), os.urandom(2 * MiB)
-    with httpx.Client(base_url=fresh.url, timeout=60) as c:
-        location = start_upload(c, "faults/restart")
+def test_restart_mid_upload(own: RegistryServer, kill: bool) -> None:
+    repo, first, rest = unique_repo("faults"), os.urandom(3 * MiB + 17), os.urandom(2 * MiB)
+    with httpx.Client(base_url=own.url, timeout=60) as c:
+        location = start_upload(c, repo)
         assert patch_chunk(c, location, first, 0).status_code == 202
-    fresh.restart(kill=kill)
-    with httpx.Client(base_url=fresh.url, timeout=60) as c:
+    own.restart(kill=kill)
+    with httpx.Client(base_url=own.url, timeout=60) as c:
         assert upload_range(c, location) == f"0-{len(first) - 1}"
         assert patch_chunk(c, location, rest, len(first)).status_code == 202
         response = c.put(location, params={"digest": digest_of(first + rest)})
         assert response.status_code == 201, response.text
-        assert_blob(c, "faults/restart", first + rest)
+        assert_blob(c, repo, first + rest)
 
 
-def test_restart_after_commit_keeps_everything(fresh: RegistryServer) -> None:
-    with httpx.Client(base_url=fresh.url, timeout=60) as c:
+def test_restart_after_commit_keeps_everything(own: RegistryServer) -> None:
+    with httpx.Client(base_url=own.url, timeout=60) as c:
         doc = image_doc(c, "faults/kept")
         body = encode(doc)
         headers = {"Content-Type": mt.OCI_MANIFEST}
         assert c.put("/v2/faults/kept/manifests/v1", content=body, headers=headers).is_success
-    fresh.restart(kill=True)
-    with httpx.Client(base_url=fresh.url, timeout=60) as c:
+    own.restart(kill=True)
+    with httpx.Client(base_url=own.url, timeout=60) as c:
         assert c.get("/v2/faults/kept/manifests/v1").content == body
         assert c.get("/v2/faults/kept/tags/list").json()["tags"] == ["v1"]
         for blob in (doc["config"], *doc["layers"]):
             assert c.head(f"/v2/faults/kept/blobs/{blob['digest']}").status_code == 200
 
 
-def test_parallel_pushes_of_one_blob_store_one_copy(fresh: RegistryServer) -> None:
+def test_parallel_pushes_of_one_blob_store_one_copy(own: RegistryServer) -> None:
     data = os.urandom(2 * MiB)
     digest = digest_of(data)
     repos = [f"faults/parallel-{i}" for i in range(20)]
     all_patched = threading.Barrier(len(repos), timeout=60)
 
+    upload_ids: set[str] = set()
+
     def push(repo: str) -> int:
-        with httpx.Client(base_url=fresh.url, timeout=60) as c:
+        with httpx.Client(base_url=own.url, timeout=60) as c:
             location = start_upload(c, repo)
+            upload_ids.add(location.rsplit("/", 1)[1])
             assert patch_chunk(c, location, data[:MiB], 0).status_code == 202
             assert patch_chunk(c, location, data[MiB:], MiB).status_code == 202
             all_patched.wait()  # every commit at the same moment
@@ -175,12 +178,13 @@ def test_parallel_pushes_of_one_blob_store_one_copy(fresh: RegistryServer) -> No
         statuses = list(pool.map(push, repos))
     assert statuses == [201] * len(repos)
 
-    storage = fresh.data_dir / "storage"
+    storage = own.data_dir / "storage"
     hex_digest = digest.split(":", 1)[1]
-    blob_files = files_under(storage / "blobs")
-    assert blob_files == [storage / "blobs" / "sha256" / hex_digest[:2] / hex_digest / "data"]
-    assert files_under(storage / "uploads") == []
-    with httpx.Client(base_url=fresh.url, timeout=60) as c:
+    blob_dir = storage / "blobs" / "sha256" / hex_digest[:2] / hex_digest
+    assert files_under(blob_dir) == [blob_dir / "data"]
+    assert [p for p in files_under(storage / "blobs") if p.name != "data"] == []
+    assert [p for p in files_under(storage / "uploads") if p.parent.name in upload_ids] == []
+    with httpx.Client(base_url=own.url, timeout=60) as c:
         for repo in repos:
             assert_blob(c, repo, data, digest)
 
@@ -241,7 +245,7 @@ def vm_hwm_kib(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def test_big_streamed_upload_keeps_memory_flat(fresh: RegistryServer) -> None:
+def test_big_streamed_upload_keeps_memory_flat(own: RegistryServer) -> None:
     """256 MiB pushed in one streamed PATCH, made up on the fly: the server's peak RSS stays
     under 150 MB while receiving, committing and serving it back."""
     total, block = 256 * MiB, MiB
@@ -254,9 +258,10 @@ def test_big_streamed_upload_keeps_memory_flat(fresh: RegistryServer) -> None:
             sent.update(piece)
             yield piece
 
-    assert fresh.process is not None
-    pid = fresh.process.pid
-    with httpx.Client(base_url=fresh.url, timeout=120) as c:
+    own.restart()  # a new process: its peak RSS is this test's alone
+    assert own.process is not None
+    pid = own.process.pid
+    with httpx.Client(base_url=own.url, timeout=120) as c:
         location = start_upload(c, "faults/big")
         response = c.patch(location, content=body())
         assert response.status_code == 202
