@@ -1,5 +1,7 @@
-"""API tests share one HTTP client: building an httpx.Client (its SSL context) costs ~60 ms,
-more than most of these tests take."""
+"""Fixtures of the API tests: one shared HTTP client, and a second, differently configured server.
+
+Building an httpx.Client (its SSL context) costs ~60 ms, more than most of these tests take.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+
+from support.server import RegistryServer
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +22,14 @@ def shared_client(registry_url: str) -> Iterator[httpx.Client]:
 @pytest.fixture
 def client(shared_client: httpx.Client) -> httpx.Client:
     return shared_client
+
+
+@pytest.fixture(scope="session")
+def configured_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """A server told its public URL (it answers absolute Locations), with deletes disabled."""
+    server = RegistryServer(tmp_path_factory.mktemp("configured") / "data")
+    server.env["REGISTRY_SERVER_PUBLIC_URL"] = server.url + "/"
+    server.env["REGISTRY_STORAGE_DELETE_ENABLED"] = "false"
+    server.start()
+    yield server
+    server.stop()

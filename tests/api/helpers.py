@@ -35,13 +35,17 @@ def encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc).encode()
 
 
+def assert_version(response: httpx.Response) -> None:
+    assert response.headers["docker-distribution-api-version"] == API_VERSION
+
+
 def assert_error(response: httpx.Response, status: int, *codes: str) -> list[dict[str, Any]]:
     """The answer is `status` with the spec's error body, whose first code is `codes[0]`.
 
     Any further `codes` must appear somewhere in the list. Returns the error entries.
     """
     assert response.status_code == status, response.text
-    assert response.headers["docker-distribution-api-version"] == API_VERSION
+    assert_version(response)
     assert response.headers["content-type"].startswith("application/json")
     errors = response.json()["errors"]
     assert isinstance(errors, list) and errors
@@ -88,6 +92,7 @@ def push_blob(client: httpx.Client, repo: str, data: bytes, algorithm: str = "sh
     response = client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": digest}, content=data)
     assert response.status_code == 201, response.text
     assert response.headers["docker-content-digest"] == digest
+    assert_version(response)
     return digest
 
 
@@ -96,6 +101,7 @@ def start_upload(client: httpx.Client, repo: str) -> str:
     response = client.post(f"/v2/{repo}/blobs/uploads/")
     assert response.status_code == 202, response.text
     assert response.headers["range"] == "0-0"
+    assert_version(response)
     return response.headers["location"]
 
 
@@ -108,6 +114,7 @@ def patch_chunk(client: httpx.Client, location: str, data: bytes, start: int) ->
 def upload_range(client: httpx.Client, location: str) -> str:
     response = client.get(location)
     assert response.status_code == 204, response.text
+    assert_version(response)
     return response.headers["range"]
 
 
@@ -117,6 +124,7 @@ def assert_blob(client: httpx.Client, repo: str, data: bytes, digest: str | None
     assert response.status_code == 200, response.text
     assert response.content == data
     assert response.headers["docker-content-digest"] == digest
+    assert_version(response)
 
 
 # Manifests -------------------------------------------------------------------------------
@@ -201,6 +209,7 @@ def push_manifest(
     assert response.status_code == 201, response.text
     assert response.headers["docker-content-digest"] == pushed.digest
     assert response.headers["location"].endswith(f"/v2/{repo}/manifests/{pushed.digest}")
+    assert_version(response)
     return pushed
 
 

@@ -27,6 +27,8 @@ from api.helpers import (
 )
 from registry.oci import mediatypes as mt
 
+from support.server import RegistryServer
+
 ARTIFACT_TYPE = "application/vnd.example.sbom.v1"
 CUSTOM_CONFIG = "application/vnd.example.config.v1+json"
 
@@ -356,7 +358,7 @@ class TestSizeLimit:
         assert len(body) == size
         return body
 
-    def test_just_under_the_limit(self, client: httpx.Client, repo: str) -> None:
+    def test_at_the_limit(self, client: httpx.Client, repo: str) -> None:
         body = self._padded(client, repo, self.LIMIT)
         pushed = push_manifest(client, repo, "big", body, mt.OCI_MANIFEST)
         assert_manifest(client, repo, "big", pushed)
@@ -409,6 +411,16 @@ class TestDelete:
         assert client.delete(f"/v2/{repo}/manifests/{pushed.digest}").status_code == 202
         push_manifest(client, repo, "a", pushed.body, pushed.media_type)
         assert_manifest(client, repo, "a", pushed)
+
+
+def test_deletes_disabled(configured_server: RegistryServer) -> None:
+    with httpx.Client(base_url=configured_server.url, timeout=30) as c:
+        pushed = push_image(c, "no/deletes", "v1")
+        layer = json.loads(pushed.body)["layers"][0]["digest"]
+        for path in ("manifests/v1", f"manifests/{pushed.digest}", f"blobs/{layer}"):
+            assert_error(c.delete(f"/v2/no/deletes/{path}"), 405, "UNSUPPORTED")
+        assert_manifest(c, "no/deletes", "v1", pushed)
+        assert c.head(f"/v2/no/deletes/blobs/{layer}").status_code == 200
 
 
 class TestUnknown:

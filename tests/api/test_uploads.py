@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -341,26 +340,18 @@ def test_absolute_and_relative_location(client: httpx.Client, registry_url: str,
     assert_blob(client, repo, data)
 
 
-@pytest.fixture(scope="module")
-def public_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    """A server told its public URL: it answers absolute Locations."""
-    data_dir = tmp_path_factory.mktemp("public") / "data"
-    server = RegistryServer(data_dir)
-    server.env["REGISTRY_SERVER_PUBLIC_URL"] = server.url + "/"
-    server.start()
-    yield server
-    server.stop()
-
-
-def test_absolute_location_from_public_url(public_server: RegistryServer) -> None:
+def test_absolute_location_from_public_url(configured_server: RegistryServer) -> None:
     data = os.urandom(100)
     with httpx.Client(timeout=30) as c:
-        response = c.post(f"{public_server.url}/v2/abs/blobs/uploads/")
+        response = c.post(f"{configured_server.url}/v2/abs/blobs/uploads/")
         location = response.headers["location"]
-        assert location.startswith(f"{public_server.url}/v2/abs/blobs/uploads/")
+        assert location.startswith(f"{configured_server.url}/v2/abs/blobs/uploads/")
         response = c.put(location, params={"digest": digest_of(data)}, content=data)
         assert response.status_code == 201
-        assert response.headers["location"] == f"{public_server.url}/v2/abs/blobs/{digest_of(data)}"
+        assert (
+            response.headers["location"]
+            == f"{configured_server.url}/v2/abs/blobs/{digest_of(data)}"
+        )
         assert c.get(response.headers["location"]).content == data
 
 
