@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from registry.api.context import authorize, digest_headers, parse_digest, repository
 from registry.api.ranges import Unsatisfiable, parse_range
 from registry.errors import BlobUnknown, RangeNotSatisfiable, Unsupported
+
+log = logging.getLogger("registry")
 
 
 async def get_blob(request: Request) -> Response:
@@ -17,6 +21,11 @@ async def get_blob(request: Request) -> Response:
     size = await svc.metadata.blob_size_in_repository(name, str(digest))
     if size is None:
         raise BlobUnknown(detail={"digest": str(digest)})
+    stored = await svc.blobs.stat(digest)
+    if stored != size:
+        # Bytes lost or damaged under a recorded blob: say so before a 200 promises them.
+        log.error("blob %s: %s bytes recorded, %s in storage", digest, size, stored)
+        raise BlobUnknown("blob content is missing from storage", detail={"digest": str(digest)})
     headers = digest_headers(str(digest), size, Accept_Ranges="bytes")
     headers["Content-Type"] = "application/octet-stream"
     try:
