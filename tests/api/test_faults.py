@@ -26,6 +26,7 @@ from api.helpers import (
     encode,
     image_doc,
     patch_chunk,
+    push_blob,
     start_upload,
     unique_repo,
     upload_range,
@@ -187,6 +188,26 @@ def test_parallel_pushes_of_one_blob_store_one_copy(own: RegistryServer) -> None
     with httpx.Client(base_url=own.url, timeout=60) as c:
         for repo in repos:
             assert_blob(c, repo, data, digest)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_blob_bytes_lost_from_storage(own: RegistryServer, damage: str) -> None:
+    """Bytes gone from under a recorded blob: a 404 up front, not a 200 that breaks off;
+    pushing the blob again puts them back."""
+    repo, data = unique_repo("faults"), os.urandom(1000)
+    digest = digest_of(data)
+    hex_digest = digest.split(":", 1)[1]
+    path = own.data_dir / "storage" / "blobs" / "sha256" / hex_digest[:2] / hex_digest / "data"
+    with httpx.Client(base_url=own.url, timeout=60) as c:
+        push_blob(c, repo, data)
+        if damage == "deleted":
+            path.unlink()
+        else:
+            path.write_bytes(data[:10])
+        assert_error(c.get(f"/v2/{repo}/blobs/{digest}"), 404, "BLOB_UNKNOWN")
+        assert c.head(f"/v2/{repo}/blobs/{digest}").status_code == 404
+        push_blob(c, repo, data)
+        assert_blob(c, repo, data)
 
 
 class TestRacingPatches:
