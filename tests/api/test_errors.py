@@ -180,3 +180,17 @@ def test_valid_but_unknown_digests(client: httpx.Client, digest_repo: str) -> No
 
 def test_server_is_healthy_after_bad_input(client: httpx.Client) -> None:
     assert client.get("/v2/").status_code == 200
+
+
+@pytest.mark.parametrize("size", [5 * 1024 * 1024, 20 * 1024 * 1024])
+def test_error_before_the_body_is_read(client: httpx.Client, size: int) -> None:
+    """An error answered before the body was read leaves the connection usable: the body is
+    read and dropped, or (past a limit) the server closes the connection."""
+    body = b"x" * size
+    response = client.patch(f"/v2/{unique_repo()}/blobs/uploads/{UPLOAD}", content=body)
+    assert_error(response, 404, "BLOB_UPLOAD_UNKNOWN")
+    if size > 16 * 1024 * 1024:
+        assert response.headers["connection"] == "close"
+    response = client.put("/v2/BAD/manifests/latest", content=body)
+    assert_error(response, 400, "NAME_INVALID")
+    assert client.get("/v2/").status_code == 200
