@@ -9,7 +9,7 @@ from typing import Protocol
 
 # Registered algorithms we can verify, with the exact length of their hex encoding.
 _ALGORITHMS: dict[str, int] = {"sha256": 64, "sha512": 128}
-_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z")
 
 
 class Hasher(Protocol):

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from registry.oci.digest import Digest
 from registry.oci.names import is_repository_name, is_tag
 
 DEFAULT_TAG = "latest"
+
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST = re.compile(
+    rf"^(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?\Z"
+)
 
 
 class ReferenceError(ValueError):
@@ -33,6 +39,8 @@ class Reference:
         host = default_host
         first, sep, remainder = rest.partition("/")
         if sep and ("." in first or ":" in first or first == "localhost"):
+            if not _HOST.match(first):
+                raise ReferenceError(f"invalid registry host {first!r} in {value!r}")
             host, rest = first, remainder
         tag = None
         slash = rest.rfind("/")

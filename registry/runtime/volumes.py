@@ -10,7 +10,7 @@ from registry.runtime.errors import RuntimeFailure
 from registry.runtime.state import Mount
 from registry.runtime.store import Store
 
-_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+\Z")
 
 
 def parse_volume(spec: str, store: Store) -> Mount:

@@ -16,7 +16,7 @@ from aiofiles.threadpool.binary import AsyncFileIO
 
 from registry.storage.driver import PathNotFound, StorageError
 
-_SAFE_KEY = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*$")
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*\Z")
 READ_BLOCK = 4 * 1024 * 1024
 
 

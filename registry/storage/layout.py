@@ -16,7 +16,7 @@ import re
 
 from registry.oci.digest import Digest
 
-_UPLOAD_ID = re.compile(r"^[a-f0-9]{32}$")
+_UPLOAD_ID = re.compile(r"^[a-f0-9]{32}\Z")
 
 
 def blob_key(digest: Digest) -> str:

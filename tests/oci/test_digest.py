@@ -86,3 +86,8 @@ def test_supported_algorithms() -> None:
 
 def test_digests_are_hashable_values() -> None:
     assert {Digest.parse(SHA256), Digest.parse(SHA256)} == {Digest.parse(SHA256)}
+
+
+def test_digest_with_a_final_newline_is_refused() -> None:
+    with pytest.raises(DigestError):
+        Digest.parse("sha256:" + "a" * 64 + "\n")

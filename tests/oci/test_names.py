@@ -73,3 +73,14 @@ def test_referrers_tag() -> None:
     long = referrers_tag("sha512:" + "c" * 128)
     assert long == "sha512-" + "c" * 64
     assert is_tag(long)
+
+
+@pytest.mark.parametrize("value", ["library/busybox\n", "a\nb", "\nlibrary"])
+def test_names_with_newlines_are_refused(value: str) -> None:
+    # `$` in a regex would accept a final newline; a URL can carry one as %0A.
+    assert not is_repository_name(value)
+
+
+@pytest.mark.parametrize("value", ["latest\n", "v1\n"])
+def test_tags_with_newlines_are_refused(value: str) -> None:
+    assert not is_tag(value)
