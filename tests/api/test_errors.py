@@ -1,7 +1,9 @@
-"""Malformed names and digests in every URL: the spec's 4xx and JSON body, never a 500."""
+"""`registry.errors` rendered, and what the server makes of malformed names and digests in
+every URL: the spec's 4xx and JSON body, never a 500."""
 
 from __future__ import annotations
 
+import json
 from urllib.parse import unquote
 
 import httpx
@@ -17,8 +19,57 @@ from api.helpers import (
     start_upload,
     unique_repo,
 )
+from registry import errors
 
 UPLOAD = "0" * 32
+
+
+def test_error_body() -> None:
+    error = errors.BlobUnknown(detail={"digest": ZERO_DIGEST})
+    assert error.http_status == 404
+    entry = {"code": "BLOB_UNKNOWN", "message": error.message, "detail": {"digest": ZERO_DIGEST}}
+    assert json.loads(error.body()) == {"errors": [entry]}
+
+
+def test_error_body_lists_related_errors_and_defaults_detail() -> None:
+    error = errors.ManifestBlobUnknown(also=[errors.ManifestUnknown("child missing")])
+    body = json.loads(error.body())
+    assert body["errors"] == [
+        {"code": "MANIFEST_BLOB_UNKNOWN", "message": error.message, "detail": {}},
+        {"code": "MANIFEST_UNKNOWN", "message": "child missing", "detail": {}},
+    ]
+
+
+def test_status_and_headers_can_be_overridden() -> None:
+    error = errors.BlobUploadInvalid("out of order", status=416, headers={"Range": "0-9"})
+    assert (error.http_status, error.status, error.headers) == (416, 400, {"Range": "0-9"})
+
+
+@pytest.mark.parametrize(
+    ("cls", "status", "code"),
+    [
+        (errors.BlobUnknown, 404, "BLOB_UNKNOWN"),
+        (errors.BlobUploadInvalid, 400, "BLOB_UPLOAD_INVALID"),
+        (errors.BlobUploadUnknown, 404, "BLOB_UPLOAD_UNKNOWN"),
+        (errors.DigestInvalid, 400, "DIGEST_INVALID"),
+        (errors.ManifestBlobUnknown, 400, "MANIFEST_BLOB_UNKNOWN"),
+        (errors.ManifestInvalid, 400, "MANIFEST_INVALID"),
+        (errors.ManifestUnknown, 404, "MANIFEST_UNKNOWN"),
+        (errors.NameInvalid, 400, "NAME_INVALID"),
+        (errors.NameUnknown, 404, "NAME_UNKNOWN"),
+        (errors.SizeInvalid, 400, "SIZE_INVALID"),
+        (errors.Unauthorized, 401, "UNAUTHORIZED"),
+        (errors.Denied, 403, "DENIED"),
+        (errors.Unsupported, 405, "UNSUPPORTED"),
+        (errors.TooManyRequests, 429, "TOOMANYREQUESTS"),
+        (errors.PayloadTooLarge, 413, "MANIFEST_INVALID"),
+    ],
+)
+def test_spec_codes_and_statuses(cls: type[errors.RegistryError], status: int, code: str) -> None:
+    error = cls()
+    assert (error.http_status, error.code) == (status, code)
+    assert error.message
+
 
 # Every route taking a repository name, as (method, path after the name).
 NAME_ROUTES = [
