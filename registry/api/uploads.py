@@ -117,6 +117,15 @@ async def _session(request: Request) -> tuple[str, Services, Upload]:
     return name, svc, upload
 
 
+async def _still_open(svc: Services, name: str, upload: Upload) -> Upload:
+    """The session as it is now that this request holds its lock: a request that waited
+    for the lock behind a cancel or a finish must not write into the upload's old place."""
+    current = await svc.metadata.get_upload(name, upload.id)
+    if current is None:
+        raise BlobUploadUnknown(detail={"upload": upload.id})
+    return current
+
+
 async def upload_status(request: Request) -> Response:
     name, _svc, upload = await _session(request)
     return Response(status_code=204, headers=_upload_headers(request, name, upload, upload.size))
@@ -125,7 +134,7 @@ async def upload_status(request: Request) -> Response:
 async def upload_chunk(request: Request) -> Response:
     name, svc, upload = await _session(request)
     async with svc.upload_lock(upload.id):
-        upload = await svc.metadata.get_upload(name, upload.id) or upload
+        upload = await _still_open(svc, name, upload)
         expected = _chunk_length(request, name, upload, _content_length(request))
         size = await _append(svc, upload, _checked_body(request, expected))
     return Response(status_code=202, headers=_upload_headers(request, name, upload, size))
@@ -162,7 +171,7 @@ async def finish_upload(request: Request) -> Response:
     name, svc, upload = await _session(request)
     digest = parse_digest(request.query_params.get("digest"))
     async with svc.upload_lock(upload.id):
-        upload = await svc.metadata.get_upload(name, upload.id) or upload
+        upload = await _still_open(svc, name, upload)
         expected = _content_length(request)
         if expected != 0:  # a final chunk: its Content-Range must fit like a PATCH's
             expected = _chunk_length(request, name, upload, expected)
@@ -186,8 +195,9 @@ async def _finish(
 
 
 async def cancel_upload(request: Request) -> Response:
-    _name, svc, upload = await _session(request)
+    name, svc, upload = await _session(request)
     async with svc.upload_lock(upload.id):
+        await _still_open(svc, name, upload)
         await svc.metadata.delete_upload(upload.id)
         await svc.blobs.delete_upload(upload.id)
     return Response(status_code=204, headers={"Content-Length": "0"})
