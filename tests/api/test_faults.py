@@ -258,6 +258,42 @@ class TestRacingPatches:
         assert_blob(client, repo, data)
 
 
+def test_requests_queued_behind_a_cancel(
+    client: httpx.Client, registry_server: RegistryServer, registry_url: str
+) -> None:
+    """A PATCH and a PUT that wait for the upload's lock behind a DELETE find it gone: 404,
+    nothing written back into the cancelled upload's place, no blob made from it."""
+    repo = unique_repo("faults")
+    location = start_upload(client, repo)
+    url = registry_url + location
+    upload_dir = registry_server.data_dir / "storage" / "uploads" / location.rsplit("/", 1)[1]
+    late = b"c" * 10
+
+    def slow_body() -> Iterator[bytes]:
+        yield b"a" * 1000
+        time.sleep(1.5)  # holds the upload's lock while the others queue up behind it
+        yield b"b" * 1000
+
+    requests: list[Callable[[], httpx.Response]] = [
+        lambda: httpx.patch(url, content=slow_body(), timeout=30),
+        lambda: httpx.delete(url, timeout=30),
+        lambda: httpx.patch(url, content=late, timeout=30),
+        lambda: httpx.put(url, params={"digest": digest_of(late)}, content=late, timeout=30),
+    ]
+    with ThreadPoolExecutor(len(requests)) as pool:
+        futures = []
+        for send in requests:
+            futures.append(pool.submit(send))
+            time.sleep(0.3)  # in this order
+        first, cancel, patch, put = (f.result() for f in futures)
+    assert first.status_code == 202
+    assert cancel.status_code == 204
+    assert_error(patch, 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(put, 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(client.get(f"/v2/{repo}/blobs/{digest_of(late)}"), 404, "BLOB_UNKNOWN")
+    assert not upload_dir.exists()
+
+
 def vm_hwm_kib(pid: int) -> int:
     """The process's peak resident set size, in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
