@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from registry.api.context import Services
 from registry.api.routes import ROUTES
 from registry.auth import AccessController, AllowAll
+from registry.auth.routes import access_controller, auth_routes, with_audit_trail
 from registry.config import Config
 from registry.errors import NameUnknown, RegistryError, Unsupported
 from registry.maintenance import run_periodically
@@ -139,6 +140,8 @@ def build_services(
     db = Database(config.database_url, pool_size=config.database.pool_size)
     driver = FilesystemDriver(config.storage_root)
     blobs = BlobStore(driver, buffer_bytes=config.limits.upload_buffer_bytes)
+    if access is None:  # token auth when auth.enabled, else none (loopback only)
+        access = access_controller(config, db)
     services = Services(
         config=config, blobs=blobs, metadata=MetadataStore(db), access=access or AllowAll()
     )
@@ -159,7 +162,7 @@ def create_app(config: Config, access: AccessController | None = None) -> ASGIAp
             await db.dispose()
 
     app = Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *auth_routes(config)],
         lifespan=lifespan,
         exception_handlers={
             RegistryError: _registry_error,
@@ -169,4 +172,4 @@ def create_app(config: Config, access: AccessController | None = None) -> ASGIAp
             Exception: _unexpected,
         },
     )
-    return ApiVersionHeader(RequestBodyTracker(app))
+    return ApiVersionHeader(RequestBodyTracker(with_audit_trail(config, app)))

@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_commands(commands)
+
+    from registry.auth.cli import add_commands as add_account_commands
+
+    add_account_commands(commands)
     return parser
 
 

@@ -7,6 +7,7 @@ import logging
 import uvicorn
 
 from registry.app import create_app
+from registry.auth.services import preflight
 from registry.config import Config
 from registry.metadata.db import upgrade_schema
 
@@ -28,6 +29,7 @@ def app_factory() -> object:
 
 def serve(config: Config, workers: int | None = None) -> int:
     host, port = config.host_port
+    preflight(config)  # no auth off loopback unless insecure; auth settings and keys
     if config.database.auto_migrate:
         upgrade_schema(config.database_url)
     count = workers or config.server.workers
@@ -56,7 +58,7 @@ def _as_overrides(config: Config) -> dict[str, object]:
     import dataclasses
 
     out: dict[str, object] = {"data_dir": config.data_dir}
-    for section in ("server", "storage", "database", "limits"):
+    for section in ("server", "storage", "database", "limits", "auth"):
         for f in dataclasses.fields(getattr(config, section)):
             out[f"{section}.{f.name}"] = getattr(getattr(config, section), f.name)
     return out

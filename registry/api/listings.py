@@ -58,5 +58,14 @@ async def catalog(request: Request) -> Response:
     if n == 0:
         return JSONResponse({"repositories": []})
     limit = (n if n is not None else svc.config.limits.page_size_max * 100) + 1
-    names = await svc.metadata.list_repositories(limit, last)
-    return _paged("/v2/_catalog", "repositories", names, n, {})
+    # Only what the caller may pull is listed (all of it without auth); read on past
+    # hidden names until the page is full.
+    names: list[str] = []
+    cursor = last
+    while len(names) < limit:
+        batch = await svc.metadata.list_repositories(limit, cursor)
+        names.extend(await svc.access.pullable(request, batch))
+        if len(batch) < limit:
+            break
+        cursor = batch[-1]
+    return _paged("/v2/_catalog", "repositories", names[:limit], n, {})

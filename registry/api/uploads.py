@@ -97,10 +97,13 @@ async def _try_mount(
             return None
         size = await svc.metadata.blob_size_in_repository(source, str(digest))
     else:
-        # Spec 1.1: without `from`, mount any copy the caller could read anyway.
+        # Spec 1.1: without `from`, mount any copy the caller could read anyway: the blob
+        # must be in some repository the caller may pull.
+        holders = await svc.metadata.repositories_with_blob(str(digest))
+        readable = await svc.access.pullable(request, holders)
         size = None
-        if await svc.access.can(request, Access("registry", "blobs", ("pull",))):
-            size = await svc.metadata.blob_size(str(digest))
+        if readable:
+            size = await svc.metadata.blob_size_in_repository(readable[0], str(digest))
     if size is None or await svc.blobs.stat(digest) != size:
         return None
     await svc.metadata.link_blob(name, str(digest), size)

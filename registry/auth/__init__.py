@@ -6,6 +6,7 @@ this resource? Handlers state what they need with `require`; they never look at 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,6 +46,10 @@ class AccessController(Protocol):
         """Whether one access is allowed, without raising (to filter what a request sees)."""
         ...
 
+    async def pullable(self, request: Request, names: Sequence[str]) -> list[str]:
+        """Which of these repositories the caller may pull (the catalog shows only those)."""
+        ...
+
 
 class AllowAll:
     """No authentication: only for a registry on a loopback address."""
@@ -54,3 +59,6 @@ class AllowAll:
 
     async def can(self, request: Request, access: Access) -> bool:
         return True
+
+    async def pullable(self, request: Request, names: Sequence[str]) -> list[str]:
+        return list(names)

@@ -8,6 +8,7 @@ enough to store, and they are looked up by that hash.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -22,7 +23,11 @@ MAX_PASSWORD_LENGTH = 1024
 BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 
 _hasher = PasswordHasher()
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 class PasswordPolicyError(ValueError):
@@ -61,14 +66,14 @@ def verify_password(stored: str | None, password: str) -> Verdict:
     if len(password) > MAX_PASSWORD_LENGTH:
         return Verdict(False)
     if stored is None:
-        _argon2_matches(_DUMMY_HASH, password)
+        _argon2_matches(_dummy_hash(), password)
         return Verdict(False)
     if stored.startswith(BCRYPT_PREFIXES):
         return Verdict(_bcrypt_matches(stored, password), needs_rehash=True)
     if stored.startswith("$argon2"):
         ok = _argon2_matches(stored, password)
         return Verdict(ok, needs_rehash=ok and _hasher.check_needs_rehash(stored))
-    _argon2_matches(_DUMMY_HASH, password)
+    _argon2_matches(_dummy_hash(), password)
     return Verdict(False)
 
 

@@ -110,6 +110,22 @@ class MetadataStore:
         async with self.db.read() as conn:
             return (await conn.execute(query)).scalar()
 
+    async def repositories_with_blob(self, digest: str, limit: int = 1000) -> list[str]:
+        """Names of repositories that may serve the blob (to check a mount without `from`)."""
+        query = (
+            select(repositories.c.name)
+            .select_from(
+                repository_blobs.join(
+                    repositories, repositories.c.id == repository_blobs.c.repository_id
+                )
+            )
+            .where(repository_blobs.c.digest == digest)
+            .order_by(repositories.c.name)
+            .limit(limit)
+        )
+        async with self.db.read() as conn:
+            return list((await conn.execute(query)).scalars())
+
     async def blob_size(self, digest: str) -> int | None:
         async with self.db.read() as conn:
             query = select(blobs.c.size).where(blobs.c.digest == digest)

@@ -1,0 +1,246 @@
+"""The access controller for token auth, with Basic credentials accepted on /v2/ as well.
+
+    no credentials             401 UNAUTHORIZED, challenge `Bearer realm,service,scope`
+    a bad or expired token     401, challenge with error="invalid_token"
+    a token lacking an action  an account's token: 403 DENIED, an anonymous one: 401; both
+                               with the challenge and error="insufficient_scope", so the
+                               client may ask for a wider token (ours never grant more than
+                               the account may, so a second refusal is final)
+    Basic, wrong password      401; too many failures: 429 TOOMANYREQUESTS with Retry-After
+    Basic, lacking an action   403 DENIED
+
+403 for an account's token follows RFC 6750 (insufficient_scope is a 403) and GHCR; clients
+that keep one token per session (the ORAS SDK) fetch a wider one only after a 403, and the
+others ask for each operation's scopes up front. An anonymous caller gets 401: logging in
+may help.
+    anything malformed         401 with error="invalid_request"
+
+A token signed by us stops working as soon as its account is removed (its `sub` is looked
+up on each request); one from a trusted external issuer is good for what its `access`
+claim says until it expires.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from registry.auth import Access
+from registry.auth.accounts import ANONYMOUS, Principal
+from registry.auth.audit import ACTOR_KEY, Actor
+from registry.auth.permissions import Permissions, pattern_matches
+from registry.auth.scopes import Scope, covers
+from registry.auth.services import AuthServices
+from registry.auth.tokens import InvalidToken, VerifiedToken
+from registry.errors import Denied, RegistryError, Unauthorized
+
+CONTEXT_KEY = "registry.auth.context"
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+MAX_HEADER = 16 * 1024 + 16
+
+
+@dataclass(frozen=True, slots=True)
+class AuthContext:
+    """What one request authenticated as: a token, or Basic credentials and their rights."""
+
+    principal: Principal
+    token: VerifiedToken | None = None
+    permissions: Permissions | None = None
+    credentials: bool = True  # False: the request carried none
+
+    def allows(self, wanted: Scope) -> bool:
+        if self.token is not None:
+            return covers(self.token.access, wanted)
+        if self.permissions is not None:
+            return covers(self.permissions.grant([wanted]), wanted)
+        return False
+
+
+NO_CREDENTIALS = AuthContext(ANONYMOUS, credentials=False)
+
+
+def parse_basic(value: str) -> tuple[str, str] | None:
+    """`user:password` from the base64 of a Basic Authorization header; None if malformed."""
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    username, sep, password = decoded.partition(":")
+    if not sep or not username:
+        return None
+    return username, password
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+class TokenAccessController:
+    def __init__(self, auth: AuthServices) -> None:
+        self.auth = auth
+        self.config = auth.config
+        self.accounts = auth.accounts
+        self.verifier = auth.verifier
+        self.audit = auth.audit
+
+    # -- the AccessController protocol ------------------------------------------------------
+
+    async def authorize(self, request: Request, wanted: list[Access]) -> None:
+        scopes = [Scope(a.type, a.name, a.actions) for a in wanted]
+        context = await self.context(request, scopes)
+        if not context.credentials:
+            raise Unauthorized(headers=self.challenge(request, scopes))
+        missing = [scope for scope in scopes if not context.allows(scope)]
+        if not missing:
+            return
+        await self.audit.record(
+            context.principal.subject,
+            client_address(request),
+            "denied",
+            " ".join(str(s) for s in missing),
+            {"method": request.method, "path": request.url.path[:300]},
+        )
+        detail = [s.claim() for s in missing]
+        if context.token is None:
+            raise Denied(detail=detail)
+        headers = self.challenge(request, scopes, error="insufficient_scope")
+        if context.principal.authenticated:
+            raise Denied(detail=detail, headers=headers)
+        raise Unauthorized(
+            "authentication required: anonymous access does not grant this",
+            detail=detail,
+            headers=headers,
+        )
+
+    async def can(self, request: Request, access: Access) -> bool:
+        try:
+            context = await self.context(request, [])
+        except RegistryError:
+            return False
+        return context.allows(Scope(access.type, access.name, access.actions))
+
+    async def pullable(self, request: Request, names: Sequence[str]) -> list[str]:
+        """Which of `names` the caller may pull (to filter the catalog and mounts).
+
+        For our own tokens and for Basic credentials this is what the account may pull
+        now, as a new token would carry; for an external token, what its claims list.
+        """
+        try:
+            context = await self.context(request, [])
+        except RegistryError:
+            return []
+        if not context.credentials:
+            return []
+        rights = context.permissions
+        if context.token is not None and context.token.builtin:
+            rights = await self.accounts.permissions(context.principal)
+        if rights is not None:
+            return [name for name in names if "pull" in rights.actions_on(name)]
+        public = await self.accounts.identity.public_patterns()
+        return [
+            name
+            for name in names
+            if context.allows(Scope("repository", name, ("pull",)))
+            or any(pattern_matches(p, name) for p in public)
+        ]
+
+    # -- authentication --------------------------------------------------------------------
+
+    async def context(self, request: Request, scopes: list[Scope]) -> AuthContext:
+        """Authenticate the request once; later calls in the same request reuse the answer."""
+        cached = request.scope.get(CONTEXT_KEY)
+        if isinstance(cached, AuthContext):
+            return cached
+        if isinstance(cached, RegistryError):
+            raise cached
+        try:
+            context = await self._authenticate(request, scopes)
+        except RegistryError as exc:  # kept, so a second look does not count a second failure
+            request.scope[CONTEXT_KEY] = exc
+            raise
+        request.scope[CONTEXT_KEY] = context
+        if context.credentials:
+            request.scope[ACTOR_KEY] = Actor(
+                context.principal.subject, client_address(request), self.audit
+            )
+        return context
+
+    async def _authenticate(self, request: Request, scopes: list[Scope]) -> AuthContext:
+        header = request.headers.get("authorization")
+        if header is None:
+            return NO_CREDENTIALS
+        if len(header) > MAX_HEADER:
+            raise self._malformed(request, scopes, "Authorization header too long")
+        scheme, _, value = header.strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() == "bearer" and value:
+            return await self._bearer(request, scopes, value)
+        if scheme.lower() == "basic" and value and self.config.auth.basic_auth:
+            username, password = self._basic(request, scopes, value)
+            principal = await self.accounts.login(
+                username, password, client_address(request), record=False
+            )
+            return AuthContext(principal, permissions=await self.accounts.permissions(principal))
+        raise self._malformed(request, scopes, "unsupported or malformed Authorization header")
+
+    async def _bearer(self, request: Request, scopes: list[Scope], token: str) -> AuthContext:
+        try:
+            verified = await self.verifier.verify(token)
+        except InvalidToken as exc:
+            raise Unauthorized(
+                f"invalid token: {exc}",
+                headers=self.challenge(request, scopes, error="invalid_token", why=str(exc)),
+            ) from None
+        if not verified.builtin:
+            return AuthContext(Principal("external", verified.subject), token=verified)
+        principal = await self.accounts.principal_for_subject(verified.subject)
+        if principal is None:
+            raise Unauthorized(
+                "invalid token: its account no longer exists",
+                headers=self.challenge(request, scopes, error="invalid_token"),
+            )
+        return AuthContext(principal, token=verified)
+
+    def _basic(self, request: Request, scopes: list[Scope], value: str) -> tuple[str, str]:
+        credentials = parse_basic(value)
+        if credentials is None:
+            raise self._malformed(request, scopes, "malformed Basic credentials")
+        return credentials
+
+    def _malformed(self, request: Request, scopes: list[Scope], why: str) -> Unauthorized:
+        return Unauthorized(
+            why, headers=self.challenge(request, scopes, error="invalid_request", why=why)
+        )
+
+    # -- the challenge ---------------------------------------------------------------------
+
+    def realm(self, request: Request) -> str:
+        if self.config.auth.realm:
+            return self.config.auth.realm
+        if self.config.server.public_url:
+            return self.config.server.public_url.rstrip("/") + "/auth/token"
+        host = request.headers.get("host", "")
+        if not _HOST.fullmatch(host):
+            host = self.config.server.addr
+        return f"{request.url.scheme}://{host}/auth/token"
+
+    def challenge(
+        self,
+        request: Request,
+        scopes: list[Scope],
+        error: str | None = None,
+        why: str | None = None,
+    ) -> dict[str, str]:
+        parts = [f'realm="{self.realm(request)}"', f'service="{self.config.auth.service}"']
+        if scopes:
+            parts.append(f'scope="{" ".join(str(s) for s in scopes)}"')
+        if error:
+            parts.append(f'error="{error}"')
+        if why:
+            parts.append(f'error_description="{why.replace(chr(34), chr(39))}"')
+        return {"WWW-Authenticate": "Bearer " + ",".join(parts)}

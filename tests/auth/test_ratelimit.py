@@ -1,0 +1,150 @@
+"""Failed logins are limited per account and per address, in the database, so replicas
+sharing it share the limits (and the signing keys, through a shared key folder)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from auth.conftest import ADMIN, start_auth_server
+from auth.helpers import SERVICE, assert_error, get_token, token_for, unique
+
+from support.server import RegistryServer
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    server = start_auth_server(
+        tmp_path_factory.mktemp("strict"),
+        env={
+            "REGISTRY_AUTH_LOGIN_FAILURES_PER_ACCOUNT": "3",
+            "REGISTRY_AUTH_LOGIN_FAILURES_PER_ADDRESS": "8",
+            "REGISTRY_AUTH_LOGIN_FAILURE_WINDOW_SECONDS": "300",
+        },
+    )
+    yield server
+    server.stop()
+
+
+def add_user(url: str, name: str, password: str) -> None:
+    answer = httpx.post(
+        f"{url}/auth/admin/users", json={"name": name, "password": password}, auth=ADMIN
+    )
+    assert answer.status_code == 201, answer.text
+
+
+def from_address(address: str) -> httpx.Client:
+    """A client whose connections come from another loopback address."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30)
+
+
+def assert_limited(answer: httpx.Response) -> int:
+    assert_error(answer, 429, "TOOMANYREQUESTS")
+    retry_after = int(answer.headers["retry-after"])
+    assert 0 < retry_after <= 300
+    return retry_after
+
+
+def test_failed_logins_lock_the_account(strict_server: RegistryServer) -> None:
+    url = strict_server.url
+    name, password = unique(), "right-password"
+    other = unique()
+    add_user(url, name, password)
+    add_user(url, other, password)
+    with from_address("127.0.0.11") as client:
+        for _ in range(3):
+            answer = client.get(f"{url}/auth/token", auth=(name, "wrong-password"))
+            assert_error(answer, 401, "UNAUTHORIZED")
+        # Now even the right password waits, through every way of logging in...
+        assert_limited(client.get(f"{url}/auth/token", auth=(name, password)))
+        assert_limited(client.get(f"{url}/v2/", auth=(name, password)))
+        form = {"grant_type": "password", "username": name, "password": password}
+        assert_limited(client.post(f"{url}/auth/token", data={**form, "service": SERVICE}))
+        # ...while other accounts are not held up.
+        assert client.get(f"{url}/auth/token", auth=(other, password)).status_code == 200
+    # From another address too: the lock is on the account.
+    with from_address("127.0.0.12") as client:
+        assert_limited(client.get(f"{url}/auth/token", auth=(name, password)))
+
+
+def test_unknown_accounts_are_limited_like_real_ones(strict_server: RegistryServer) -> None:
+    ghost = unique("ghost")
+    with from_address("127.0.0.13") as client:
+        for _ in range(3):
+            assert_error(client.get(f"{strict_server.url}/auth/token", auth=(ghost, "x")), 401)
+        assert_limited(client.get(f"{strict_server.url}/auth/token", auth=(ghost, "x")))
+
+
+def test_failed_logins_lock_the_address(strict_server: RegistryServer) -> None:
+    url = strict_server.url
+    name, password = unique(), "right-password"
+    add_user(url, name, password)
+    with from_address("127.0.0.14") as client:
+        for _ in range(8):  # spread over many account names, each below its own limit
+            assert_error(client.get(f"{url}/auth/token", auth=(unique(), "guess")), 401)
+        assert_limited(client.get(f"{url}/auth/token", auth=(name, password)))
+        anonymous = client.get(f"{url}/auth/token", params={"service": SERVICE})
+        assert anonymous.status_code == 200  # no credentials, nothing to limit
+    with from_address("127.0.0.15") as client:
+        assert client.get(f"{url}/auth/token", auth=(name, password)).status_code == 200
+
+
+def test_a_right_password_resets_the_account_count(strict_server: RegistryServer) -> None:
+    url = strict_server.url
+    name, password = unique(), "right-password"
+    add_user(url, name, password)
+    with from_address("127.0.0.16") as client:
+        for _ in range(2):
+            assert_error(client.get(f"{url}/auth/token", auth=(name, "wrong")), 401)
+        assert client.get(f"{url}/auth/token", auth=(name, password)).status_code == 200
+        for _ in range(2):
+            assert_error(client.get(f"{url}/auth/token", auth=(name, "wrong")), 401)
+        assert client.get(f"{url}/auth/token", auth=(name, password)).status_code == 200
+
+
+def test_the_window_ends(tmp_path: Path) -> None:
+    server = start_auth_server(
+        tmp_path,
+        env={
+            "REGISTRY_AUTH_LOGIN_FAILURES_PER_ACCOUNT": "1",
+            "REGISTRY_AUTH_LOGIN_FAILURE_WINDOW_SECONDS": "2",
+        },
+    )
+    try:
+        assert_error(get_token(server.url, [], (ADMIN[0], "wrong")), 401)
+        assert assert_limited(get_token(server.url, [], ADMIN)) <= 2
+        time.sleep(2.5)
+        assert get_token(server.url, [], ADMIN).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_replicas_share_limits_and_keys(tmp_path: Path, postgres: object) -> None:
+    """Two servers on one PostgreSQL database and one key folder, as replicas would be."""
+    database = postgres.create_database(unique("auth"))  # type: ignore[attr-defined]
+    env = {
+        "REGISTRY_DATABASE_URL": database,
+        "REGISTRY_AUTH_KEYS_DIR": str(tmp_path / "keys"),
+        "REGISTRY_AUTH_LOGIN_FAILURES_PER_ACCOUNT": "2",
+    }
+    first = start_auth_server(tmp_path / "one", env=env)
+    second = start_auth_server(tmp_path / "two", env=env, admin=None)
+    try:
+        name, password = unique(), "right-password"
+        add_user(first.url, name, password)
+        token = token_for(first.url, [f"repository:{name}/app:pull"], (name, password))
+        answer = httpx.get(
+            f"{second.url}/v2/{name}/app/tags/list", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert_error(answer, 404, "NAME_UNKNOWN")  # accepted by the other replica
+        assert_error(get_token(first.url, [], (name, "wrong")), 401)
+        assert_error(get_token(second.url, [], (name, "wrong")), 401)
+        assert_limited(get_token(first.url, [], (name, password)))
+        assert_limited(get_token(second.url, [], (name, password)))
+    finally:
+        first.stop()
+        second.stop()
