@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile", metavar="DIR", type=Path,
         help="record our server with py-spy in each measured run (slows it: separate runs)",
     )  # fmt: skip
+    parser.add_argument(
+        "--profile-idle", action="store_true",
+        help="with --profile: sample waiting threads too (wall time, not only CPU)",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, help="where temporary data goes (default: /tmp)")
     sizes = parser.add_argument_group("sizes (override the defaults or --quick)")
     for field in dataclasses.fields(Settings):
@@ -159,7 +163,10 @@ def _run(args: argparse.Namespace, settings: Settings, base: Path) -> int:
                 continue
             log(f"[{workload.name}] {workload.title}")
             try:
-                run_workload(workload, ctx, results, args.repeat, args.workers, args.profile)
+                run_workload(
+                    workload, ctx, results, args.repeat, args.workers, args.profile,
+                    args.profile_idle,
+                )  # fmt: skip
             finally:
                 close = getattr(workload, "close", None)
                 if close is not None:

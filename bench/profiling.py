@@ -26,7 +26,9 @@ def py_spy() -> str | None:
 class Recording:
     """py-spy attached to one process tree until `stop()`."""
 
-    def __init__(self, pid: int, out: Path, rate: int = 200, native: bool = False) -> None:
+    def __init__(
+        self, pid: int, out: Path, rate: int = 200, native: bool = False, idle: bool = False
+    ) -> None:
         binary = py_spy()
         if binary is None:
             raise RuntimeError("py-spy is not installed (.venv/bin/pip install py-spy)")
@@ -37,6 +39,8 @@ class Recording:
         ]  # fmt: skip
         if native:
             command.append("--native")
+        if idle:
+            command.append("--idle")  # waiting threads too: where the wall time goes
         self.log = out.with_suffix(".log").open("wb")
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         time.sleep(0.5)  # attach before the measured part starts
@@ -94,7 +98,7 @@ def summarize(collapsed: str, top: int = 25) -> str:
     def ranked(counter: Counter[str]) -> list[str]:
         return [f"  {n / total * 100:5.1f}%  {frame}" for frame, n in counter.most_common(top)]
 
-    lines = [f"{total} samples (active threads only)", ""]
+    lines = [f"{total} samples", ""]
     lines += ["by own samples, per function (where the CPU went):", *ranked(own), ""]
     lines += ["by own samples, per line:", *ranked(own_lines), ""]
     lines += ["by inclusive samples, per function:", *ranked(inclusive)]

@@ -30,13 +30,16 @@ def run_workload(
     repeat: int,
     workers: int | None = None,
     profile_dir: Path | None = None,
+    profile_idle: bool = False,
 ) -> None:
     results.metrics[workload.name] = [*workload.metrics, *RESOURCE_METRICS]
     results.titles[workload.name] = workload.title
     rounds = repeat if workload.repeatable else 1
     for round_index in range(rounds):
         for side in SIDES:
-            values, notes = _one(workload, ctx, side, round_index, workers, profile_dir)
+            values, notes = _one(
+                workload, ctx, side, round_index, workers, profile_dir, profile_idle
+            )
             results.add(workload.name, side, values)
             for text in notes:
                 if text not in results.notes.get(workload.name, []):
@@ -58,6 +61,7 @@ def _one(
     round_index: int,
     workers: int | None,
     profile_dir: Path | None,
+    profile_idle: bool = False,
 ) -> tuple[dict[str, float], list[str]]:
     server = make_server(side, ctx.folder, workers if side == "ours" else None)
     with server:
@@ -66,7 +70,7 @@ def _one(
         if profile_dir is not None and side == "ours":
             profile_dir.mkdir(parents=True, exist_ok=True)
             out = profile_dir / f"{workload.name}-{round_index + 1}.txt"
-            recording = Recording(server.pid, out)
+            recording = Recording(server.pid, out, idle=profile_idle)
         try:
             with procstat.TreeSampler(server.pid) as sampler:
                 outcome = workload.run(server, ctx, state)
