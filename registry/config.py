@@ -198,7 +198,7 @@ def _coerce_list(dotted: str, value: Any, from_text: bool) -> list[Any]:
     """A list from YAML, or from text: JSON (`[...]`) or comma-separated words."""
     if from_text and isinstance(value, str):
         text = value.strip()
-        if text.startswith("["):
+        if text.startswith(("[", "{")):
             try:
                 value = json.loads(text)
             except ValueError as exc:
