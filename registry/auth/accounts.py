@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import random
 import secrets
 import time
 from collections import OrderedDict
@@ -161,6 +162,8 @@ class Accounts:
 
     async def new_refresh_token(self, principal: Principal, client_id: str | None) -> str:
         secret = new_secret(REFRESH_PREFIX)
+        if random.random() < 0.01:  # now and then, drop refresh tokens long expired
+            await self.identity.purge_expired_refresh()
         await self.identity.create_refresh(
             secret_digest(secret),
             principal.user_id,

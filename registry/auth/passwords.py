@@ -2,15 +2,16 @@
 
 Verification is slow on purpose (tens of milliseconds), so callers run it in a thread.
 Unknown accounts are checked against a dummy hash, so a miss costs the same time as a hit.
-Secret tokens (robot and refresh tokens) are long random strings: a SHA-256 of them is
-enough to store, and they are looked up by that hash.
+Secret tokens (robot and refresh tokens) are 256-bit random strings: a SHA-256 of them is
+enough to store, and they are looked up by that hash. The lookup's timing can only tell
+about the hash, which leads nowhere near a valid secret, so no comparison of secrets
+themselves ever happens outside the hash libraries (argon2, bcrypt: constant time).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass
 
@@ -105,10 +106,6 @@ def new_secret(prefix: str) -> str:
 
 def secret_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def digests_equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
 
 
 # htpasswd --------------------------------------------------------------------------------
