@@ -216,3 +216,25 @@ def test_external_issuers(tmp_path: Path) -> None:
 def assert_response(answer: httpx.Response) -> httpx.Response:
     assert_error(answer, 401, "UNAUTHORIZED")
     return answer
+
+
+def test_several_workers_share_keys_and_limits(tmp_path: Path) -> None:
+    server = start_auth_server(
+        tmp_path, env={"REGISTRY_AUTH_LOGIN_FAILURES_PER_ACCOUNT": "3"}, start=False
+    )
+    server.extra_args = ["--workers", "3"]
+    server.start()
+    try:
+        assert len(list((server.data_dir / "auth" / "keys").glob("*.pem"))) == 1
+        # Fresh connections land on any worker: each one's token must verify on the others.
+        tokens = [token_for(server.url, ["repository:root/app:pull"], ADMIN) for _ in range(12)]
+        for token in tokens:
+            with httpx.Client() as fresh:
+                answer = fresh.get(f"{server.url}/v2/root/app/tags/list", headers=bearer(token))
+                assert_error(answer, 404, "NAME_UNKNOWN")
+        for _ in range(3):
+            assert_error(httpx.get(f"{server.url}/auth/token", auth=(ADMIN[0], "wrong")), 401)
+        for _ in range(6):
+            assert_error(httpx.get(f"{server.url}/auth/token", auth=ADMIN), 429, "TOOMANYREQUESTS")
+    finally:
+        server.stop()
