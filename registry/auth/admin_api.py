@@ -80,7 +80,7 @@ async def _body(request: Request) -> dict[str, Any]:
             raise BadRequest("request body too large")
     try:
         body = json.loads(raw or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise BadRequest("the body must be a JSON object") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")

@@ -3,7 +3,7 @@
 Keys live as PEM files, readable by the owner only, in one folder (default
 `<data_dir>/auth/keys`, mode 0700):
 
-    <created, unix seconds>-<kid>.pem      the kid is the key's RFC 7638 JWK thumbprint
+    <created, unix milliseconds>-<kid>.pem      the kid is the key's RFC 7638 JWK thumbprint
 
 The newest key signs. When it is older than the rotation period (or of another algorithm
 than configured) a new one is made; an older key keeps verifying until its successor has
@@ -40,6 +40,7 @@ SIGNING_ALGORITHMS = ("ES256", "RS256")
 RSA_BITS = 3072
 _FILE = re.compile(r"^(\d+)-([A-Za-z0-9_-]{16,64})\.pem$")
 RESCAN_INTERVAL = 1.0
+JWKS_RESCAN_INTERVAL = 10.0
 RETIRE_MARGIN = 60.0
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -140,8 +141,12 @@ class KeyRing:
         return key
 
     def jwks(self) -> dict[str, Any]:
+        """The public keys that verify now; read afresh now and then, as another worker or
+        replica may have rotated."""
         if not self._keys:
             self.ensure()
+        elif self.clock() - self._scanned_at >= JWKS_RESCAN_INTERVAL:
+            self._scan()
         return {"keys": [key.jwk() for key in self._verifying()]}
 
     # -- the folder ------------------------------------------------------------------------
@@ -190,7 +195,7 @@ class KeyRing:
             for path in sorted(self.folder.iterdir()):
                 match = _FILE.fullmatch(path.name)
                 if match:
-                    key = self._load(path, float(match[1]))
+                    key = self._load(path, int(match[1]) / 1000)
                     if key is not None:
                         keys.append(key)
         keys.sort(key=lambda k: (k.created, k.kid))
@@ -220,7 +225,11 @@ class KeyRing:
     def _create(self) -> None:
         private = generate(self.algorithm)
         kid = thumbprint(private.public_key())
-        created = int(self.clock())
+        # Milliseconds, and always after the newest key, so the new key sorts last even
+        # when made within the same instant (a change of algorithm right after a start).
+        created = int(self.clock() * 1000)
+        if self._keys:
+            created = max(created, round(self._keys[-1].created * 1000) + 1)
         pem = private.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,

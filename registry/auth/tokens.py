@@ -167,7 +167,7 @@ class TrustedIssuer:
                 answer = await client.get(self.jwks_url)
                 answer.raise_for_status()
                 self.keys = jwks_keys(answer.json())
-        except (httpx.HTTPError, ValueError, TrustConfigError) as exc:
+        except (httpx.HTTPError, ValueError, RecursionError, TrustConfigError) as exc:
             log.warning("could not fetch the JWKS of %s: %s", self.issuer, exc)
 
 
@@ -183,7 +183,7 @@ def jwks_keys(document: Any) -> dict[str | None, VerifyingKey]:
             continue
         try:
             key = jwt.PyJWK.from_dict(dict(entry)).key
-        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError, RecursionError):
             continue
         if isinstance(key, VerifyingKey):
             found[entry.get("kid")] = key
@@ -327,7 +327,7 @@ class TokenVerifier:
             raise InvalidToken("bad signature") from None
         except jwt.MissingRequiredClaimError as exc:
             raise InvalidToken(f"missing claim {exc.claim}") from None
-        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError, RecursionError):
             raise InvalidToken("invalid token") from None
 
 
@@ -338,7 +338,7 @@ def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         header = jwt.get_unverified_header(token)
         claims = jwt.decode(token, options={"verify_signature": False})
-    except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError, RecursionError):
         raise InvalidToken("malformed token") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise InvalidToken("malformed token")

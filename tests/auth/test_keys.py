@@ -77,7 +77,7 @@ def test_rotation_overlap_and_retirement(tmp_path: Path) -> None:
     assert len(pem_files(tmp_path)) == 2
     clock.now += 60
     ring.ensure()
-    assert [p.name for p in pem_files(tmp_path)] == [f"{int(new.created)}-{new.kid}.pem"]
+    assert new.path is not None and pem_files(tmp_path) == [new.path]
 
 
 def test_no_rotation_when_disabled(tmp_path: Path) -> None:
@@ -118,3 +118,11 @@ def test_unreadable_key_files_are_ignored(tmp_path: Path) -> None:
 def test_only_es256_and_rs256_sign(tmp_path: Path) -> None:
     with pytest.raises(KeyFolderError):
         KeyRing(tmp_path, "HS256")
+
+
+def test_a_key_made_in_the_same_instant_still_comes_last(tmp_path: Path) -> None:
+    clock = Clock()
+    first = KeyRing(tmp_path, "ES256", clock=clock).signing_key()
+    second = KeyRing(tmp_path, "RS256", clock=clock).signing_key()  # same clock reading
+    assert second.created > first.created
+    assert KeyRing(tmp_path, "RS256", clock=clock).signing_key().kid == second.kid
