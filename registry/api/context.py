@@ -29,7 +29,8 @@ class Services:
     )
 
     def upload_lock(self, upload_id: str) -> asyncio.Lock:
-        """Serialises requests on one upload within this process."""
+        """Queues this process's requests on one upload in arrival order (the database claim
+        keeps processes apart; this keeps their order fair within one)."""
         lock = self.upload_locks.get(upload_id)
         if lock is None:
             lock = asyncio.Lock()

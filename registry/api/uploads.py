@@ -6,7 +6,12 @@ restarted server, or another replica, carries on with an upload another one star
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -47,10 +52,67 @@ def _created(request: Request, name: str, digest: Digest) -> Response:
     )
 
 
-async def _checked_body(request: Request, expected: int | None) -> AsyncIterator[bytes]:
+# An upload has one writer at a time, whichever process or replica serves the request: a
+# claim in the database, renewed while bytes flow, and left to lapse if its holder dies.
+CLAIM_SECONDS = 120.0
+CLAIM_RENEW_AFTER = 30.0
+CLAIM_WAIT_SECONDS = 30.0
+
+
+@dataclass
+class Claim:
+    svc: Services
+    upload_id: str
+    writer: str = field(default_factory=lambda: secrets.token_hex(16))
+    renewed_at: float = field(default_factory=time.monotonic)
+
+    async def keep(self) -> None:
+        """Renew the claim when it is getting old (called as body pieces arrive)."""
+        if time.monotonic() - self.renewed_at > CLAIM_RENEW_AFTER:
+            self.renewed_at = time.monotonic()
+            if not await self.svc.metadata.claim_upload(self.upload_id, self.writer, CLAIM_SECONDS):
+                raise BlobUploadInvalid("another request took over this upload", status=416)
+
+
+@asynccontextmanager
+async def _claimed(
+    request: Request, svc: Services, name: str, upload: Upload
+) -> AsyncIterator[tuple[Upload, Claim]]:
+    """Hold the upload's single-writer claim; yield the session as it is once held.
+
+    A request that waited behind a cancel or a finish finds the session gone and gets 404,
+    rather than writing into the upload's old place.
+    """
+    async with svc.upload_lock(upload.id):
+        claim = Claim(svc, upload.id)
+        deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+        while not await svc.metadata.claim_upload(upload.id, claim.writer, CLAIM_SECONDS):
+            if await svc.metadata.get_upload(name, upload.id) is None:
+                raise BlobUploadUnknown(detail={"upload": upload.id})
+            if time.monotonic() > deadline:
+                raise BlobUploadInvalid(
+                    "another request is writing to this upload",
+                    status=416,
+                    headers=_upload_headers(request, name, upload, upload.size),
+                )
+            await asyncio.sleep(0.05)
+        try:
+            current = await svc.metadata.get_upload(name, upload.id)
+            if current is None:
+                raise BlobUploadUnknown(detail={"upload": upload.id})
+            yield current, claim
+        finally:
+            await svc.metadata.release_upload(upload.id, claim.writer)
+
+
+async def _checked_body(
+    request: Request, expected: int | None, claim: Claim | None = None
+) -> AsyncIterator[bytes]:
     """The request body, failing (before anything is kept) when its length is not `expected`."""
     received = 0
     async for piece in request.stream():
+        if claim is not None:
+            await claim.keep()
         received += len(piece)
         if expected is not None and received > expected:
             raise SizeInvalid(detail={"expected": expected, "received_at_least": received})
@@ -120,15 +182,6 @@ async def _session(request: Request) -> tuple[str, Services, Upload]:
     return name, svc, upload
 
 
-async def _still_open(svc: Services, name: str, upload: Upload) -> Upload:
-    """The session as it is now that this request holds its lock: a request that waited
-    for the lock behind a cancel or a finish must not write into the upload's old place."""
-    current = await svc.metadata.get_upload(name, upload.id)
-    if current is None:
-        raise BlobUploadUnknown(detail={"upload": upload.id})
-    return current
-
-
 async def upload_status(request: Request) -> Response:
     name, _svc, upload = await _session(request)
     return Response(status_code=204, headers=_upload_headers(request, name, upload, upload.size))
@@ -136,10 +189,9 @@ async def upload_status(request: Request) -> Response:
 
 async def upload_chunk(request: Request) -> Response:
     name, svc, upload = await _session(request)
-    async with svc.upload_lock(upload.id):
-        upload = await _still_open(svc, name, upload)
+    async with _claimed(request, svc, name, upload) as (upload, claim):
         expected = _chunk_length(request, name, upload, _content_length(request))
-        size = await _append(svc, upload, _checked_body(request, expected))
+        size = await _append(svc, upload, _checked_body(request, expected, claim), claim)
     return Response(status_code=202, headers=_upload_headers(request, name, upload, size))
 
 
@@ -163,9 +215,14 @@ def _chunk_length(request: Request, name: str, upload: Upload, expected: int | N
     )
 
 
-async def _append(svc: Services, upload: Upload, body: AsyncIterator[bytes]) -> int:
+async def _append(
+    svc: Services, upload: Upload, body: AsyncIterator[bytes], claim: Claim | None
+) -> int:
     size = await svc.blobs.append_upload(upload.id, upload.size, body)
-    if size != upload.size and not await svc.metadata.advance_upload(upload.id, upload.size, size):
+    writer = claim.writer if claim is not None else None
+    if size != upload.size and not await svc.metadata.advance_upload(
+        upload.id, upload.size, size, writer
+    ):
         raise BlobUploadInvalid("the upload changed during this request", status=416)
     return size
 
@@ -173,20 +230,25 @@ async def _append(svc: Services, upload: Upload, body: AsyncIterator[bytes]) -> 
 async def finish_upload(request: Request) -> Response:
     name, svc, upload = await _session(request)
     digest = parse_digest(request.query_params.get("digest"))
-    async with svc.upload_lock(upload.id):
-        upload = await _still_open(svc, name, upload)
+    async with _claimed(request, svc, name, upload) as (upload, claim):
         expected = _content_length(request)
         if expected != 0:  # a final chunk: its Content-Range must fit like a PATCH's
             expected = _chunk_length(request, name, upload, expected)
-        return await _finish(request, svc, name, upload, digest, expected)
+        return await _finish(request, svc, name, upload, digest, expected, claim)
 
 
 async def _finish(
-    request: Request, svc: Services, name: str, upload: Upload, digest: Digest, expected: int | None
+    request: Request,
+    svc: Services,
+    name: str,
+    upload: Upload,
+    digest: Digest,
+    expected: int | None,
+    claim: Claim | None = None,
 ) -> Response:
     size = upload.size
     if expected != 0:
-        size = await _append(svc, upload, _checked_body(request, expected))
+        size = await _append(svc, upload, _checked_body(request, expected, claim), claim)
     try:
         await svc.blobs.commit_upload(upload.id, size, digest)
     except DigestInvalid:
@@ -199,8 +261,7 @@ async def _finish(
 
 async def cancel_upload(request: Request) -> Response:
     name, svc, upload = await _session(request)
-    async with svc.upload_lock(upload.id):
-        await _still_open(svc, name, upload)
+    async with _claimed(request, svc, name, upload):
         await svc.metadata.delete_upload(upload.id)
         await svc.blobs.delete_upload(upload.id)
     return Response(status_code=204, headers={"Content-Length": "0"})

@@ -10,7 +10,7 @@ import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
@@ -180,13 +180,43 @@ class MetadataStore:
             row = (await conn.execute(query)).first()
         return Upload(*row) if row else None
 
-    async def advance_upload(self, upload_id: str, old_size: int, new_size: int) -> bool:
-        """Move the upload's recorded size from `old_size`; False if someone else moved it."""
+    async def claim_upload(self, upload_id: str, writer: str, seconds: float) -> bool:
+        """Make `writer` the upload's only writer for `seconds`, unless another holds it."""
+        stamp = now()
         async with self.db.write() as conn:
             result = await conn.execute(
                 update(uploads)
-                .where(uploads.c.id == upload_id, uploads.c.size == old_size)
-                .values(size=new_size, updated_at=now())
+                .where(
+                    uploads.c.id == upload_id,
+                    or_(
+                        uploads.c.writer.is_(None),
+                        uploads.c.writer == writer,
+                        uploads.c.writer_until < stamp,
+                    ),
+                )
+                .values(writer=writer, writer_until=stamp + timedelta(seconds=seconds))
+            )
+            return bool(result.rowcount)
+
+    async def release_upload(self, upload_id: str, writer: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(uploads)
+                .where(uploads.c.id == upload_id, uploads.c.writer == writer)
+                .values(writer=None, writer_until=None)
+            )
+
+    async def advance_upload(
+        self, upload_id: str, old_size: int, new_size: int, writer: str | None = None
+    ) -> bool:
+        """Move the upload's recorded size from `old_size`; False if someone else moved it
+        (or, given a `writer`, if that writer no longer holds the upload)."""
+        conditions = [uploads.c.id == upload_id, uploads.c.size == old_size]
+        if writer is not None:
+            conditions.append(uploads.c.writer == writer)
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(uploads).where(*conditions).values(size=new_size, updated_at=now())
             )
             return bool(result.rowcount)
 

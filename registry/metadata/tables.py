@@ -127,6 +127,9 @@ uploads = Table(
     Column("size", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The one request (of any process) writing to the upload now, and until when it may.
+    Column("writer", String(32), nullable=True),
+    Column("writer_until", DateTime(timezone=True), nullable=True),
 )
 
 

@@ -3,7 +3,8 @@
 An upload's bytes go to `uploads/<id>/data`. `commit_upload` checks the digest, then moves them
 to the blob's key in one atomic step; a blob key therefore only ever holds verified bytes.
 Hash state is cached per process to avoid re-reading an upload; when it is missing (a restart,
-another replica took the previous chunk) the bytes already stored are hashed again.
+another replica took the previous chunk) the bytes already stored are hashed again. Callers
+keep to one writer per upload at a time (the API holds a claim in the database for that).
 """
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ class BlobStore:
 
         Raises DigestInvalid when they do not match; the upload is left for the caller to drop.
         """
+        if await self.driver.stat(layout.upload_key(upload_id)) != size:
+            raise DigestInvalid(
+                "the upload's stored bytes are not the size recorded",
+                detail={"digest": str(digest)},
+            )
         actual = await self._digest_of_upload(upload_id, size, digest.algorithm)
         if actual != digest.encoded:
             raise DigestInvalid(

@@ -210,7 +210,31 @@ def test_blob_bytes_lost_from_storage(own: RegistryServer, damage: str) -> None:
         assert_blob(c, repo, data)
 
 
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-worker", "two-workers"])
+def race_target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A server with one worker, and one with two: racing requests on one upload then run
+    in different processes, which only the database's single-writer claim keeps apart."""
+    workers = int(request.param)
+    server = RegistryServer(
+        tmp_path_factory.mktemp(f"race{workers}") / "data", extra_args=["--workers", str(workers)]
+    )
+    server.start()
+    yield server.url
+    server.stop()
+
+
 class TestRacingPatches:
+    @pytest.fixture
+    def client(self, race_target: str) -> Iterator[httpx.Client]:
+        with httpx.Client(base_url=race_target, timeout=60) as c:
+            yield c
+
+    @pytest.fixture
+    def registry_url(self, race_target: str) -> str:
+        return race_target
+
     def test_same_range_one_wins(self, client: httpx.Client, registry_url: str) -> None:
         repo = unique_repo("faults")
         location = start_upload(client, repo)
