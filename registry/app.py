@@ -172,4 +172,6 @@ def create_app(config: Config, access: AccessController | None = None) -> ASGIAp
             Exception: _unexpected,
         },
     )
+    # `/v2/x/tags/list/` is not an endpoint: a 404 in the spec's format, not a redirect.
+    app.router.redirect_slashes = False
     return ApiVersionHeader(RequestBodyTracker(with_audit_trail(config, app)))

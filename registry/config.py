@@ -181,10 +181,11 @@ def _coerce(dotted: str, current: Any, value: Any, from_text: bool) -> Any:
             return False
         raise ConfigError(f"{dotted} must be true or false, got {value!r}")
     if isinstance(current, int):
-        try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
             return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{dotted} must be an integer, got {value!r}") from None
+        raise ConfigError(f"{dotted} must be an integer, got {value!r}")
     if isinstance(current, str):
         if not isinstance(value, str | int | float) or (isinstance(value, bool) and not from_text):
             raise ConfigError(f"{dotted} must be a string, got {value!r}")

@@ -25,6 +25,8 @@ import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+MAX_ERRORS = 100
+
 
 class RegistryError(Exception):
     code: ClassVar[str] = "UNKNOWN"
@@ -44,7 +46,8 @@ class RegistryError(Exception):
         self.detail = detail
         self.http_status = status or self.status
         self.headers = headers or {}
-        self.also = list(also or [])
+        # A manifest can name thousands of missing blobs; a hundred errors say enough.
+        self.also = list(also or [])[:MAX_ERRORS - 1]
         super().__init__(self.message)
 
     def body(self) -> bytes:

@@ -245,3 +245,43 @@ def test_error_before_the_body_is_read(client: httpx.Client, size: int) -> None:
     response = client.put("/v2/BAD/manifests/latest", content=body)
     assert_error(response, 400, "NAME_INVALID")
     assert client.get("/v2/").status_code == 200
+
+
+def test_trailing_slash_is_not_an_endpoint(client: httpx.Client) -> None:
+    repo = unique_repo("errors")
+    push_blob(client, repo, b"x")
+    response = client.get(f"/v2/{repo}/tags/list/")
+    assert_4xx_json(response)
+    assert response.status_code == 404  # not a redirect to somewhere else
+
+
+def test_thousands_of_missing_blobs_give_a_bounded_error_list(client: httpx.Client) -> None:
+    repo = unique_repo("errors")
+    layers = [
+        {
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": digest_of(b"%d" % i),
+            "size": 1,
+        }
+        for i in range(5000)
+    ]
+    config = {
+        "mediaType": "application/vnd.oci.image.config.v1+json",
+        "digest": digest_of(b"{}"),
+        "size": 2,
+    }
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config,
+            "layers": layers,
+        }
+    ).encode()
+    response = client.put(
+        f"/v2/{repo}/manifests/v1",
+        content=body,
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    found = assert_error(response, 400, "MANIFEST_BLOB_UNKNOWN")
+    assert len(found) == errors.MAX_ERRORS
