@@ -60,9 +60,11 @@ def _guard(func: Command) -> Command:
             print(f"Error: permission denied: {exc.filename or exc}", file=sys.stderr)
             return 1
         except OSError as exc:
-            print(f"Error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-                  file=sys.stderr)
+            print(
+                f"Error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr
+            )
             return 1
+
     return wrapper
 
 
@@ -75,6 +77,7 @@ def _console() -> Console:
 
 
 # --- login / pull / images / rmi ---------------------------------------------------------
+
 
 @_guard
 def cmd_login(args: argparse.Namespace) -> int:
@@ -164,8 +167,11 @@ def cmd_rmi(args: argparse.Namespace) -> int:
         users = [c for c in containers.all() if c.image_id == record.id]
         last_tag = len([r for r in record.refs if "@" not in r]) <= 1 or key == record.id
         if users and last_tag and not args.force:
-            print(f"Error: unable to remove {ref}: container {users[0].id[:12]} is using its "
-                  "image (use -f, or remove the container)", file=sys.stderr)
+            print(
+                f"Error: unable to remove {ref}: container {users[0].id[:12]} is using its "
+                "image (use -f, or remove the container)",
+                file=sys.stderr,
+            )
             status = 1
             continue
         record, removed = images.untag(key)
@@ -183,7 +189,8 @@ def collect_garbage(store: Store) -> None:
         records = ImageIndex(store).load().values()
         containers = ContainerStore(store).all()
         layers = {d for r in records for d in r.diff_ids} | {
-            d for c in containers for d in c.diff_ids}
+            d for c in containers for d in c.diff_ids
+        }
         blobs = {b for r in records for b in (*r.layers, r.id, r.manifest_digest)}
         blobs |= {ref.rpartition("@")[2] for r in records for ref in r.refs if "@" in ref}
         for diff_id in store.layer_ids():
@@ -195,6 +202,7 @@ def collect_garbage(store: Store) -> None:
 
 
 # --- run ---------------------------------------------------------------------------------
+
 
 def _image_config(store: Store, record: ImageRecord) -> dict[str, Any]:
     doc = json.loads(store.read_blob(record.id))
@@ -231,9 +239,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     record = ensure_image(store, args.image, platform, _console())
     cid = new_id()
     hostname = args.hostname or cid[:12]
-    spec = build_spec(_image_config(store, record), args.command, entrypoint=args.entrypoint,
-                      user_env=_user_env(args), user=args.user, workdir=args.workdir,
-                      hostname=hostname)
+    spec = build_spec(
+        _image_config(store, record),
+        args.command,
+        entrypoint=args.entrypoint,
+        user_env=_user_env(args),
+        user=args.user,
+        workdir=args.workdir,
+        hostname=hostname,
+    )
     mounts = [parse_volume(v, store) for v in args.volume]
     for m in mounts:
         if m.volume:
@@ -242,11 +256,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.network not in ("host", "none"):
         raise RuntimeFailure(f"network {args.network!r} is not supported (host or none)")
     container = Container(
-        id=cid, name=args.name or random_name(), image=args.image, image_id=record.id,
-        diff_ids=record.diff_ids, argv=spec.argv, env=spec.env, user=spec.user,
-        workdir=spec.workdir, hostname=hostname, mounts=mounts, network=args.network,
-        init=args.init, auto_remove=args.rm, detached=args.detach,
-        interactive=args.interactive, memory=memory, pids_limit=pids, cpus=cpus,
+        id=cid,
+        name=args.name or random_name(),
+        image=args.image,
+        image_id=record.id,
+        diff_ids=record.diff_ids,
+        argv=spec.argv,
+        env=spec.env,
+        user=spec.user,
+        workdir=spec.workdir,
+        hostname=hostname,
+        mounts=mounts,
+        network=args.network,
+        init=args.init,
+        auto_remove=args.rm,
+        detached=args.detach,
+        interactive=args.interactive,
+        memory=memory,
+        pids_limit=pids,
+        cpus=cpus,
     )
     containers = ContainerStore(store)
     if not args.name:
@@ -264,16 +292,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_detached(store: Store, container: Container) -> int:
     read_fd, write_fd = os.pipe()
     package_root = str(Path(registry.__file__).resolve().parent.parent)
-    env = {**os.environ,
-           "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
-                                                       os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+    }
     log = open(ContainerStore(store).dir(container.id) / "supervisor.log", "ab")  # noqa: SIM115
     with log:
         subprocess.Popen(
-            [sys.executable, "-m", "registry.runtime.supervisor", str(store.root),
-             container.id, str(write_fd)],
-            pass_fds=(write_fd,), start_new_session=True, stdin=subprocess.DEVNULL,
-            stdout=log, stderr=log, env=env,
+            [
+                sys.executable,
+                "-m",
+                "registry.runtime.supervisor",
+                str(store.root),
+                container.id,
+                str(write_fd),
+            ],
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
         )
     os.close(write_fd)
     ready, _, _ = select.select([read_fd], [], [], 120)
@@ -289,6 +328,7 @@ def _run_detached(store: Store, container: Container) -> int:
 
 
 # --- ps / logs / stop / rm / inspect -----------------------------------------------------
+
 
 def _status(c: Container) -> str:
     if c.running:
@@ -310,8 +350,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
     for c in shown:
         command = " ".join(c.argv)
         command = command if len(command) <= 20 else command[:19] + "…"
-        rows.append([c.id[:12], c.image, f'"{command}"', f"{_ago(c.created)} ago",
-                     _status(c), c.name])
+        rows.append(
+            [c.id[:12], c.image, f'"{command}"', f"{_ago(c.created)} ago", _status(c), c.name]
+        )
     _table(rows)
     return 0
 
@@ -427,7 +468,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
                 if not args.force:
                     raise ContainerConflict(
                         f"cannot remove container {ref}: container is running: stop the "
-                        "container before removing or force remove (-f)")
+                        "container before removing or force remove (-f)"
+                    )
                 stop_container(containers, c, 0)
             containers.remove(c.id)
             print(ref)
@@ -446,24 +488,48 @@ def _iso(ts: float) -> str:
 def inspect_container(c: Container) -> dict[str, Any]:
     running = c.running
     return {
-        "Id": c.id, "Name": f"/{c.name}", "Created": _iso(c.created),
-        "Path": c.argv[0], "Args": c.argv[1:],
+        "Id": c.id,
+        "Name": f"/{c.name}",
+        "Created": _iso(c.created),
+        "Path": c.argv[0],
+        "Args": c.argv[1:],
         "State": {
-            "Status": "running" if running else ("created" if c.status == "created"
-                                                 else "exited"),
-            "Running": running, "Pid": c.pid if running else 0,
-            "ExitCode": c.exit_code or 0, "OOMKilled": c.oom_killed, "Error": c.error,
-            "StartedAt": _iso(c.started_at), "FinishedAt": _iso(c.finished_at),
+            "Status": "running" if running else ("created" if c.status == "created" else "exited"),
+            "Running": running,
+            "Pid": c.pid if running else 0,
+            "ExitCode": c.exit_code or 0,
+            "OOMKilled": c.oom_killed,
+            "Error": c.error,
+            "StartedAt": _iso(c.started_at),
+            "FinishedAt": _iso(c.finished_at),
         },
         "Image": c.image_id,
-        "Config": {"Hostname": c.hostname, "User": c.user, "Env": c.env, "Cmd": c.argv,
-                   "Image": c.image, "WorkingDir": c.workdir},
-        "HostConfig": {"NetworkMode": c.network, "AutoRemove": c.auto_remove, "Init": c.init,
-                       "Memory": c.memory or 0, "PidsLimit": c.pids_limit,
-                       "NanoCpus": int((c.cpus or 0) * 1e9)},
-        "Mounts": [{"Type": "volume" if m.volume else "bind", "Name": m.volume or None,
-                    "Source": m.source, "Destination": m.destination, "RW": not m.readonly}
-                   for m in c.mounts],
+        "Config": {
+            "Hostname": c.hostname,
+            "User": c.user,
+            "Env": c.env,
+            "Cmd": c.argv,
+            "Image": c.image,
+            "WorkingDir": c.workdir,
+        },
+        "HostConfig": {
+            "NetworkMode": c.network,
+            "AutoRemove": c.auto_remove,
+            "Init": c.init,
+            "Memory": c.memory or 0,
+            "PidsLimit": c.pids_limit,
+            "NanoCpus": int((c.cpus or 0) * 1e9),
+        },
+        "Mounts": [
+            {
+                "Type": "volume" if m.volume else "bind",
+                "Name": m.volume or None,
+                "Source": m.source,
+                "Destination": m.destination,
+                "RW": not m.readonly,
+            }
+            for m in c.mounts
+        ],
     }
 
 
@@ -473,8 +539,10 @@ def inspect_image(store: Store, record: ImageRecord) -> dict[str, Any]:
         "Id": record.id,
         "RepoTags": [r for r in record.refs if "@" not in r],
         "RepoDigests": [r for r in record.refs if "@" in r],
-        "Created": record.created, "Size": record.size,
-        "Architecture": doc.get("architecture"), "Os": doc.get("os"),
+        "Created": record.created,
+        "Size": record.size,
+        "Architecture": doc.get("architecture"),
+        "Os": doc.get("os"),
         "Config": doc.get("config") or {},
         "RootFS": {"Type": "layers", "Layers": record.diff_ids},
     }
@@ -505,72 +573,97 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 # --- wiring ------------------------------------------------------------------------------
 
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("login", help="log in to a registry")
-    p.add_argument("server")
-    p.add_argument("-u", "--username")
-    p.add_argument("-p", "--password")
-    p.add_argument("--password-stdin", action="store_true")
+    p.add_argument("server", help="registry host, e.g. 127.0.0.1:5000")
+    p.add_argument("-u", "--username", help="user name")
+    p.add_argument("-p", "--password", help="password or token (prefer --password-stdin)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p.set_defaults(func=cmd_login)
 
     p = subparsers.add_parser("pull", help="pull an image from a registry")
-    p.add_argument("image")
-    p.add_argument("--platform")
+    p.add_argument("image", help="host:port/name[:tag|@digest]")
+    p.add_argument(
+        "--platform", help="os/arch[/variant] to pick from an index (default: this host)"
+    )
     p.set_defaults(func=cmd_pull)
 
     p = subparsers.add_parser("images", help="list pulled images")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only IDs")
     p.set_defaults(func=cmd_images)
 
     p = subparsers.add_parser("rmi", help="remove images")
-    p.add_argument("images", nargs="+")
-    p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("images", nargs="+", help="image references or IDs")
+    p.add_argument(
+        "-f", "--force", action="store_true", help="remove even what is in use or running"
+    )
     p.set_defaults(func=cmd_rmi)
 
     p = subparsers.add_parser("run", help="run a command in a new container")
-    p.add_argument("-d", "--detach", action="store_true")
-    p.add_argument("-i", "--interactive", action="store_true")
-    p.add_argument("--rm", action="store_true")
-    p.add_argument("--name")
-    p.add_argument("--hostname")
-    p.add_argument("-e", "--env", action="append", default=[])
-    p.add_argument("--env-file", action="append", default=[])
-    p.add_argument("--entrypoint")
-    p.add_argument("-w", "--workdir")
-    p.add_argument("-u", "--user")
-    p.add_argument("-v", "--volume", action="append", default=[])
-    p.add_argument("--network", "--net", default="host")
-    p.add_argument("--init", action="store_true")
-    p.add_argument("-m", "--memory")
-    p.add_argument("--pids-limit", type=int)
-    p.add_argument("--cpus", type=float)
-    p.add_argument("--platform")
-    p.add_argument("image")
-    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.add_argument(
+        "-d", "--detach", action="store_true", help="run in the background; output goes to `logs`"
+    )
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    p.add_argument("--name", help="container name (must be unused)")
+    p.add_argument("--hostname", help="host name inside the container")
+    p.add_argument(
+        "-e", "--env", action="append", default=[], help="NAME=value, or NAME to pass it through"
+    )
+    p.add_argument("--env-file", action="append", default=[], help="file of NAME=value lines")
+    p.add_argument("--entrypoint", help="replace the image's entrypoint (and drop its Cmd)")
+    p.add_argument("-w", "--workdir", help="working directory (created if missing)")
+    p.add_argument("-u", "--user", help="uid, uid:gid or a user name of the image")
+    p.add_argument(
+        "-v",
+        "--volume",
+        action="append",
+        default=[],
+        help="host-path-or-volume:container-path[:ro]",
+    )
+    p.add_argument("--network", "--net", default="host", help="host (default) or none")
+    p.add_argument(
+        "--init",
+        action="store_true",
+        help="run a tiny init that forwards signals and reaps zombies",
+    )
+    p.add_argument("-m", "--memory", help="memory limit, e.g. 64m or 1g")
+    p.add_argument("--pids-limit", type=int, help="most processes at once")
+    p.add_argument("--cpus", type=float, help="CPU share, e.g. 0.5")
+    p.add_argument("--platform", help="os/arch[/variant] to pull if the image is missing")
+    p.add_argument("image", help="host:port/name[:tag|@digest]")
+    p.add_argument(
+        "command", nargs=argparse.REMAINDER, help="command and arguments (default: the image's)"
+    )
     p.set_defaults(func=cmd_run)
 
     p = subparsers.add_parser("ps", help="list containers")
-    p.add_argument("-a", "--all", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-a", "--all", action="store_true", help="include stopped containers")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only IDs")
     p.set_defaults(func=cmd_ps)
 
     p = subparsers.add_parser("logs", help="show a container's output")
-    p.add_argument("container")
-    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("container", help="name or ID")
+    p.add_argument("-f", "--follow", action="store_true", help="follow until the container exits")
     p.set_defaults(func=cmd_logs)
 
     p = subparsers.add_parser("stop", help="stop running containers")
-    p.add_argument("containers", nargs="+")
-    p.add_argument("-t", "--time", type=float, default=STOP_TIMEOUT)
+    p.add_argument("containers", nargs="+", help="names or IDs")
+    p.add_argument(
+        "-t", "--time", type=float, default=STOP_TIMEOUT, help="seconds between SIGTERM and SIGKILL"
+    )
     p.set_defaults(func=cmd_stop)
 
     p = subparsers.add_parser("rm", help="remove containers")
-    p.add_argument("containers", nargs="+")
-    p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("containers", nargs="+", help="names or IDs")
+    p.add_argument(
+        "-f", "--force", action="store_true", help="remove even what is in use or running"
+    )
     p.set_defaults(func=cmd_rm)
 
     p = subparsers.add_parser("inspect", help="show containers or images as JSON")
-    p.add_argument("names", nargs="+")
+    p.add_argument("names", nargs="+", help="container or image names or IDs")
     p.set_defaults(func=cmd_inspect)
 
 
