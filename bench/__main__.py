@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="record our server with py-spy in each measured run (slows it: separate runs)",
     )  # fmt: skip
     parser.add_argument(
-        "--profile-idle", action="store_true",
-        help="with --profile: sample waiting threads too (wall time, not only CPU)",
+        "--profile-mode", choices=["cpu", "gil", "wall"], default="cpu",
+        help="with --profile: running threads (cpu), the GIL holder (gil), or all (wall)",
     )  # fmt: skip
     parser.add_argument("--workdir", type=Path, help="where temporary data goes (default: /tmp)")
     sizes = parser.add_argument_group("sizes (override the defaults or --quick)")
@@ -165,7 +165,7 @@ def _run(args: argparse.Namespace, settings: Settings, base: Path) -> int:
             try:
                 run_workload(
                     workload, ctx, results, args.repeat, args.workers, args.profile,
-                    args.profile_idle,
+                    args.profile_mode,
                 )  # fmt: skip
             finally:
                 close = getattr(workload, "close", None)

@@ -1,5 +1,8 @@
 """`--profile DIR`: py-spy records our server during each measured run; a summary ranks frames.
 
+Modes (`--profile-mode`): `cpu` samples threads the OS sees running; `gil` only the thread
+holding the GIL (what bounds one Python process); `wall` every thread, waiting ones too.
+
 py-spy writes collapsed stacks (`--format raw`: `frame;frame;...;leaf COUNT`, each frame
 `function (file:line)`), and `summarize` turns them into the top frames by own samples
 (where the CPU went) and by inclusive samples (what called it).
@@ -26,9 +29,7 @@ def py_spy() -> str | None:
 class Recording:
     """py-spy attached to one process tree until `stop()`."""
 
-    def __init__(
-        self, pid: int, out: Path, rate: int = 200, native: bool = False, idle: bool = False
-    ) -> None:
+    def __init__(self, pid: int, out: Path, mode: str = "cpu", rate: int = 200) -> None:
         binary = py_spy()
         if binary is None:
             raise RuntimeError("py-spy is not installed (.venv/bin/pip install py-spy)")
@@ -37,10 +38,12 @@ class Recording:
             binary, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
             "--output", str(out), "--subprocesses", "--nonblocking",
         ]  # fmt: skip
-        if native:
-            command.append("--native")
-        if idle:
+        if mode == "wall":
             command.append("--idle")  # waiting threads too: where the wall time goes
+        elif mode == "gil":
+            command.append("--gil")  # only the thread holding the GIL: Python's one core
+        elif mode != "cpu":
+            raise ValueError(f"unknown profile mode {mode!r}")
         self.log = out.with_suffix(".log").open("wb")
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         time.sleep(0.5)  # attach before the measured part starts

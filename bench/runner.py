@@ -30,7 +30,7 @@ def run_workload(
     repeat: int,
     workers: int | None = None,
     profile_dir: Path | None = None,
-    profile_idle: bool = False,
+    profile_mode: str = "cpu",
 ) -> None:
     results.metrics[workload.name] = [*workload.metrics, *RESOURCE_METRICS]
     results.titles[workload.name] = workload.title
@@ -38,7 +38,7 @@ def run_workload(
     for round_index in range(rounds):
         for side in SIDES:
             values, notes = _one(
-                workload, ctx, side, round_index, workers, profile_dir, profile_idle
+                workload, ctx, side, round_index, workers, profile_dir, profile_mode
             )
             results.add(workload.name, side, values)
             for text in notes:
@@ -61,7 +61,7 @@ def _one(
     round_index: int,
     workers: int | None,
     profile_dir: Path | None,
-    profile_idle: bool = False,
+    profile_mode: str = "cpu",
 ) -> tuple[dict[str, float], list[str]]:
     server = make_server(side, ctx.folder, workers if side == "ours" else None)
     with server:
@@ -70,7 +70,7 @@ def _one(
         if profile_dir is not None and side == "ours":
             profile_dir.mkdir(parents=True, exist_ok=True)
             out = profile_dir / f"{workload.name}-{round_index + 1}.txt"
-            recording = Recording(server.pid, out, idle=profile_idle)
+            recording = Recording(server.pid, out, mode=profile_mode)
         try:
             with procstat.TreeSampler(server.pid) as sampler:
                 outcome = workload.run(server, ctx, state)
