@@ -2,18 +2,16 @@
 
     no credentials             401 UNAUTHORIZED, challenge `Bearer realm,service,scope`
     a bad or expired token     401, challenge with error="invalid_token"
-    a token lacking an action  an account's token: 403 DENIED, an anonymous one: 401; both
-                               with the challenge and error="insufficient_scope", so the
-                               client may ask for a wider token (ours never grant more than
-                               the account may, so a second refusal is final)
+    a token lacking an action  401 with error="insufficient_scope" in the challenge when a
+                               new token could carry it (the client asks again, as Docker's
+                               flow has it); 403 DENIED, with the same challenge, when the
+                               account may not do it at all, so a retry cannot help
     Basic, wrong password      401; too many failures: 429 TOOMANYREQUESTS with Retry-After
     Basic, lacking an action   403 DENIED
-
-403 for an account's token follows RFC 6750 (insufficient_scope is a 403) and GHCR; clients
-that keep one token per session (the ORAS SDK) fetch a wider one only after a 403, and the
-others ask for each operation's scopes up front. An anonymous caller gets 401: logging in
-may help.
     anything malformed         401 with error="invalid_request"
+
+Anonymous tokens lacking an action always get 401: logging in may help. For an external
+issuer's token we cannot tell what it would grant, so it gets 401 too.
 
 A token signed by us stops working as soon as its account is removed (its `sub` is looked
 up on each request); one from a trusted external issuer is good for what its `access`
@@ -38,6 +36,7 @@ from registry.auth.scopes import Scope, covers
 from registry.auth.services import AuthServices
 from registry.auth.tokens import InvalidToken, VerifiedToken
 from registry.errors import Denied, RegistryError, Unauthorized
+from registry.oci.names import is_repository_name
 
 CONTEXT_KEY = "registry.auth.context"
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
@@ -76,6 +75,21 @@ def parse_basic(value: str) -> tuple[str, str] | None:
     return username, password
 
 
+def mount_source(request: Request, scopes: list[Scope]) -> list[Scope]:
+    """Pull on the `from` repository of a cross-repository mount, for the challenge.
+
+    As in Distribution, a client that answers the challenge then holds a token the mount
+    can use; a token without it still gets an ordinary upload session instead.
+    """
+    if request.method != "POST" or not request.url.path.rstrip("/").endswith("/blobs/uploads"):
+        return []
+    source = request.query_params.get("from")
+    if "mount" not in request.query_params or not source or not is_repository_name(source):
+        return []
+    wanted = Scope("repository", source, ("pull",))
+    return [] if covers(scopes, wanted) or not scopes else [wanted]
+
+
 def client_address(request: Request) -> str:
     return request.client.host if request.client else ""
 
@@ -109,13 +123,22 @@ class TokenAccessController:
         if context.token is None:
             raise Denied(detail=detail)
         headers = self.challenge(request, scopes, error="insufficient_scope")
-        if context.principal.authenticated:
-            raise Denied(detail=detail, headers=headers)
-        raise Unauthorized(
-            "authentication required: anonymous access does not grant this",
-            detail=detail,
-            headers=headers,
-        )
+        if await self._retry_may_help(context, missing):
+            raise Unauthorized(
+                "insufficient scope: ask for a token with this access",
+                detail=detail,
+                headers=headers,
+            )
+        raise Denied(detail=detail, headers=headers)
+
+    async def _retry_may_help(self, context: AuthContext, missing: list[Scope]) -> bool:
+        """Whether a new token could carry what this one lacks (see the module docstring)."""
+        if not context.principal.authenticated or context.token is None:
+            return True
+        if not context.token.builtin:
+            return True
+        rights = await self.accounts.permissions(context.principal)
+        return all(covers(rights.grant([scope]), scope) for scope in missing)
 
     async def can(self, request: Request, access: Access) -> bool:
         try:
@@ -237,6 +260,7 @@ class TokenAccessController:
         why: str | None = None,
     ) -> dict[str, str]:
         parts = [f'realm="{self.realm(request)}"', f'service="{self.config.auth.service}"']
+        scopes = [*scopes, *mount_source(request, scopes)]
         if scopes:
             parts.append(f'scope="{" ".join(str(s) for s in scopes)}"')
         if error:

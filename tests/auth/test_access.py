@@ -260,3 +260,38 @@ def test_mounts_respect_access(auth_server: AuthRegistry, client: httpx.Client) 
         client.get(f"/v2/{target}/blobs/{digest_of(other)}", headers=bearer(bob_token)).content
         == other
     )
+
+
+def test_the_challenge_of_a_mount_names_its_source(
+    auth_server: AuthRegistry, client: httpx.Client
+) -> None:
+    """As in Distribution: answering the challenge of a mount yields a token it can use."""
+    owner, other = auth_server.new_user(), auth_server.new_user()
+    source, target = f"{owner[0]}/base", f"{owner[0]}/derived"
+    blob = b"base layer " + unique().encode()
+    token = token_for(auth_server.url, [scope(source)], owner)
+    assert push_blob(client, source, blob, bearer(token)).status_code == 201
+    params = {"mount": digest_of(blob), "from": source}
+    answer = client.post(f"/v2/{target}/blobs/uploads/", params=params)
+    asked = challenge(assert_response(answer, 401))
+    assert asked["scope"] == f"repository:{target}:pull,push repository:{source}:pull"
+    wide = token_for(auth_server.url, [asked["scope"]], owner)
+    answer = client.post(f"/v2/{target}/blobs/uploads/", params=params, headers=bearer(wide))
+    assert answer.status_code == 201
+    # A token naming only the target gets an ordinary upload session, not a second 401.
+    narrow = token_for(auth_server.url, [scope(f"{owner[0]}/other")], owner)
+    answer = client.post(
+        f"/v2/{owner[0]}/other/blobs/uploads/", params=params, headers=bearer(narrow)
+    )
+    assert answer.status_code == 202
+    # Nor can someone who may not read the source get it by answering the challenge.
+    theirs = token_for(auth_server.url, [asked["scope"].replace(target, f"{other[0]}/copy")], other)
+    answer = client.post(
+        f"/v2/{other[0]}/copy/blobs/uploads/", params=params, headers=bearer(theirs)
+    )
+    assert answer.status_code == 202
+
+
+def assert_response(answer: httpx.Response, status: int) -> httpx.Response:
+    assert_error(answer, status)
+    return answer

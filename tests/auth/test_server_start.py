@@ -172,9 +172,8 @@ def test_external_issuers(tmp_path: Path) -> None:
             params={"service": "service-a", "scope": "repository:ext/other:pull"},
             auth=ADMIN,
         ).json()["token"]
-        answer = httpx.get(url, headers=bearer(lacking))
-        assert_error(answer, 403, "DENIED")
-        assert challenge(answer)["error"] == "insufficient_scope"
+        answer = httpx.get(url, headers=bearer(lacking))  # its issuer might grant more
+        assert challenge(assert_response(answer))["error"] == "insufficient_scope"
 
         now = int(time.time())
         sso_claims = {
