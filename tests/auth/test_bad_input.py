@@ -60,6 +60,7 @@ TARGETS = [
     "/auth/admin/grants?user=%FF&pattern=x",
 ]
 
+
 def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
