@@ -23,8 +23,8 @@ log = logging.getLogger("registry.audit")
 
 # Set in the ASGI scope by the access controller: an `Actor`.
 ACTOR_KEY = "registry.auth.actor"
-_MANIFEST = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)$")
-_BLOB = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<reference>[^/]+)$")
+_MANIFEST = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)\Z")
+_BLOB = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<reference>[^/]+)\Z")
 
 
 class AuditLog:

@@ -39,7 +39,7 @@ from registry.errors import Denied, RegistryError, Unauthorized
 from registry.oci.names import is_repository_name
 
 CONTEXT_KEY = "registry.auth.context"
-_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?\Z|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?\Z")
 MAX_HEADER = 16 * 1024 + 16
 
 

@@ -38,7 +38,7 @@ log = logging.getLogger("registry.auth")
 
 SIGNING_ALGORITHMS = ("ES256", "RS256")
 RSA_BITS = 3072
-_FILE = re.compile(r"^(\d+)-([A-Za-z0-9_-]{16,64})\.pem$")
+_FILE = re.compile(r"^(\d+)-([A-Za-z0-9_-]{16,64})\.pem\Z")
 RESCAN_INTERVAL = 1.0
 JWKS_RESCAN_INTERVAL = 10.0
 RETIRE_MARGIN = 60.0

@@ -30,7 +30,7 @@ from registry.auth.permissions import (
 )
 from registry.metadata.identity import IdentityConflict, IdentityStore, now
 
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_DURATION = re.compile(r"^(\d+)([smhdw])\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 DEFAULT_TOKEN_LIFETIME = "90d"
 

@@ -26,8 +26,8 @@ from registry.auth.scopes import Scope
 ACTIONS = ("pull", "push", "delete")
 CATALOG = Scope("registry", "catalog", ("*",))
 
-_PATTERN_COMPONENT = re.compile(r"^[a-z0-9*]+(?:(?:[._]|__|-+)[a-z0-9*]+)*$|^\*$")
-_ACCOUNT_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+_PATTERN_COMPONENT = re.compile(r"^[a-z0-9*]+(?:(?:[._]|__|-+)[a-z0-9*]+)*\Z|^\*\Z")
+_ACCOUNT_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*\Z")
 
 
 class PatternError(ValueError):
@@ -69,10 +69,10 @@ def format_actions(actions: Iterable[str]) -> str:
 @lru_cache(maxsize=4096)
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
     if pattern == "*":
-        return re.compile(r"^.+$")
+        return re.compile(r"^.+\Z")
     prefix, deep = (pattern[:-2], True) if pattern.endswith("/*") else (pattern, False)
     body = "[^/]*".join(re.escape(piece) for piece in prefix.split("*"))
-    return re.compile(rf"^{body}{'/.+' if deep else ''}$")
+    return re.compile(rf"^{body}{'/.+' if deep else ''}\Z")
 
 
 def pattern_matches(pattern: str, name: str) -> bool:

@@ -24,12 +24,12 @@ from typing import Any
 MAX_SCOPE_LENGTH = 1024
 MAX_SCOPES = 64
 
-_TYPE = re.compile(r"^[a-z0-9]+(?:\([a-z0-9]+\))?$")
+_TYPE = re.compile(r"^[a-z0-9]+(?:\([a-z0-9]+\))?\Z")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _HOST_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _HOST = rf"{_HOST_PART}(?:\.{_HOST_PART})*(?::[0-9]+)?"
-_NAME = re.compile(rf"^(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
-_ACTION = re.compile(r"^(?:[a-z]*|\*)$")
+_NAME = re.compile(rf"^(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*\Z")
+_ACTION = re.compile(r"^(?:[a-z]*|\*)\Z")
 
 
 class ScopeError(ValueError):

@@ -97,6 +97,8 @@ def parse_manifest(data: bytes, content_type: str | None = None) -> Manifest:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ManifestError("manifest JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise ManifestError("manifest must be a JSON object")
     media_type = detect_media_type(doc, content_type)

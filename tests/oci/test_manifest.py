@@ -202,3 +202,8 @@ def test_parsing_keeps_no_state_of_the_bytes() -> None:
     compact = json.dumps(doc, separators=(",", ":")).encode()
     spaced = json.dumps(dict(reversed(doc.items())), indent=4).encode()
     assert parse_manifest(compact) == parse_manifest(spaced)
+
+
+def test_deeply_nested_json_is_invalid_not_a_crash() -> None:
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        parse_manifest(b"[" * 100_000 + b"]" * 100_000)
