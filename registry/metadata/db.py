@@ -1,22 +1,91 @@
-"""Engines for the metadata database, and schema migrations with Alembic.
+"""The metadata database: connections for reads and for write transactions, and migrations.
 
-SQLite serialises writers; to avoid "database is locked" errors when a read transaction
-later wants to write, writes there go through a second engine whose transactions start
-with `BEGIN IMMEDIATE`. On PostgreSQL one engine does both.
+On PostgreSQL both go through one async engine (asyncpg), a round trip per statement.
+
+SQLite is a file in this process, so a query is a function call of tens of microseconds:
+cheaper than handing it to a worker thread, which is what an async driver does for every
+step of every query (and under load each hop waits for the GIL). Statements therefore run
+directly on the event loop, on two connections: one for reads, one for writes, whose
+transactions start with `BEGIN IMMEDIATE` so that a transaction never has to upgrade its
+lock halfway. A block never awaits anything but its own statements, so blocks cannot
+interleave; a lock per connection guards that all the same. WAL mode keeps readers and the
+writer (of this or another worker process) out of each other's way.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVarTuple, overload
 
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.util.typing import TupleAny
+
+if TYPE_CHECKING:
+    from sqlalchemy.sql.selectable import TypedReturnsRows
+
+
+_Ts = TypeVarTuple("_Ts")
+
+
+class _DirectConnection:
+    """A synchronous SQLAlchemy connection behind an awaitable `execute`, like AsyncConnection's."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    @overload
+    async def execute(
+        self, statement: TypedReturnsRows[*_Ts], parameters: Any = None, /
+    ) -> CursorResult[*_Ts]: ...
+
+    @overload
+    async def execute(
+        self, statement: Executable, parameters: Any = None, /
+    ) -> CursorResult[*TupleAny]: ...
+
+    async def execute(
+        self, statement: Executable, parameters: Any = None, /
+    ) -> CursorResult[*TupleAny]:
+        return self._conn.execute(statement, parameters)
+
+
+# What the metadata modules get in a read or write block: they only `await conn.execute(...)`.
+SQLConnection = AsyncConnection | _DirectConnection
+
+
+class _SQLiteSide:
+    """One SQLite connection on the event loop's thread, and the lock that keeps it to one
+    block at a time."""
+
+    def __init__(self, url: str, immediate: bool) -> None:
+        sync_url = make_url(url).set(drivername="sqlite")
+        self.engine: Engine = create_engine(
+            sync_url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+        _configure_sqlite(self.engine, immediate)
+        self.lock = asyncio.Lock()
+        self._conn: Connection | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[_DirectConnection]:
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        with self._conn.begin():
+            yield _DirectConnection(self._conn)
+
+    def dispose(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self.engine.dispose()
 
 
 class Database:
@@ -25,31 +94,41 @@ class Database:
         self.dialect = make_url(url).get_backend_name()
         if self.dialect == "sqlite":
             _ensure_sqlite_folder(url)
-            self._reader = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
-            self._writer = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
-            _configure_sqlite(self._reader, immediate=False)
-            _configure_sqlite(self._writer, immediate=True)
+            self._sqlite_reader = _SQLiteSide(url, immediate=False)
+            self._sqlite_writer = _SQLiteSide(url, immediate=True)
         else:
-            self._reader = create_async_engine(
+            self._engine = create_async_engine(
                 url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
             )
-            self._writer = self._reader
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._reader.connect() as conn:
-            yield conn
+    async def read(self) -> AsyncIterator[SQLConnection]:
+        """A read-only block (its statements see one snapshot)."""
+        if self.dialect == "sqlite":
+            async with self._sqlite_reader.lock:
+                with self._sqlite_reader.transaction() as conn:
+                    yield conn
+            return
+        async with self._engine.connect() as aconn:
+            yield aconn
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
+    async def write(self) -> AsyncIterator[SQLConnection]:
         """A transaction, committed when the block ends without error."""
-        async with self._writer.begin() as conn:
-            yield conn
+        if self.dialect == "sqlite":
+            async with self._sqlite_writer.lock:
+                with self._sqlite_writer.transaction() as conn:
+                    yield conn
+            return
+        async with self._engine.begin() as aconn:
+            yield aconn
 
     async def dispose(self) -> None:
-        await self._reader.dispose()
-        if self._writer is not self._reader:
-            await self._writer.dispose()
+        if self.dialect == "sqlite":
+            self._sqlite_reader.dispose()
+            self._sqlite_writer.dispose()
+        else:
+            await self._engine.dispose()
 
 
 def _ensure_sqlite_folder(url: str) -> None:
@@ -58,8 +137,8 @@ def _ensure_sqlite_folder(url: str) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def _configure_sqlite(engine: AsyncEngine, immediate: bool) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _configure_sqlite(engine: Engine, immediate: bool) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin.
         dbapi_conn.isolation_level = None
@@ -70,7 +149,7 @@ def _configure_sqlite(engine: AsyncEngine, immediate: bool) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 

@@ -15,9 +15,8 @@ from typing import Any
 from sqlalchemy import case, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from registry.metadata.db import Database
+from registry.metadata.db import Database, SQLConnection
 from registry.metadata.tables import (
     audit_log,
     grants,
@@ -187,7 +186,7 @@ class IdentityStore:
             await conn.execute(delete(team_members).where(team_members.c.user_id == user_id))
             await conn.execute(delete(users).where(users.c.id == user_id))
 
-    async def _user_id(self, conn: AsyncConnection, name: str) -> int:
+    async def _user_id(self, conn: SQLConnection, name: str) -> int:
         user_id = (await conn.execute(select(users.c.id).where(users.c.name == name))).scalar()
         if user_id is None:
             raise IdentityNotFound(f"no user {name}")
@@ -256,7 +255,7 @@ class IdentityStore:
         async with self.db.read() as conn:
             return list((await conn.execute(query)).scalars())
 
-    async def _team_id(self, conn: AsyncConnection, name: str) -> int:
+    async def _team_id(self, conn: SQLConnection, name: str) -> int:
         team_id = (await conn.execute(select(teams.c.id).where(teams.c.name == name))).scalar()
         if team_id is None:
             raise IdentityNotFound(f"no team {name}")
@@ -264,7 +263,7 @@ class IdentityStore:
 
     # Grants -------------------------------------------------------------------------------
 
-    async def _subject(self, conn: AsyncConnection, kind: str, name: str) -> tuple[str, int]:
+    async def _subject(self, conn: SQLConnection, kind: str, name: str) -> tuple[str, int]:
         """The grants column and id of the user or team `name`."""
         if kind == "user":
             return "user_id", await self._user_id(conn, name)

@@ -15,9 +15,8 @@ from typing import Any
 
 from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from registry.metadata.db import Database
+from registry.metadata.db import Database, SQLConnection
 from registry.metadata.tables import (
     blobs,
     manifest_references,
@@ -68,14 +67,14 @@ class MetadataStore:
 
     # Repositories -------------------------------------------------------------------------
 
-    async def repository_id(self, name: str, conn: AsyncConnection | None = None) -> int | None:
+    async def repository_id(self, name: str, conn: SQLConnection | None = None) -> int | None:
         query = select(repositories.c.id).where(repositories.c.name == name)
         if conn is not None:
             return (await conn.execute(query)).scalar()
         async with self.db.read() as c:
             return (await c.execute(query)).scalar()
 
-    async def ensure_repository(self, conn: AsyncConnection, name: str) -> int:
+    async def ensure_repository(self, conn: SQLConnection, name: str) -> int:
         await conn.execute(self._insert_ignore(repositories, name=name, created_at=now()))
         repo_id = await self.repository_id(name, conn)
         assert repo_id is not None
@@ -346,7 +345,7 @@ class MetadataStore:
                 await self._set_tag(conn, repo_id, tag, digest, stamp)
 
     async def _set_tag(
-        self, conn: AsyncConnection, repo_id: int, tag: str, digest: str, stamp: datetime
+        self, conn: SQLConnection, repo_id: int, tag: str, digest: str, stamp: datetime
     ) -> None:
         dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
         statement = dialect_insert(tags).values(
