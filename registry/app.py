@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
@@ -154,6 +155,11 @@ def create_app(config: Config, access: AccessController | None = None) -> ASGIAp
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services, db = build_services(config, access)
         app.state.services = services
+        # File reads, writes and fsyncs wait on the disk, not the CPU: the default pool of
+        # cores + 4 threads would queue concurrent uploads behind each other's fsyncs.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=64, thread_name_prefix="registry-io")
+        )
         upkeep = asyncio.create_task(run_periodically(services))
         # Everything built so far lives as long as the process: keep the cyclic garbage
         # collector from walking it again and again under load.

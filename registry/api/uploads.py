@@ -141,7 +141,6 @@ async def start_upload(request: Request) -> Response:
         if mounted is not None:
             return mounted
     upload = await svc.metadata.create_upload(name)
-    await svc.blobs.start_upload(upload.id)
     if "digest" in params:
         digest = parse_digest(params["digest"])
         return await _finish(request, svc, name, upload, digest, _content_length(request))
@@ -248,7 +247,9 @@ async def _finish(
 ) -> Response:
     size = upload.size
     if expected != 0:
-        size = await _append(svc, upload, _checked_body(request, expected, claim), claim)
+        # The session ends here either way, so its recorded size need not move first.
+        body = _checked_body(request, expected, claim)
+        size = await svc.blobs.append_upload(upload.id, upload.size, body)
     try:
         await svc.blobs.commit_upload(upload.id, size, digest)
     except DigestInvalid:

@@ -94,7 +94,11 @@ class BlobStore:
 
         Raises DigestInvalid when they do not match; the upload is left for the caller to drop.
         """
-        if await self.driver.stat(layout.upload_key(upload_id)) != size:
+        stored = await self.driver.stat(layout.upload_key(upload_id))
+        if stored is None and size == 0:  # nothing was ever sent: the empty blob
+            await self.start_upload(upload_id)
+            stored = 0
+        if stored != size:
             raise DigestInvalid(
                 "the upload's stored bytes are not the size recorded",
                 detail={"digest": str(digest)},
@@ -113,7 +117,9 @@ class BlobStore:
         await self.delete_upload(upload_id)
 
     async def start_upload(self, upload_id: str) -> None:
-        await self.driver.put(layout.upload_key(upload_id), b"")
+        """Create the upload's (empty) file; appending creates it too, so this is optional."""
+        writer = await self.driver.append(layout.upload_key(upload_id), 0)
+        await writer.close()
 
     async def upload_size(self, upload_id: str) -> int | None:
         return await self.driver.stat(layout.upload_key(upload_id))
