@@ -433,7 +433,8 @@ def test_nothing_left_in_uploads_after_commit(
 ) -> None:
     location = start_upload(client, repo)
     upload_dir = Path(registry_server.data_dir, "storage", "uploads", location.rsplit("/", 1)[1])
-    assert upload_dir.exists()
     data = os.urandom(100)
-    assert client.put(location, params={"digest": digest_of(data)}, content=data).is_success
+    assert patch_chunk(client, location, data[:60], 0).status_code == 202
+    assert upload_dir.exists()  # the bytes so far wait there
+    assert client.put(location, params={"digest": digest_of(data)}, content=data[60:]).is_success
     assert not upload_dir.exists()
