@@ -18,6 +18,7 @@ from registry.errors import DigestInvalid
 from registry.oci.digest import Digest, Hasher, new_hasher
 from registry.storage import layout
 from registry.storage.driver import StorageDriver
+from registry.storage.pipeline import BlockPipeline
 
 DEFAULT_ALGORITHM = "sha256"
 _MAX_CACHED_HASHERS = 1024
@@ -53,8 +54,8 @@ class BlobStore:
         hasher = await self._hasher_at(upload_id, offset)
         resume_point = hasher.copy()
         writer = await self.driver.append(layout.upload_key(upload_id), offset)
+        pipeline = BlockPipeline(hasher, writer)
         size = offset
-        pending: asyncio.Future[tuple[None, None]] | None = None
         pieces: list[bytes] = []
         buffered = 0
         try:
@@ -66,22 +67,14 @@ class BlobStore:
                     pieces.clear()
                     buffered = 0
                     size += len(block)
-                    if pending is not None:
-                        await pending
-                    # Hash in one thread and write in another while the next block arrives.
-                    pending = asyncio.gather(
-                        asyncio.to_thread(hasher.update, block), writer.write(block)
-                    )
-            if pending is not None:
-                await pending
-                pending = None
+                    await pipeline.push(block)
             if pieces:
                 block = b"".join(pieces)
                 size += len(block)
-                await asyncio.gather(asyncio.to_thread(hasher.update, block), writer.write(block))
+                await pipeline.push(block)
+            await pipeline.finish()
         except BaseException:
-            if pending is not None:
-                await asyncio.gather(pending, return_exceptions=True)
+            await pipeline.stop()
             await writer.abort()
             self._remember(upload_id, offset, resume_point)
             raise

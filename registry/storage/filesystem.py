@@ -109,7 +109,14 @@ class FileAppendWriter:
 
     async def write(self, data: bytes) -> None:
         try:
-            await self._fh.write(data)
+            # An unbuffered write may take only part of the block (a disk filling up says
+            # so with a short count, not an error, until the next write): write the rest.
+            view = memoryview(data)
+            while view:
+                written = await self._fh.write(view)
+                if not written:
+                    raise StorageError("write made no progress")
+                view = view[written:]
             # Push each block to disk as it comes, so the fsync before the final rename is
             # short instead of writing the whole blob back at once.
             await asyncio.to_thread(os.fdatasync, self._fh.fileno())

@@ -34,6 +34,7 @@ from api.helpers import (
 from registry.oci import mediatypes as mt
 
 from support.server import RegistryServer
+from support.tmpfs import small_disk
 
 MiB = 1024 * 1024
 
@@ -360,3 +361,31 @@ def test_big_streamed_upload_keeps_memory_flat(own: RegistryServer) -> None:
         assert received.hexdigest() == sent.hexdigest()
     peak_mb = vm_hwm_kib(pid) * 1024 / 1e6
     assert peak_mb < 150, f"server peak RSS {peak_mb:.0f} MB"
+
+
+def test_full_disk_answers_an_error_and_loses_nothing(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Storage on a 2 MiB disk: a push that does not fit gets the JSON error, leaves the
+    upload where it was, and the registry goes on serving what fits."""
+    root = tmp_path_factory.mktemp("fulldisk")
+    with small_disk(root / "storage", "2m") as storage:
+        server = RegistryServer(root / "data", env={"REGISTRY_STORAGE_ROOT": str(storage)})
+        server.start()
+        try:
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                location = start_upload(c, "faults/full")
+                first = os.urandom(MiB // 2)
+                assert patch_chunk(c, location, first, 0).status_code == 202
+                big = os.urandom(4 * MiB)
+                response = c.patch(location, content=big)
+                assert response.status_code == 503, response.text
+                assert response.json()["errors"][0]["message"]
+                assert upload_range(c, location) == f"0-{len(first) - 1}"
+                assert c.put(location, params={"digest": digest_of(first)}).status_code == 201
+                assert_blob(c, "faults/full", first)
+                assert_blob(
+                    c, "faults/small", b"fits", digest=push_blob(c, "faults/small", b"fits")
+                )
+        finally:
+            server.stop()
