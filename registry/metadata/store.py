@@ -133,15 +133,19 @@ class MetadataStore:
     async def link_blob(self, repository: str, digest: str, size: int) -> None:
         """Record the blob (once, whoever pushed it) and let `repository` serve it."""
         async with self.db.write() as conn:
-            repo_id = await self.ensure_repository(conn, repository)
-            await conn.execute(
-                self._insert_ignore(blobs, digest=digest, size=size, created_at=now())
+            await self._record_and_link(conn, repository, digest, size)
+
+    async def _record_and_link(
+        self, conn: SQLConnection, repository: str, digest: str, size: int
+    ) -> None:
+        repo_id = await self.ensure_repository(conn, repository)
+        stamp = now()
+        await conn.execute(self._insert_ignore(blobs, digest=digest, size=size, created_at=stamp))
+        await conn.execute(
+            self._insert_ignore(
+                repository_blobs, repository_id=repo_id, digest=digest, created_at=stamp
             )
-            await conn.execute(
-                self._insert_ignore(
-                    repository_blobs, repository_id=repo_id, digest=digest, created_at=now()
-                )
-            )
+        )
 
     async def unlink_blob(self, repository: str, digest: str) -> bool:
         async with self.db.write() as conn:
@@ -226,15 +230,7 @@ class MetadataStore:
     async def finish_upload(self, upload_id: str, repository: str, digest: str, size: int) -> None:
         """In one transaction: record the blob, link it, drop the upload session."""
         async with self.db.write() as conn:
-            repo_id = await self.ensure_repository(conn, repository)
-            await conn.execute(
-                self._insert_ignore(blobs, digest=digest, size=size, created_at=now())
-            )
-            await conn.execute(
-                self._insert_ignore(
-                    repository_blobs, repository_id=repo_id, digest=digest, created_at=now()
-                )
-            )
+            await self._record_and_link(conn, repository, digest, size)
             await conn.execute(delete(uploads).where(uploads.c.id == upload_id))
 
     async def stale_uploads(self, older_than: datetime) -> list[str]:

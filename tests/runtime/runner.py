@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 CLI = [sys.executable, "-m", "registry.runtime.cli"]
+# `-m` puts the working folder first on sys.path: run from this checkout, whichever it is.
+PROJECT = Path(__file__).resolve().parents[2]
 ROOT = os.geteuid() == 0
 
 
@@ -14,4 +17,4 @@ def cli(*args: str, timeout: float = 60, stdin: str | None = None,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
                           input=stdin, env={**os.environ, **(env or {})}, check=False,
-                          cwd="/work/main" if os.path.isdir("/work/main") else None)
+                          cwd=PROJECT)
