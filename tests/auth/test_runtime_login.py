@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from auth.conftest import AuthRegistry
 from runtime.imaging import Image, Layer, Pusher, directory, file, tar_bytes
 from runtime.runner import ROOT, cli
+
+from auth.conftest import AuthRegistry
 
 
 def test_private_image_pulls_after_login_and_runs(
