@@ -114,7 +114,9 @@ class DockerDaemon:
     @property
     def namespace(self) -> str:
         # containerd namespace: keeps us apart should dockerd pick up a system containerd.
-        return f"pocket-{self._path('').name}"
+        # containerd allows only [A-Za-z0-9] runs joined by single [._-], and mkdtemp's
+        # random part may hold "_" right after the "-": keep the alphanumerics only.
+        return "pocket-" + "".join(c for c in self._path("").name if c.isalnum())
 
     @property
     def env(self) -> dict[str, str]:
