@@ -136,22 +136,28 @@ def _environment_settings(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     return [(names[k], v) for k, v in environ.items() if k in names]
 
 
+def settings(config: Config | None = None) -> dict[str, Any]:
+    """Every setting as `section.key` (or `key` at top level), with its value in `config`
+    (the defaults when None)."""
+    config = config if config is not None else Config()
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(
+                {
+                    f"{f.name}.{sub.name}": getattr(value, sub.name)
+                    for sub in dataclasses.fields(value)
+                }
+            )
+        else:
+            out[f.name] = value
+    return out
+
+
 def all_keys() -> list[str]:
     """Every setting as `section.key` (or `key` at top level)."""
-    keys: list[str] = []
-    for f in dataclasses.fields(Config):
-        if dataclasses.is_dataclass(f.type) or f.name in (
-            "server",
-            "storage",
-            "database",
-            "limits",
-            "auth",
-        ):
-            section = getattr(Config(), f.name)
-            keys.extend(f"{f.name}.{sub.name}" for sub in dataclasses.fields(section))
-        else:
-            keys.append(f.name)
-    return keys
+    return list(settings())
 
 
 def _set(config: Config, dotted: str, value: Any, from_text: bool = False) -> None:

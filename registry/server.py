@@ -8,7 +8,7 @@ import uvicorn
 
 from registry.app import create_app
 from registry.auth.services import preflight
-from registry.config import Config
+from registry.config import Config, settings
 from registry.metadata.db import upgrade_schema
 
 log = logging.getLogger("registry")
@@ -22,9 +22,7 @@ def app_factory() -> object:
     from registry.config import load_config
 
     overrides = json.loads(os.environ.get("REGISTRY__OVERRIDES", "{}"))
-    return create_app(
-        load_config(os.environ.get("REGISTRY__CONFIG_FILE") or None, overrides=overrides)
-    )
+    return create_app(load_config(overrides=overrides))
 
 
 def serve(config: Config, workers: int | None = None) -> int:
@@ -51,18 +49,8 @@ def serve(config: Config, workers: int | None = None) -> int:
         import json
         import os
 
-        os.environ["REGISTRY__OVERRIDES"] = json.dumps(_as_overrides(config))
+        os.environ["REGISTRY__OVERRIDES"] = json.dumps(settings(config))
         uvicorn.run("registry.server:app_factory", factory=True, workers=count, **common)  # type: ignore[arg-type]
     else:
         uvicorn.run(create_app(config), **common)  # type: ignore[arg-type]
     return 0
-
-
-def _as_overrides(config: Config) -> dict[str, object]:
-    import dataclasses
-
-    out: dict[str, object] = {"data_dir": config.data_dir}
-    for section in ("server", "storage", "database", "limits", "auth"):
-        for f in dataclasses.fields(getattr(config, section)):
-            out[f"{section}.{f.name}"] = getattr(getattr(config, section), f.name)
-    return out

@@ -7,9 +7,15 @@ import logging
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from registry.api.context import authorize, digest_headers, parse_digest, repository
+from registry.api.context import (
+    authorize,
+    digest_headers,
+    parse_digest,
+    repository,
+    require_deletes,
+)
 from registry.api.ranges import Unsatisfiable, parse_range
-from registry.errors import BlobUnknown, RangeNotSatisfiable, Unsupported
+from registry.errors import BlobUnknown, RangeNotSatisfiable
 
 log = logging.getLogger("registry")
 
@@ -26,8 +32,8 @@ async def get_blob(request: Request) -> Response:
         # Bytes lost or damaged under a recorded blob: say so before a 200 promises them.
         log.error("blob %s: %s bytes recorded, %s in storage", digest, size, stored)
         raise BlobUnknown("blob content is missing from storage", detail={"digest": str(digest)})
-    headers = digest_headers(str(digest), size, Accept_Ranges="bytes")
-    headers["Content-Type"] = "application/octet-stream"
+    headers = digest_headers(str(digest), size, "application/octet-stream")
+    headers["Accept-Ranges"] = "bytes"
     try:
         wanted = parse_range(request.headers.get("range"), size)
     except Unsatisfiable:
@@ -47,8 +53,7 @@ async def delete_blob(request: Request) -> Response:
     name = repository(request)
     digest = parse_digest(request.path_params["digest"])
     svc = await authorize(request, name, ("delete",))
-    if not svc.config.storage.delete_enabled:
-        raise Unsupported("deletes are disabled on this registry")
+    require_deletes(svc)
     if not await svc.metadata.unlink_blob(name, str(digest)):
         raise BlobUnknown(detail={"digest": str(digest)})
     # Only the repository's link goes; the bytes stay for others until garbage collection.

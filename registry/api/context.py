@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
 
 from starlette.requests import Request
 
 from registry.auth import Access, AccessController, actions_for_method
 from registry.config import Config
-from registry.errors import DigestInvalid, NameInvalid
+from registry.errors import DigestInvalid, NameInvalid, Unsupported
 from registry.metadata.store import MetadataStore
 from registry.oci.digest import Digest, DigestError
 from registry.oci.names import is_repository_name
@@ -43,10 +42,19 @@ def services(request: Request) -> Services:
 
 
 def repository(request: Request) -> str:
-    name: str = request.path_params["name"]
+    """The path's repository name, checked against the spec's grammar."""
+    return checked_name(request.path_params["name"])
+
+
+def checked_name(name: str) -> str:
     if not is_repository_name(name):
         raise NameInvalid(detail={"name": name[:300]})
     return name
+
+
+def require_deletes(svc: Services) -> None:
+    if not svc.config.storage.delete_enabled:
+        raise Unsupported("deletes are disabled on this registry")
 
 
 def parse_digest(value: str | None) -> Digest:
@@ -74,11 +82,11 @@ def location(request: Request, path: str) -> str:
     return f"{base}{path}"
 
 
-def digest_headers(digest: str, size: int, **extra: Any) -> dict[str, str]:
-    headers = {
+def digest_headers(digest: str, size: int, content_type: str) -> dict[str, str]:
+    """What a GET or HEAD of a blob or manifest answers with, besides its bytes."""
+    return {
+        "Content-Type": content_type,
         "Docker-Content-Digest": digest,
         "Content-Length": str(size),
         "ETag": f'"{digest}"',
     }
-    headers.update({k.replace("_", "-"): str(v) for k, v in extra.items()})
-    return headers

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from starlette.requests import Request
 from starlette.responses import Response
 
-from registry.api.context import Services, authorize, location, parse_digest, repository
+from registry.api.context import (
+    Services,
+    authorize,
+    digest_headers,
+    location,
+    parse_digest,
+    repository,
+    require_deletes,
+)
 from registry.errors import (
     DigestInvalid,
     ManifestBlobUnknown,
@@ -13,7 +23,6 @@ from registry.errors import (
     ManifestUnknown,
     NameUnknown,
     PayloadTooLarge,
-    Unsupported,
 )
 from registry.oci import mediatypes as mt
 from registry.oci.digest import Digest
@@ -46,18 +55,12 @@ async def get_manifest(request: Request) -> Response:
     stored = await svc.metadata.get_manifest(name, str(digest) if digest else reference)
     if stored is None:
         await _raise_unknown(svc, name, reference)
-    assert stored is not None
-    headers = {
-        "Content-Type": stored.media_type,
-        "Docker-Content-Digest": stored.digest,
-        "Content-Length": str(len(stored.content)),
-        "ETag": f'"{stored.digest}"',
-    }
+    headers = digest_headers(stored.digest, len(stored.content), stored.media_type)
     body = b"" if request.method == "HEAD" else stored.content
     return Response(body, 200, headers=headers)
 
 
-async def _raise_unknown(svc: Services, name: str, reference: str) -> None:
+async def _raise_unknown(svc: Services, name: str, reference: str) -> NoReturn:
     if await svc.metadata.repository_id(name) is None:
         raise NameUnknown(detail={"name": name})
     raise ManifestUnknown(detail={"reference": reference})
@@ -141,8 +144,7 @@ async def delete_manifest(request: Request) -> Response:
     name = repository(request)
     reference, digest = _reference(request)
     svc = await authorize(request, name, ("delete",))
-    if not svc.config.storage.delete_enabled:
-        raise Unsupported("deletes are disabled on this registry")
+    require_deletes(svc)
     if digest is not None:
         deleted = await svc.metadata.delete_manifest(name, str(digest))
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,19 +17,8 @@ async def list_referrers(request: Request) -> Response:
     svc = await authorize(request, name, ("pull",))
     artifact_type = request.query_params.get("artifactType") or None
     found = await svc.metadata.referrers(name, str(subject), artifact_type)
-    descriptors: list[dict[str, Any]] = []
-    for ref in found:
-        descriptor: dict[str, Any] = {
-            "mediaType": ref.media_type,
-            "digest": ref.digest,
-            "size": ref.size,
-        }
-        if ref.artifact_type:
-            descriptor["artifactType"] = ref.artifact_type
-        if ref.annotations:
-            descriptor["annotations"] = ref.annotations
-        descriptors.append(descriptor)
-    body = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": descriptors}
+    manifests = [descriptor.to_json() for descriptor in found]
+    body = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests}
     headers = {"Content-Type": mt.OCI_INDEX}
     if artifact_type is not None:
         headers["OCI-Filters-Applied"] = "artifactType"

@@ -16,19 +16,24 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from registry.api.context import Services, authorize, location, parse_digest, repository
+from registry.api.context import (
+    Services,
+    authorize,
+    checked_name,
+    location,
+    parse_digest,
+    repository,
+)
 from registry.api.ranges import parse_content_range
 from registry.auth import Access
 from registry.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
     DigestInvalid,
-    NameInvalid,
     SizeInvalid,
 )
 from registry.metadata.store import Upload
 from registry.oci.digest import Digest
-from registry.oci.names import is_repository_name
 from registry.storage.layout import is_upload_id
 
 
@@ -152,8 +157,7 @@ async def _try_mount(
 ) -> Response | None:
     """Link an existing blob into `name`; None when it cannot (the caller starts an upload)."""
     if source is not None:
-        if not is_repository_name(source):
-            raise NameInvalid(detail={"name": source[:300]})
+        checked_name(source)
         if not await svc.access.can(request, Access("repository", source, ("pull",))):
             return None
         size = await svc.metadata.blob_size_in_repository(source, str(digest))

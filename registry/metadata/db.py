@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVarTuple, overload
 
 from sqlalchemy import create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -122,6 +123,11 @@ class Database:
             return
         async with self._engine.begin() as aconn:
             yield aconn
+
+    def insert(self, table: Any) -> Any:
+        """An INSERT with this database's `ON CONFLICT` clauses (SQLite and PostgreSQL spell
+        them alike, through their own dialect's insert)."""
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
     async def dispose(self) -> None:
         if self.dialect == "sqlite":

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, delete, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from registry.metadata.db import Database, SQLConnection
@@ -110,8 +109,7 @@ class IdentityStore:
         self.db = db
 
     def _insert_ignore(self, table: Any, **values: Any) -> Any:
-        dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-        return dialect_insert(table).values(**values).on_conflict_do_nothing()
+        return self.db.insert(table).values(**values).on_conflict_do_nothing()
 
     # Users --------------------------------------------------------------------------------
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, delete, exists, insert, or_, select, update
 
 from registry.metadata.db import Database, SQLConnection
 from registry.metadata.tables import (
@@ -26,7 +25,7 @@ from registry.metadata.tables import (
     tags,
     uploads,
 )
-from registry.oci.manifest import Manifest
+from registry.oci.manifest import Descriptor, Manifest
 
 
 def now() -> datetime:
@@ -48,22 +47,12 @@ class StoredManifest:
     content: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Referrer:
-    digest: str
-    media_type: str
-    size: int
-    artifact_type: str | None
-    annotations: dict[str, str]
-
-
 class MetadataStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
     def _insert_ignore(self, table: Any, **values: Any) -> Any:
-        dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-        return dialect_insert(table).values(**values).on_conflict_do_nothing()
+        return self.db.insert(table).values(**values).on_conflict_do_nothing()
 
     # Repositories -------------------------------------------------------------------------
 
@@ -75,6 +64,9 @@ class MetadataStore:
             return (await c.execute(query)).scalar()
 
     async def ensure_repository(self, conn: SQLConnection, name: str) -> int:
+        repo_id = await self.repository_id(name, conn)
+        if repo_id is not None:  # nearly always: one statement, not two
+            return repo_id
         await conn.execute(self._insert_ignore(repositories, name=name, created_at=now()))
         repo_id = await self.repository_id(name, conn)
         assert repo_id is not None
@@ -124,11 +116,6 @@ class MetadataStore:
         )
         async with self.db.read() as conn:
             return list((await conn.execute(query)).scalars())
-
-    async def blob_size(self, digest: str) -> int | None:
-        async with self.db.read() as conn:
-            query = select(blobs.c.size).where(blobs.c.digest == digest)
-            return (await conn.execute(query)).scalar()
 
     async def link_blob(self, repository: str, digest: str, size: int) -> None:
         """Record the blob (once, whoever pushed it) and let `repository` serve it."""
@@ -343,8 +330,7 @@ class MetadataStore:
     async def _set_tag(
         self, conn: SQLConnection, repo_id: int, tag: str, digest: str, stamp: datetime
     ) -> None:
-        dialect_insert = postgresql.insert if self.db.dialect == "postgresql" else sqlite.insert
-        statement = dialect_insert(tags).values(
+        statement = self.db.insert(tags).values(
             repository_id=repo_id, name=tag, manifest_digest=digest, updated_at=stamp
         )
         await conn.execute(
@@ -396,21 +382,10 @@ class MetadataStore:
             query = query.order_by(tags.c.name).limit(limit)
             return list((await conn.execute(query)).scalars())
 
-    async def repository_has_content(self, repository: str) -> bool:
-        async with self.db.read() as conn:
-            repo_id = await self.repository_id(repository, conn)
-            if repo_id is None:
-                return False
-            query = (
-                select(func.count())
-                .select_from(manifests)
-                .where(manifests.c.repository_id == repo_id)
-            )
-            return bool((await conn.execute(query)).scalar())
-
     async def referrers(
         self, repository: str, subject: str, artifact_type: str | None
-    ) -> list[Referrer]:
+    ) -> list[Descriptor]:
+        """Descriptors of the manifests in `repository` whose subject is `subject`."""
         query = (
             select(
                 manifests.c.digest,
@@ -429,4 +404,13 @@ class MetadataStore:
             query = query.where(manifests.c.artifact_type == artifact_type)
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
-        return [Referrer(r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else {}) for r in rows]
+        return [
+            Descriptor(
+                media_type=r[1],
+                digest=r[0],
+                size=r[2],
+                artifact_type=r[3],
+                annotations=json.loads(r[4]) if r[4] else {},
+            )
+            for r in rows
+        ]

@@ -31,6 +31,3 @@ NON_DISTRIBUTABLE_LAYERS = frozenset(
         "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
     }
 )
-
-# What a client pulling a manifest accepts when it sends no Accept header of its own.
-ALL_MANIFEST_TYPES = ", ".join(sorted(MANIFESTS))
