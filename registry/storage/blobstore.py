@@ -13,6 +13,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 from registry.errors import DigestInvalid
 from registry.oci.digest import Digest, Hasher, new_hasher
@@ -40,6 +41,16 @@ class BlobStore:
 
     def local_path(self, digest: Digest) -> Path | None:
         return self.driver.local_path(layout.blob_key(digest))
+
+    def open_local(self, digest: Digest) -> BinaryIO | None:
+        """The blob's file opened for reading, when the driver keeps it on local disk."""
+        path = self.driver.local_path(layout.blob_key(digest))
+        if path is None:
+            return None
+        try:
+            return open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            return None
 
     async def read_all(self, digest: Digest) -> bytes:
         return b"".join([chunk async for chunk in self.read(digest)])
@@ -73,12 +84,12 @@ class BlobStore:
                 size += len(block)
                 await pipeline.push(block)
             await pipeline.finish()
+            await writer.close()
         except BaseException:
             await pipeline.stop()
             await writer.abort()
             self._remember(upload_id, offset, resume_point)
             raise
-        await writer.close()
         self._remember(upload_id, size, hasher)
         return size
 

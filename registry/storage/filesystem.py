@@ -15,6 +15,7 @@ import aiofiles.os
 from aiofiles.threadpool.binary import AsyncFileIO
 
 from registry.storage.driver import PathNotFound, StorageError
+from registry.storage.writeback import WriteBehind
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*\Z")
 READ_BLOCK = 4 * 1024 * 1024
@@ -70,9 +71,17 @@ class FilesystemDriver:
         path = self._path(key)
         await asyncio.to_thread(_create_empty, path)
         fh = await aiofiles.open(path, "r+b", buffering=0)
-        # Whatever lies past `offset` is from a write that never completed: drop it.
-        await fh.truncate(offset)
-        await fh.seek(offset)
+        try:
+            stored = os.fstat(fh.fileno()).st_size
+            if stored < offset:
+                # Truncating up would fill the gap with zeros: refuse instead.
+                raise StorageError(f"{key} holds {stored} bytes, not the {offset} expected")
+            # Whatever lies past `offset` is from a write that never completed: drop it.
+            await fh.truncate(offset)
+            await fh.seek(offset)
+        except BaseException:
+            await fh.close()
+            raise
         return FileAppendWriter(fh, offset)
 
     async def move(self, source: str, destination: str) -> None:
@@ -101,11 +110,13 @@ class FilesystemDriver:
 
 
 class FileAppendWriter:
-    """Appends through aiofiles; `abort` truncates back to the starting offset."""
+    """Appends through aiofiles with write-behind; `close` makes the bytes durable, `abort`
+    truncates back to the starting offset."""
 
     def __init__(self, fh: AsyncFileIO, start: int) -> None:
         self._fh = fh
         self._start = start
+        self._behind = WriteBehind(fh.fileno(), start)
 
     async def write(self, data: bytes) -> None:
         try:
@@ -117,13 +128,18 @@ class FileAppendWriter:
                 if not written:
                     raise StorageError("write made no progress")
                 view = view[written:]
-            # Push each block to disk as it comes, so the fsync before the final rename is
-            # short instead of writing the whole blob back at once.
-            await asyncio.to_thread(os.fdatasync, self._fh.fileno())
+            await asyncio.to_thread(self._behind.wrote, len(data))
         except OSError as exc:
             raise StorageError(f"write failed: {exc}") from exc
 
     async def close(self) -> None:
+        # Durable before the caller records the new size: after a power cut, the upload's
+        # file must not be shorter than the size its session claims.
+        # On failure the file stays open, for the caller's `abort`.
+        try:
+            await asyncio.to_thread(self._behind.sync)
+        except OSError as exc:
+            raise StorageError(f"write failed: {exc}") from exc
         await self._fh.close()
 
     async def abort(self) -> None:

@@ -181,3 +181,12 @@ async def test_read_stream_can_be_abandoned(driver: StorageDriver) -> None:
     first = await anext(stream)
     assert first
     await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_append_refuses_offset_past_the_stored_bytes(driver: StorageDriver) -> None:
+    # A session that claims more bytes than the file holds (e.g. after a power cut) must
+    # not be resumed over a gap of zeros.
+    await driver.put("up/data", b"abc")
+    with pytest.raises(StorageError):
+        await driver.append("up/data", 10)
+    assert await read_all(driver, "up/data") == b"abc"
