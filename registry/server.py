@@ -9,6 +9,7 @@ import uvicorn
 from registry.app import create_app
 from registry.auth.services import preflight
 from registry.config import Config, settings
+from registry.http_protocol import RegistryHttpProtocol
 from registry.metadata.db import upgrade_schema
 
 log = logging.getLogger("registry")
@@ -44,6 +45,7 @@ def serve(config: Config, workers: int | None = None) -> int:
         # saturated it serves some connections far later than others (p99 of 1 s at 64
         # connections, where asyncio's own loop stays at 50 ms).
         loop="asyncio",
+        http=RegistryHttpProtocol,  # httptools, plus zero-copy sends of blob files
     )
     if count > 1:
         import json

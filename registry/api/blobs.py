@@ -14,6 +14,7 @@ from registry.api.context import (
     repository,
     require_deletes,
 )
+from registry.api.filesend import FileRangeResponse, can_send_files
 from registry.api.ranges import Unsatisfiable, parse_range
 from registry.errors import BlobUnknown, RangeNotSatisfiable
 
@@ -46,6 +47,8 @@ async def get_blob(request: Request) -> Response:
         headers["Content-Length"] = str(length)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
+    if can_send_files(request.scope) and (file := svc.blobs.open_local(digest)) is not None:
+        return FileRangeResponse(file, offset, length, status, headers)
     return StreamingResponse(svc.blobs.read(digest, offset, length), status, headers=headers)
 
 
