@@ -63,6 +63,10 @@ CLAIM_SECONDS = 120.0
 CLAIM_RENEW_AFTER = 30.0
 CLAIM_WAIT_SECONDS = 30.0
 
+# A monolithic upload's body up to this size is taken whole into memory, hashed there and
+# stored in one step, instead of going through an upload file.
+SMALL_BODY = 1024 * 1024
+
 
 @dataclass
 class Claim:
@@ -70,12 +74,14 @@ class Claim:
     upload_id: str
     writer: str = field(default_factory=lambda: secrets.token_hex(16))
     renewed_at: float = field(default_factory=time.monotonic)
+    ended: bool = False  # the session is gone (finished or cancelled): nothing to release
 
     async def keep(self) -> None:
         """Renew the claim when it is getting old (called as body pieces arrive)."""
         if time.monotonic() - self.renewed_at > CLAIM_RENEW_AFTER:
             self.renewed_at = time.monotonic()
-            if not await self.svc.metadata.claim_upload(self.upload_id, self.writer, CLAIM_SECONDS):
+            held = await self.svc.metadata.claim_upload(self.upload_id, self.writer, CLAIM_SECONDS)
+            if held is None:
                 raise BlobUploadInvalid("another request took over this upload", status=416)
 
 
@@ -91,7 +97,9 @@ async def _claimed(
     async with svc.upload_lock(upload.id):
         claim = Claim(svc, upload.id)
         deadline = time.monotonic() + CLAIM_WAIT_SECONDS
-        while not await svc.metadata.claim_upload(upload.id, claim.writer, CLAIM_SECONDS):
+        while (
+            held := await svc.metadata.claim_upload(upload.id, claim.writer, CLAIM_SECONDS)
+        ) is None:
             if await svc.metadata.get_upload(name, upload.id) is None:
                 raise BlobUploadUnknown(detail={"upload": upload.id})
             if time.monotonic() > deadline:
@@ -102,12 +110,10 @@ async def _claimed(
                 )
             await asyncio.sleep(0.05)
         try:
-            current = await svc.metadata.get_upload(name, upload.id)
-            if current is None:
-                raise BlobUploadUnknown(detail={"upload": upload.id})
-            yield current, claim
+            yield held, claim
         finally:
-            await svc.metadata.release_upload(upload.id, claim.writer)
+            if not claim.ended:
+                await svc.metadata.release_upload(upload.id, claim.writer)
 
 
 async def _checked_body(
@@ -250,23 +256,35 @@ async def _finish(
     claim: Claim | None = None,
 ) -> Response:
     size = upload.size
-    if expected != 0:
-        # The session ends here either way, so its recorded size need not move first.
-        body = _checked_body(request, expected, claim)
-        size = await svc.blobs.append_upload(upload.id, upload.size, body)
     try:
-        await svc.blobs.commit_upload(upload.id, size, digest)
+        if upload.size == 0 and expected is not None and expected <= SMALL_BODY:
+            # The whole blob in one small body: verified in memory, stored in one step.
+            body = b"".join([piece async for piece in _checked_body(request, expected, claim)])
+            await svc.blobs.store(body, digest)
+            await svc.blobs.delete_upload(upload.id)  # any file an empty PATCH left
+            size = len(body)
+        else:
+            if expected != 0:
+                # The session ends here either way, so its recorded size need not move first.
+                body_stream = _checked_body(request, expected, claim)
+                size = await svc.blobs.append_upload(upload.id, upload.size, body_stream)
+            await svc.blobs.commit_upload(upload.id, size, digest)
     except DigestInvalid:
         await svc.blobs.delete_upload(upload.id)
         await svc.metadata.delete_upload(upload.id)
+        if claim is not None:
+            claim.ended = True
         raise
     await svc.metadata.finish_upload(upload.id, name, str(digest), size)
+    if claim is not None:
+        claim.ended = True
     return _created(request, name, digest)
 
 
 async def cancel_upload(request: Request) -> Response:
     name, svc, upload = await _session(request)
-    async with _claimed(request, svc, name, upload):
+    async with _claimed(request, svc, name, upload) as (_held, claim):
         await svc.metadata.delete_upload(upload.id)
+        claim.ended = True
         await svc.blobs.delete_upload(upload.id)
     return Response(status_code=204, headers={"Content-Length": "0"})

@@ -170,8 +170,9 @@ class MetadataStore:
             row = (await conn.execute(query)).first()
         return Upload(*row) if row else None
 
-    async def claim_upload(self, upload_id: str, writer: str, seconds: float) -> bool:
-        """Make `writer` the upload's only writer for `seconds`, unless another holds it."""
+    async def claim_upload(self, upload_id: str, writer: str, seconds: float) -> Upload | None:
+        """Make `writer` the upload's only writer for `seconds`, unless another holds it;
+        the session as it is once held, or None (held by another, or gone)."""
         stamp = now()
         async with self.db.write() as conn:
             result = await conn.execute(
@@ -185,8 +186,12 @@ class MetadataStore:
                     ),
                 )
                 .values(writer=writer, writer_until=stamp + timedelta(seconds=seconds))
+                .returning(
+                    uploads.c.id, uploads.c.repository_id, uploads.c.size, uploads.c.created_at
+                )
             )
-            return bool(result.rowcount)
+            row = result.first()
+        return Upload(*row) if row else None
 
     async def release_upload(self, upload_id: str, writer: str) -> None:
         async with self.db.write() as conn:

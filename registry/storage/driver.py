@@ -20,7 +20,8 @@ class PathNotFound(StorageError):
 
 
 class AppendWriter(Protocol):
-    """Bytes appended to an upload in progress; `close` makes them durable."""
+    """Bytes appended to an upload in progress. `close` ends the writer; the bytes are made
+    durable when they are moved into place, not before."""
 
     async def write(self, data: bytes) -> None: ...
     async def close(self) -> None: ...

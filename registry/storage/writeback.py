@@ -45,7 +45,7 @@ def _range(fd: int, offset: int, length: int, flags: int) -> None:
 
 
 class WriteBehind:
-    """Tracks one file's appended range: `wrote` after each block, `sync` at the end."""
+    """Tracks one file's appended range; call `wrote` after each block."""
 
     def __init__(self, fd: int, start: int, lag: int = LAG_BYTES) -> None:
         self._fd = fd
@@ -61,8 +61,3 @@ class WriteBehind:
         if behind > self._settled:
             _range(self._fd, self._settled, behind - self._settled, _WAIT)
             self._settled = behind
-
-    def sync(self) -> None:
-        """Make everything written durable (data and the file's size)."""
-        os.fdatasync(self._fd)
-        self._settled = self._end

@@ -438,3 +438,44 @@ def test_nothing_left_in_uploads_after_commit(
     assert upload_dir.exists()  # the bytes so far wait there
     assert client.put(location, params={"digest": digest_of(data)}, content=data[60:]).is_success
     assert not upload_dir.exists()
+
+
+# A monolithic body up to 1 MiB is verified in memory and stored in one step; larger ones
+# stream through an upload file. Both must answer alike.
+@pytest.mark.parametrize("size", [1024 * 1024, 1024 * 1024 + 1])
+def test_monolithic_put_either_side_of_the_in_memory_limit(
+    client: httpx.Client, registry_server: RegistryServer, repo: str, size: int
+) -> None:
+    data = os.urandom(size)
+    location = start_upload(client, repo)
+    wrong = digest_of(data[:-1])
+    response = client.put(location, params={"digest": wrong}, content=data)
+    assert_error(response, 400, "DIGEST_INVALID")
+    assert_error(client.get(f"/v2/{repo}/blobs/{digest_of(data)}"), 404, "BLOB_UNKNOWN")
+    assert_error(client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+    location = start_upload(client, repo)
+    upload_dir = Path(registry_server.data_dir, "storage", "uploads", location.rsplit("/", 1)[1])
+    response = client.put(location, params={"digest": digest_of(data)}, content=data)
+    assert response.status_code == 201
+    assert_blob(client, repo, data)
+    assert not upload_dir.exists()
+
+
+def test_small_put_after_an_empty_patch(
+    client: httpx.Client, registry_server: RegistryServer, repo: str
+) -> None:
+    location = start_upload(client, repo)
+    upload_dir = Path(registry_server.data_dir, "storage", "uploads", location.rsplit("/", 1)[1])
+    assert client.patch(location, content=b"").status_code == 202
+    data = os.urandom(3000)
+    assert client.put(location, params={"digest": digest_of(data)}, content=data).is_success
+    assert_blob(client, repo, data)
+    assert not upload_dir.exists()
+
+
+def test_small_put_of_a_blob_stored_already(client: httpx.Client, repo: str) -> None:
+    data = os.urandom(2000)
+    push_blob(client, unique_repo("uploads"), data)
+    location = start_upload(client, repo)
+    assert client.put(location, params={"digest": digest_of(data)}, content=data).is_success
+    assert_blob(client, repo, data)

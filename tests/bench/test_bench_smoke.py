@@ -59,7 +59,7 @@ def test_tiny_run_reports_both_servers(tmp_path: Path, client: str) -> None:
     assert report["version"] == 1
     assert report["settings"]["repeat"] == 1
     assert report["machine"]["cores"] >= 1
-    for key in ("sha256_one_core_mbps", "disk_write_fsync_mbps", "loopback_tcp_mbps"):
+    for key in ("sha256_one_core_mbps", "disk_write_fsync_mbps", "loopback_sendfile_mbps"):
         assert report["limits"][key] > 0
     assert set(report["workloads"]) == set(only.split(","))
     for name, workload in report["workloads"].items():

@@ -20,7 +20,7 @@ def test_write_behind_waits_for_lagging_ranges(tmp_path: Path) -> None:
         for _ in range(8):
             os.write(fd, block)
             behind.wrote(len(block))
-        behind.sync()
+        os.fdatasync(fd)
     finally:
         os.close(fd)
     assert path.read_bytes() == block * 8
