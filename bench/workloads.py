@@ -130,10 +130,14 @@ def _timed(fn: Any, *args: Any) -> tuple[float, float]:
     return elapsed, (after.user + after.system) - (before.user + before.system)
 
 
+# A push is hashed (one core per stream) and, for us, made durable on disk before it counts.
+PUSH_CEILINGS = ("sha256_one_core_mbps", "disk_write_fsync_mbps")
+
+
 class PushMonolithic(Workload):
     name = "push-monolithic"
     title = "push of one large blob: POST, then one PUT with the whole body"
-    metrics = (Metric("mbps", "throughput", "MB/s", ceiling="sha256_one_core_mbps"),)
+    metrics = (Metric("mbps", "throughput", "MB/s", ceiling=PUSH_CEILINGS),)
 
     def size(self, ctx: Context) -> int:
         return ctx.settings.blob_mib * MIB
@@ -169,7 +173,11 @@ class PushChunked(PushMonolithic):
 class Pull(PushMonolithic):
     name = "pull"
     title = "GET of the large blob, sequentially, bytes discarded by the client"
-    metrics = (Metric("mbps", "throughput", "MB/s", ceiling="loopback_tcp_mbps"),)
+    metrics = (
+        Metric(
+            "mbps", "throughput", "MB/s", ceiling=("loopback_sendfile_mbps", "loopback_tcp_mbps")
+        ),
+    )
 
     def prepare(self, server: Server, ctx: Context) -> Any:
         payload = ctx.payload("big", self.size(ctx))
@@ -197,7 +205,14 @@ class Pull(PushMonolithic):
 class ParallelPushes(Workload):
     name = "push-parallel"
     title = "concurrent monolithic pushes of distinct blobs, one connection each"
-    metrics = (Metric("mbps", "aggregate throughput", "MB/s", ceiling="sha256_all_cores_mbps"),)
+    metrics = (
+        Metric(
+            "mbps",
+            "aggregate throughput",
+            "MB/s",
+            ceiling=("sha256_all_cores_mbps", "disk_write_fsync_mbps"),
+        ),
+    )
 
     def prepare(self, server: Server, ctx: Context) -> Any:
         size = ctx.settings.parallel_mib * MIB
@@ -246,7 +261,7 @@ class Memory(PushMonolithic):
             better="lower",
             limit=150e6 / MIB,
         ),
-        Metric("mbps", "throughput", "MB/s", ceiling="sha256_one_core_mbps"),
+        Metric("mbps", "throughput", "MB/s", ceiling=PUSH_CEILINGS),
     )
 
     def size(self, ctx: Context) -> int:
