@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-limits", action="store_true", help="skip measuring the ceilings")
     parser.add_argument("--workers", type=int, default=None, help="our server's --workers")
     parser.add_argument(
+        "--setting", action="append", default=[], metavar="KEY=VALUE",
+        help="a setting of our server, e.g. storage.fsync=false (repeatable; default: none)",
+    )  # fmt: skip
+    parser.add_argument(
         "--profile", metavar="DIR", type=Path,
         help="record our server with py-spy in each measured run (slows it: separate runs)",
     )  # fmt: skip
@@ -138,6 +142,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _settings(pairs: list[str]) -> dict[str, str]:
+    from registry.config import all_keys
+
+    known = set(all_keys())
+    out = {}
+    for pair in pairs:
+        key, sep, value = (part.strip() for part in pair.partition("="))
+        if not sep or key not in known:
+            raise SystemExit(f"--setting {pair!r}: expected KEY=VALUE with KEY one of ours, "
+                             "e.g. storage.fsync=false")  # fmt: skip
+        out[key] = value
+    return out
+
+
 def _run(args: argparse.Namespace, settings: Settings, base: Path) -> int:
     if not os.access(servers.DISTRIBUTION_BINARY, os.X_OK):
         print(f"{servers.DISTRIBUTION_BINARY} is missing (Debian package docker-registry)",
@@ -146,7 +164,8 @@ def _run(args: argparse.Namespace, settings: Settings, base: Path) -> int:
     ctx = Context(settings, base)
     results = Results(
         settings={**dataclasses.asdict(settings), "repeat": args.repeat,
-                  "workers": args.workers, "profiling": bool(args.profile)},
+                  "workers": args.workers, "profiling": bool(args.profile),
+                  "ours_settings": _settings(args.setting)},
         machine=machine_info(),
     )  # fmt: skip
     if not args.no_limits:
@@ -165,7 +184,7 @@ def _run(args: argparse.Namespace, settings: Settings, base: Path) -> int:
             try:
                 run_workload(
                     workload, ctx, results, args.repeat, args.workers, args.profile,
-                    args.profile_mode,
+                    args.profile_mode, _settings(args.setting),
                 )  # fmt: skip
             finally:
                 close = getattr(workload, "close", None)

@@ -31,6 +31,7 @@ def run_workload(
     workers: int | None = None,
     profile_dir: Path | None = None,
     profile_mode: str = "cpu",
+    settings: dict[str, str] | None = None,
 ) -> None:
     results.metrics[workload.name] = [*workload.metrics, *RESOURCE_METRICS]
     results.titles[workload.name] = workload.title
@@ -38,7 +39,7 @@ def run_workload(
     for round_index in range(rounds):
         for side in SIDES:
             values, notes = _one(
-                workload, ctx, side, round_index, workers, profile_dir, profile_mode
+                workload, ctx, side, round_index, workers, profile_dir, profile_mode, settings
             )
             results.add(workload.name, side, values)
             for text in notes:
@@ -62,8 +63,9 @@ def _one(
     workers: int | None,
     profile_dir: Path | None,
     profile_mode: str = "cpu",
+    settings: dict[str, str] | None = None,
 ) -> tuple[dict[str, float], list[str]]:
-    server = make_server(side, ctx.folder, workers if side == "ours" else None)
+    server = make_server(side, ctx.folder, workers if side == "ours" else None, settings)
     with server:
         state = workload.prepare(server, ctx)
         recording = None

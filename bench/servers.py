@@ -148,9 +148,12 @@ class OursServer(Server):
     name = "ours"
     label = "pocket-registry"
 
-    def __init__(self, workdir: Path, workers: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, workers: int | None = None, settings: dict[str, str] | None = None
+    ) -> None:
         super().__init__(workdir)
         self.workers = workers
+        self.settings = settings or {}  # e.g. {"storage.fsync": "false"}, from --setting
 
     def command(self) -> list[str]:
         command = [
@@ -167,6 +170,8 @@ class OursServer(Server):
         env["REGISTRY_SERVER_LOG_LEVEL"] = "error"
         env["REGISTRY_SERVER_ACCESS_LOG"] = "false"
         env["PYTHONPATH"] = str(REPO_ROOT)
+        for key, value in self.settings.items():
+            env["REGISTRY_" + key.replace(".", "_").upper()] = value
         return env
 
 
@@ -206,10 +211,12 @@ def distribution_version(binary: str = DISTRIBUTION_BINARY) -> str:
     return out.stdout.strip() or out.stderr.strip()
 
 
-def make_server(side: str, base: Path, workers: int | None = None) -> Server:
+def make_server(
+    side: str, base: Path, workers: int | None = None, settings: dict[str, str] | None = None
+) -> Server:
     workdir = Path(tempfile.mkdtemp(prefix=f"{side}-", dir=base))
     if side == "ours":
-        return OursServer(workdir, workers=workers)
+        return OursServer(workdir, workers=workers, settings=settings)
     if side == "distribution":
         return DistributionServer(workdir)
     raise ValueError(f"unknown server {side!r}")

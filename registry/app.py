@@ -140,7 +140,7 @@ def build_services(
     config: Config, access: AccessController | None = None
 ) -> tuple[Services, Database]:
     db = Database(config.database_url, pool_size=config.database.pool_size)
-    driver = FilesystemDriver(config.storage_root)
+    driver = FilesystemDriver(config.storage_root, fsync=config.storage.fsync)
     blobs = BlobStore(driver, buffer_bytes=config.limits.upload_buffer_bytes)
     if access is None:  # token auth when auth.enabled, else none (loopback only)
         access = access_controller(config, db)

@@ -35,6 +35,7 @@ class StorageConfig:
     driver: str = "filesystem"
     root: str = ""  # filesystem driver: where blobs live; empty: <data_dir>/storage
     delete_enabled: bool = True
+    fsync: bool = True  # flush a blob's bytes to disk before it becomes visible
 
 
 @dataclass

@@ -1,10 +1,16 @@
-"""The HTTP/1.1 protocol the server runs: uvicorn's httptools protocol, plus the ASGI
-zero-copy send extension (`http.response.zerocopysend`), so blob pulls go from the page
-cache to the socket with `sendfile(2)` instead of through Python buffers.
+"""The HTTP/1.1 protocol the server runs: uvicorn's httptools protocol, with two changes
+for moving blobs.
 
-uvicorn offers no extension for this itself. The subclass hooks in at two points only: the
-scope announces the extension, and each request's cycle learns to send a file. Everything
-else (parsing, keep-alive, flow control, disconnects) stays uvicorn's.
+- Sends: the ASGI zero-copy send extension (`http.response.zerocopysend`), so blob pulls go
+  from the page cache to the socket with `sendfile(2)` instead of through Python buffers.
+  uvicorn offers no such extension itself.
+- Receives: request bodies are read from the socket in larger pieces and handed to the app
+  as they came, without being copied into and out of one buffer on the way, and reading
+  pauses only once a megabyte waits for the app instead of 64 KiB (uvicorn's limit has
+  the loop pause and resume the socket after every read of an upload).
+
+The subclass hooks in where uvicorn makes a connection and a request cycle. Everything else
+(parsing, keep-alive, flow control, disconnects) stays uvicorn's.
 """
 
 from __future__ import annotations
@@ -16,9 +22,32 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 ZERO_COPY_SEND = "http.response.zerocopysend"
 
+READ_BYTES = 1024 * 1024  # per recv() from the socket (asyncio's default is 256 KiB)
+BODY_HIGH_WATER = 1024 * 1024  # body bytes waiting for the app before reading pauses
+
 
 class ZeroCopyCycle(RequestResponseCycle):
-    """One request and its response; sends a file's range with `loop.sendfile`."""
+    """One request and its response; the body as a list of received pieces, and sends of a
+    file's range with `loop.sendfile`."""
+
+    pieces: list[bytes]
+    buffered: int
+
+    async def receive(self) -> Any:
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiting_for_100_continue = False
+        if not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        pieces = self.pieces
+        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self.pieces = []
+        self.buffered = 0
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
 
     async def send(self, message: Any) -> None:
         if message["type"] != ZERO_COPY_SEND:
@@ -63,7 +92,25 @@ class ZeroCopyCycle(RequestResponseCycle):
 
 
 class RegistryHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with zero-copy file sends."""
+    """uvicorn's httptools protocol, with zero-copy file sends and lighter body reads."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if hasattr(transport, "max_size"):  # asyncio's socket transports
+            transport.max_size = READ_BYTES
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if type(cycle) is not ZeroCopyCycle:
+            super().on_body(body)
+            return
+        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+            return
+        cycle.pieces.append(body)
+        cycle.buffered += len(body)
+        if cycle.buffered > BODY_HIGH_WATER:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -77,3 +124,6 @@ class RegistryHttpProtocol(HttpToolsProtocol):
         # turn), so it can still become the subclass.
         if cycle is not None and type(cycle) is RequestResponseCycle:
             cycle.__class__ = ZeroCopyCycle
+            assert isinstance(cycle, ZeroCopyCycle)
+            cycle.pieces = []
+            cycle.buffered = 0

@@ -22,9 +22,13 @@ READ_BLOCK = 4 * 1024 * 1024
 
 
 class FilesystemDriver:
-    def __init__(self, root: str | Path) -> None:
+    """Files under `root`. With `fsync` (the default) bytes are on disk before they become
+    visible under a key; without it they may still be in the page cache, as Distribution's."""
+
+    def __init__(self, root: str | Path, fsync: bool = True) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
 
     def _path(self, key: str) -> Path:
         # Keys come from layout.py, but refuse anything that could leave the root all the same.
@@ -65,7 +69,7 @@ class FilesystemDriver:
 
     async def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        await asyncio.to_thread(_atomic_write, path, data)
+        await asyncio.to_thread(_atomic_write, path, data, self.fsync)
 
     async def append(self, key: str, offset: int) -> FileAppendWriter:
         path = self._path(key)
@@ -82,12 +86,12 @@ class FilesystemDriver:
         except BaseException:
             await fh.close()
             raise
-        return FileAppendWriter(fh, offset)
+        return FileAppendWriter(fh, offset, write_behind=self.fsync)
 
     async def move(self, source: str, destination: str) -> None:
         src, dst = self._path(source), self._path(destination)
         try:
-            await asyncio.to_thread(_durable_rename, src, dst)
+            await asyncio.to_thread(_durable_rename, src, dst, self.fsync)
         except FileNotFoundError:
             raise PathNotFound(source) from None
         except OSError as exc:
@@ -112,10 +116,10 @@ class FilesystemDriver:
 class FileAppendWriter:
     """Appends through aiofiles, with write-behind; `abort` truncates back to the start."""
 
-    def __init__(self, fh: AsyncFileIO, start: int) -> None:
+    def __init__(self, fh: AsyncFileIO, start: int, write_behind: bool = True) -> None:
         self._fh = fh
         self._start = start
-        self._behind = WriteBehind(fh.fileno(), start)
+        self._behind = WriteBehind(fh.fileno(), start) if write_behind else None
 
     async def write(self, data: bytes) -> None:
         try:
@@ -127,7 +131,8 @@ class FileAppendWriter:
                 if not written:
                     raise StorageError("write made no progress")
                 view = view[written:]
-            await asyncio.to_thread(self._behind.wrote, len(data))
+            if self._behind is not None:
+                await asyncio.to_thread(self._behind.wrote, len(data))
         except OSError as exc:
             raise StorageError(f"write failed: {exc}") from exc
 
@@ -151,7 +156,7 @@ def _create_empty(path: Path) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
     try:
         try:
@@ -163,7 +168,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fdatasync(fd)
+            if fsync:
+                os.fdatasync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -172,13 +178,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _durable_rename(src: Path, dst: Path) -> None:
+def _durable_rename(src: Path, dst: Path, fsync: bool = True) -> None:
     """Rename once the bytes are on disk, so a crash can never leave a name over bytes that
     are not all there. The directory is not synced: after a power cut the rename itself may
     be lost, which leaves no blob (the registry then answers 404 and clients push it again),
     never a wrong one; syncing it cost more than half of a small push."""
-    with open(src, "rb") as fh:
-        os.fdatasync(fh.fileno())  # the bytes and the size; not the times
+    if fsync:
+        with open(src, "rb") as fh:
+            os.fdatasync(fh.fileno())  # the bytes and the size; not the times
     dst.parent.mkdir(parents=True, exist_ok=True)
     os.replace(src, dst)
 

@@ -78,7 +78,14 @@ def test_tiny_run_reports_both_servers(tmp_path: Path, client: str) -> None:
         assert primary["ratio"] is not None and primary["meets_target"] in (True, False)
     pull = report["workloads"].get("pull")
     if pull is not None:
-        assert pull["metrics"]["mbps"]["ceiling"]["name"] == "loopback_tcp_mbps"
+        assert pull["metrics"]["mbps"]["ceiling"]["name"] == "loopback_sendfile_mbps"
+        others = pull["metrics"]["mbps"]["other_ceilings"]
+        assert [c["name"] for c in others] == ["loopback_tcp_mbps"]
+    push = report["workloads"].get("push-monolithic")
+    if push is not None:
+        ceilings = [push["metrics"]["mbps"]["ceiling"], *push["metrics"]["mbps"]["other_ceilings"]]
+        assert [c["name"] for c in ceilings] == ["sha256_one_core_mbps", "disk_write_fsync_mbps"]
+        assert all(0 < c["ours_fraction"] for c in ceilings)
     # The table names every workload and says which is ours / Distribution's.
     for name in only.split(","):
         assert name in done.stdout
@@ -96,3 +103,22 @@ def test_unknown_workload_is_refused(tmp_path: Path) -> None:
     done = _run_bench(tmp_path, "--only", "no-such-workload", "--no-limits")
     assert done.returncode != 0
     assert "unknown workloads" in done.stderr
+
+
+def test_a_setting_of_ours_reaches_our_server(tmp_path: Path) -> None:
+    _require_distribution()
+    out = tmp_path / "report.json"
+    done = _run_bench(
+        tmp_path, *TINY, "--only", "push-monolithic", "--no-limits",
+        "--setting", "storage.fsync=false", "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["settings"]["ours_settings"] == {"storage.fsync": "false"}
+    assert report["workloads"]["push-monolithic"]["metrics"]["mbps"]["ours"]["median"] > 0
+
+
+def test_an_unknown_setting_is_refused(tmp_path: Path) -> None:
+    done = _run_bench(tmp_path, "--setting", "storage.fsinc=false", "--no-limits")
+    assert done.returncode != 0
+    assert "storage.fsinc" in done.stderr

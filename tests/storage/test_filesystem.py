@@ -16,10 +16,9 @@ from registry.storage.driver import PathNotFound, StorageDriver, StorageError
 from registry.storage.filesystem import FilesystemDriver
 
 
-@pytest.fixture(params=["filesystem"])
+@pytest.fixture(params=["filesystem", "filesystem-without-fsync"])
 def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
-    assert request.param == "filesystem"
-    return FilesystemDriver(tmp_path / "root")
+    return FilesystemDriver(tmp_path / "root", fsync=request.param == "filesystem")
 
 
 async def read_all(
