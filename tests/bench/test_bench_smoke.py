@@ -85,7 +85,7 @@ def test_tiny_run_reports_both_servers(tmp_path: Path, client: str) -> None:
     if push is not None:
         ceilings = [push["metrics"]["mbps"]["ceiling"], *push["metrics"]["mbps"]["other_ceilings"]]
         assert [c["name"] for c in ceilings] == ["sha256_one_core_mbps", "disk_write_fsync_mbps"]
-        assert all(0 < c["ours_fraction"] for c in ceilings)
+        assert all(c["ours_fraction"] > 0 for c in ceilings)
     # The table names every workload and says which is ours / Distribution's.
     for name in only.split(","):
         assert name in done.stdout
