@@ -23,6 +23,7 @@ from registry.storage.pipeline import BlockPipeline
 
 DEFAULT_ALGORITHM = "sha256"
 _MAX_CACHED_HASHERS = 1024
+MIN_BLOCK_BYTES = 256 * 1024
 _HASH_ON_LOOP_BYTES = 64 * 1024  # hashing this much takes ~50 us: not worth a thread hop
 
 
@@ -30,6 +31,7 @@ class BlobStore:
     def __init__(self, driver: StorageDriver, buffer_bytes: int = 4 * 1024 * 1024) -> None:
         self.driver = driver
         self.buffer_bytes = buffer_bytes
+        self._appending = 0  # appends in progress in this process
         self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
 
     async def stat(self, digest: Digest) -> int | None:
@@ -63,6 +65,19 @@ class BlobStore:
         arrives. If the body fails midway (client gone, disk full), the upload is put back
         exactly as it was and the error propagates.
         """
+        self._appending += 1
+        try:
+            return await self._append(upload_id, offset, body)
+        finally:
+            self._appending -= 1
+
+    def _block_bytes(self) -> int:
+        """The block size now: `buffer_bytes`, shrinking while more uploads run at once, so
+        that their buffers together stay near a fixed budget."""
+        shared = self.buffer_bytes * 2 // max(self._appending, 1)
+        return min(self.buffer_bytes, max(shared, MIN_BLOCK_BYTES))
+
+    async def _append(self, upload_id: str, offset: int, body: AsyncIterator[bytes]) -> int:
         hasher = await self._hasher_at(upload_id, offset)
         resume_point = hasher.copy()
         writer = await self.driver.append(layout.upload_key(upload_id), offset)
@@ -74,7 +89,7 @@ class BlobStore:
             async for piece in body:
                 pieces.append(piece)
                 buffered += len(piece)
-                if buffered >= self.buffer_bytes:
+                if buffered >= self._block_bytes():
                     block = b"".join(pieces)
                     pieces.clear()
                     buffered = 0

@@ -172,3 +172,49 @@ async def test_delete_upload_and_blob(store: BlobStore, root: Path) -> None:
     await store.delete_blob(digest)
     assert await store.stat(digest) is None
     assert files(root) == []
+
+
+class BlockSizes(FilesystemDriver):
+    """The real filesystem driver, noting the size of every block its writers get."""
+
+    sizes: list[int]
+
+    async def append(self, key: str, offset: int):  # type: ignore[no-untyped-def]
+        writer = await super().append(key, offset)
+        write = writer.write
+
+        async def noted(data: bytes) -> None:
+            self.sizes.append(len(data))
+            await write(data)
+
+        writer.write = noted  # type: ignore[method-assign]
+        return writer
+
+
+async def test_blocks_shrink_as_uploads_run_side_by_side(root: Path) -> None:
+    import asyncio
+
+    driver = BlockSizes(root)
+    driver.sizes = []
+    store = BlobStore(driver, buffer_bytes=4 * 1024 * 1024)
+    data = os.urandom(8 * 1024 * 1024)
+    gate = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        await gate.wait()  # every upload has started before any byte flows
+        for piece in split(data, 64 * 1024):
+            yield piece
+
+    alone = await store.append_upload("c" * 32, 0, body(split(data, 64 * 1024)))
+    assert alone == len(data) and max(driver.sizes) == 4 * 1024 * 1024
+    driver.sizes.clear()
+    ids = [f"{i:032x}" for i in range(8)]
+    tasks = [asyncio.ensure_future(store.append_upload(i, 0, slow_body())) for i in ids]
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert await asyncio.gather(*tasks) == [len(data)] * 8
+    # Eight at once share the budget of two full blocks: 1 MiB blocks, not 4.
+    assert max(driver.sizes) == 1024 * 1024
+    for upload_id in ["c" * 32, *ids]:
+        await store.commit_upload(upload_id, len(data), Digest.of(data, "sha256"))
+    assert files(root) == [layout.blob_key(Digest.of(data, "sha256"))]
