@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, exists, insert, or_, select, update
 
 from registry.metadata.db import Database, SQLConnection
 from registry.metadata.tables import (
@@ -47,9 +47,108 @@ class StoredManifest:
     content: bytes
 
 
+# The statements on the hot paths (every pull, push and upload), built once with named
+# parameters: building and keying a statement costs SQLAlchemy several times what running it
+# on SQLite does, and a statement object caches its own key.
+_REPOSITORY_ID = select(repositories.c.id).where(repositories.c.name == bindparam("name"))
+_BLOB_SIZE_IN_REPOSITORY = (
+    select(blobs.c.size)
+    .select_from(
+        repository_blobs.join(blobs, blobs.c.digest == repository_blobs.c.digest).join(
+            repositories, repositories.c.id == repository_blobs.c.repository_id
+        )
+    )
+    .where(
+        repositories.c.name == bindparam("repository"),
+        repository_blobs.c.digest == bindparam("digest"),
+    )
+)
+_UPLOAD_COLUMNS = (uploads.c.id, uploads.c.repository_id, uploads.c.size, uploads.c.created_at)
+_UPLOAD = (
+    select(*_UPLOAD_COLUMNS)
+    .select_from(uploads.join(repositories, repositories.c.id == uploads.c.repository_id))
+    .where(uploads.c.id == bindparam("upload"), repositories.c.name == bindparam("repository"))
+)
+_CLAIM_UPLOAD = (
+    update(uploads)
+    .where(
+        uploads.c.id == bindparam("upload"),
+        or_(
+            uploads.c.writer.is_(None),
+            uploads.c.writer == bindparam("claimant"),
+            uploads.c.writer_until < bindparam("stamp"),
+        ),
+    )
+    .values(writer=bindparam("claimant"), writer_until=bindparam("until"))
+    .returning(*_UPLOAD_COLUMNS)
+)
+_ADVANCE_UPLOAD = (
+    update(uploads)
+    .where(uploads.c.id == bindparam("upload"), uploads.c.size == bindparam("old_size"))
+    .values(size=bindparam("new_size"), updated_at=bindparam("stamp"))
+)
+_ADVANCE_CLAIMED_UPLOAD = _ADVANCE_UPLOAD.where(uploads.c.writer == bindparam("claimant"))
+_INSERT_UPLOAD = insert(uploads)
+_DELETE_UPLOAD = delete(uploads).where(uploads.c.id == bindparam("upload"))
+_MANIFEST_COLUMNS = (manifests.c.digest, manifests.c.media_type, manifests.c.content)
+_MANIFESTS_OF_REPOSITORY = manifests.join(
+    repositories, repositories.c.id == manifests.c.repository_id
+)
+_MANIFEST_BY_DIGEST = (
+    select(*_MANIFEST_COLUMNS)
+    .select_from(_MANIFESTS_OF_REPOSITORY)
+    .where(repositories.c.name == bindparam("repository"), manifests.c.digest == bindparam("ref"))
+)
+_MANIFEST_BY_TAG = (
+    select(*_MANIFEST_COLUMNS)
+    .select_from(
+        _MANIFESTS_OF_REPOSITORY.join(
+            tags,
+            and_(
+                tags.c.repository_id == manifests.c.repository_id,
+                tags.c.manifest_digest == manifests.c.digest,
+            ),
+        )
+    )
+    .where(repositories.c.name == bindparam("repository"), tags.c.name == bindparam("ref"))
+)
+_BLOBS_PRESENT = (
+    select(repository_blobs.c.digest)
+    .select_from(
+        repository_blobs.join(repositories, repositories.c.id == repository_blobs.c.repository_id)
+    )
+    .where(
+        repositories.c.name == bindparam("repository"),
+        repository_blobs.c.digest.in_(bindparam("digests", expanding=True)),
+    )
+)
+_MANIFESTS_PRESENT = (
+    select(manifests.c.digest)
+    .select_from(_MANIFESTS_OF_REPOSITORY)
+    .where(
+        repositories.c.name == bindparam("repository"),
+        manifests.c.digest.in_(bindparam("digests", expanding=True)),
+    )
+)
+
+
 class MetadataStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # INSERTs with ON CONFLICT are the dialect's own; their values come at execution.
+        self._insert_blob = db.insert(blobs).on_conflict_do_nothing()
+        self._insert_link = db.insert(repository_blobs).on_conflict_do_nothing()
+        self._insert_manifest = (
+            db.insert(manifests).on_conflict_do_nothing().returning(manifests.c.id)
+        )
+        upsert = db.insert(tags)
+        self._upsert_tag = upsert.on_conflict_do_update(
+            index_elements=[tags.c.repository_id, tags.c.name],
+            set_={
+                "manifest_digest": upsert.excluded.manifest_digest,
+                "updated_at": upsert.excluded.updated_at,
+            },
+        )
 
     def _insert_ignore(self, table: Any, **values: Any) -> Any:
         return self.db.insert(table).values(**values).on_conflict_do_nothing()
@@ -57,11 +156,10 @@ class MetadataStore:
     # Repositories -------------------------------------------------------------------------
 
     async def repository_id(self, name: str, conn: SQLConnection | None = None) -> int | None:
-        query = select(repositories.c.id).where(repositories.c.name == name)
         if conn is not None:
-            return (await conn.execute(query)).scalar()
+            return (await conn.execute(_REPOSITORY_ID, {"name": name})).scalar()
         async with self.db.read() as c:
-            return (await c.execute(query)).scalar()
+            return (await c.execute(_REPOSITORY_ID, {"name": name})).scalar()
 
     async def ensure_repository(self, conn: SQLConnection, name: str) -> int:
         repo_id = await self.repository_id(name, conn)
@@ -89,17 +187,9 @@ class MetadataStore:
 
     async def blob_size_in_repository(self, repository: str, digest: str) -> int | None:
         """The blob's size when `repository` may serve it, else None."""
-        query = (
-            select(blobs.c.size)
-            .select_from(
-                repository_blobs.join(blobs, blobs.c.digest == repository_blobs.c.digest).join(
-                    repositories, repositories.c.id == repository_blobs.c.repository_id
-                )
-            )
-            .where(repositories.c.name == repository, repository_blobs.c.digest == digest)
-        )
+        params = {"repository": repository, "digest": digest}
         async with self.db.read() as conn:
-            return (await conn.execute(query)).scalar()
+            return (await conn.execute(_BLOB_SIZE_IN_REPOSITORY, params)).scalar()
 
     async def repositories_with_blob(self, digest: str, limit: int = 1000) -> list[str]:
         """Names of repositories that may serve the blob (to check a mount without `from`)."""
@@ -127,11 +217,9 @@ class MetadataStore:
     ) -> None:
         repo_id = await self.ensure_repository(conn, repository)
         stamp = now()
-        await conn.execute(self._insert_ignore(blobs, digest=digest, size=size, created_at=stamp))
+        await conn.execute(self._insert_blob, {"digest": digest, "size": size, "created_at": stamp})
         await conn.execute(
-            self._insert_ignore(
-                repository_blobs, repository_id=repo_id, digest=digest, created_at=stamp
-            )
+            self._insert_link, {"repository_id": repo_id, "digest": digest, "created_at": stamp}
         )
 
     async def unlink_blob(self, repository: str, digest: str) -> bool:
@@ -153,44 +241,28 @@ class MetadataStore:
         stamp = now()
         async with self.db.write() as conn:
             repo_id = await self.ensure_repository(conn, repository)
-            await conn.execute(
-                insert(uploads).values(
-                    id=upload_id, repository_id=repo_id, size=0, created_at=stamp, updated_at=stamp
-                )
-            )
+            values = {"id": upload_id, "repository_id": repo_id, "size": 0}
+            await conn.execute(_INSERT_UPLOAD, {**values, "created_at": stamp, "updated_at": stamp})
         return Upload(upload_id, repo_id, 0, stamp)
 
     async def get_upload(self, repository: str, upload_id: str) -> Upload | None:
-        query = (
-            select(uploads.c.id, uploads.c.repository_id, uploads.c.size, uploads.c.created_at)
-            .select_from(uploads.join(repositories, repositories.c.id == uploads.c.repository_id))
-            .where(uploads.c.id == upload_id, repositories.c.name == repository)
-        )
+        params = {"upload": upload_id, "repository": repository}
         async with self.db.read() as conn:
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(_UPLOAD, params)).first()
         return Upload(*row) if row else None
 
     async def claim_upload(self, upload_id: str, writer: str, seconds: float) -> Upload | None:
         """Make `writer` the upload's only writer for `seconds`, unless another holds it;
         the session as it is once held, or None (held by another, or gone)."""
         stamp = now()
+        params = {
+            "upload": upload_id,
+            "claimant": writer,
+            "stamp": stamp,
+            "until": stamp + timedelta(seconds=seconds),
+        }
         async with self.db.write() as conn:
-            result = await conn.execute(
-                update(uploads)
-                .where(
-                    uploads.c.id == upload_id,
-                    or_(
-                        uploads.c.writer.is_(None),
-                        uploads.c.writer == writer,
-                        uploads.c.writer_until < stamp,
-                    ),
-                )
-                .values(writer=writer, writer_until=stamp + timedelta(seconds=seconds))
-                .returning(
-                    uploads.c.id, uploads.c.repository_id, uploads.c.size, uploads.c.created_at
-                )
-            )
-            row = result.first()
+            row = (await conn.execute(_CLAIM_UPLOAD, params)).first()
         return Upload(*row) if row else None
 
     async def release_upload(self, upload_id: str, writer: str) -> None:
@@ -206,24 +278,23 @@ class MetadataStore:
     ) -> bool:
         """Move the upload's recorded size from `old_size`; False if someone else moved it
         (or, given a `writer`, if that writer no longer holds the upload)."""
-        conditions = [uploads.c.id == upload_id, uploads.c.size == old_size]
+        params = {"upload": upload_id, "old_size": old_size, "new_size": new_size, "stamp": now()}
+        statement = _ADVANCE_UPLOAD
         if writer is not None:
-            conditions.append(uploads.c.writer == writer)
+            statement = _ADVANCE_CLAIMED_UPLOAD
+            params["claimant"] = writer
         async with self.db.write() as conn:
-            result = await conn.execute(
-                update(uploads).where(*conditions).values(size=new_size, updated_at=now())
-            )
-            return bool(result.rowcount)
+            return bool((await conn.execute(statement, params)).rowcount)
 
     async def delete_upload(self, upload_id: str) -> None:
         async with self.db.write() as conn:
-            await conn.execute(delete(uploads).where(uploads.c.id == upload_id))
+            await conn.execute(_DELETE_UPLOAD, {"upload": upload_id})
 
     async def finish_upload(self, upload_id: str, repository: str, digest: str, size: int) -> None:
         """In one transaction: record the blob, link it, drop the upload session."""
         async with self.db.write() as conn:
             await self._record_and_link(conn, repository, digest, size)
-            await conn.execute(delete(uploads).where(uploads.c.id == upload_id))
+            await conn.execute(_DELETE_UPLOAD, {"upload": upload_id})
 
     async def stale_uploads(self, older_than: datetime) -> list[str]:
         async with self.db.read() as conn:
@@ -234,61 +305,26 @@ class MetadataStore:
 
     async def get_manifest(self, repository: str, reference: str) -> StoredManifest | None:
         """A manifest by digest (when `reference` has a colon) or by tag."""
-        cols = (manifests.c.digest, manifests.c.media_type, manifests.c.content)
-        joined = manifests.join(repositories, repositories.c.id == manifests.c.repository_id)
-        if ":" in reference:
-            query = (
-                select(*cols)
-                .select_from(joined)
-                .where(repositories.c.name == repository, manifests.c.digest == reference)
-            )
-        else:
-            query = (
-                select(*cols)
-                .select_from(
-                    joined.join(
-                        tags,
-                        and_(
-                            tags.c.repository_id == manifests.c.repository_id,
-                            tags.c.manifest_digest == manifests.c.digest,
-                        ),
-                    )
-                )
-                .where(repositories.c.name == repository, tags.c.name == reference)
-            )
+        query = _MANIFEST_BY_DIGEST if ":" in reference else _MANIFEST_BY_TAG
         async with self.db.read() as conn:
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(query, {"repository": repository, "ref": reference})).first()
         return StoredManifest(row[0], row[1], bytes(row[2])) if row else None
 
     async def missing_blobs(self, repository: str, digests: Sequence[str]) -> list[str]:
-        if not digests:
-            return []
-        query = (
-            select(repository_blobs.c.digest)
-            .select_from(
-                repository_blobs.join(
-                    repositories, repositories.c.id == repository_blobs.c.repository_id
-                )
-            )
-            .where(repositories.c.name == repository, repository_blobs.c.digest.in_(set(digests)))
-        )
-        async with self.db.read() as conn:
-            present = set((await conn.execute(query)).scalars())
-        return [d for d in dict.fromkeys(digests) if d not in present]
+        return await self._missing(_BLOBS_PRESENT, repository, digests)
 
     async def missing_manifests(self, repository: str, digests: Sequence[str]) -> list[str]:
+        return await self._missing(_MANIFESTS_PRESENT, repository, digests)
+
+    async def _missing(self, present: Any, repository: str, digests: Sequence[str]) -> list[str]:
+        """Those of `digests` that `present` does not find in `repository`, in order, once."""
         if not digests:
             return []
-        query = (
-            select(manifests.c.digest)
-            .select_from(
-                manifests.join(repositories, repositories.c.id == manifests.c.repository_id)
-            )
-            .where(repositories.c.name == repository, manifests.c.digest.in_(set(digests)))
-        )
+        wanted = list(dict.fromkeys(digests))
         async with self.db.read() as conn:
-            present = set((await conn.execute(query)).scalars())
-        return [d for d in dict.fromkeys(digests) if d not in present]
+            params = {"repository": repository, "digests": wanted}
+            found = set((await conn.execute(present, params)).scalars())
+        return [d for d in wanted if d not in found]
 
     async def put_manifest(
         self,
@@ -302,20 +338,18 @@ class MetadataStore:
         stamp = now()
         async with self.db.write() as conn:
             repo_id = await self.ensure_repository(conn, repository)
-            result = await conn.execute(
-                self._insert_ignore(
-                    manifests,
-                    repository_id=repo_id,
-                    digest=digest,
-                    media_type=manifest.media_type,
-                    artifact_type=manifest.referrer_artifact_type,
-                    subject_digest=manifest.subject.digest if manifest.subject else None,
-                    annotations=json.dumps(manifest.annotations) if manifest.annotations else None,
-                    size=len(content),
-                    content=content,
-                    created_at=stamp,
-                ).returning(manifests.c.id)
-            )
+            values = {
+                "repository_id": repo_id,
+                "digest": digest,
+                "media_type": manifest.media_type,
+                "artifact_type": manifest.referrer_artifact_type,
+                "subject_digest": manifest.subject.digest if manifest.subject else None,
+                "annotations": json.dumps(manifest.annotations) if manifest.annotations else None,
+                "size": len(content),
+                "content": content,
+                "created_at": stamp,
+            }
+            result = await conn.execute(self._insert_manifest, values)
             manifest_id = result.scalar()
             if manifest_id is not None:  # new here: record what it refers to
                 references = [("config", manifest.config.digest)] if manifest.config else []
@@ -335,15 +369,8 @@ class MetadataStore:
     async def _set_tag(
         self, conn: SQLConnection, repo_id: int, tag: str, digest: str, stamp: datetime
     ) -> None:
-        statement = self.db.insert(tags).values(
-            repository_id=repo_id, name=tag, manifest_digest=digest, updated_at=stamp
-        )
-        await conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=[tags.c.repository_id, tags.c.name],
-                set_={"manifest_digest": digest, "updated_at": stamp},
-            )
-        )
+        values = {"repository_id": repo_id, "name": tag, "manifest_digest": digest}
+        await conn.execute(self._upsert_tag, {**values, "updated_at": stamp})
 
     async def delete_manifest(self, repository: str, digest: str) -> bool:
         """Delete a manifest and every tag pointing at it."""
