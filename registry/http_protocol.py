@@ -99,6 +99,21 @@ class RegistryHttpProtocol(HttpToolsProtocol):
         if hasattr(transport, "max_size"):  # asyncio's socket transports
             transport.max_size = READ_BYTES
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are no HTTP request: in the registry's JSON error
+        format and with its API-version header, like every other answer."""
+        from registry.app import API_VERSION_HEADER  # the app imports this module
+        from registry.errors import Unsupported
+
+        body = Unsupported(f"malformed HTTP request: {msg}").body()
+        name, value = API_VERSION_HEADER
+        head = (
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            b"%s: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (name, value, len(body))
+        )
+        self.transport.write(head + body)
+        self.transport.close()
+
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
         if type(cycle) is not ZeroCopyCycle:

@@ -4,6 +4,7 @@ uvicorn, and blob pulls through it from a real registry server."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import threading
@@ -151,3 +152,20 @@ def test_registry_pulls_are_exact_on_one_connection(big_blob_server: RegistrySer
         assert part.content == data[12345:]
         # Then an ordinary JSON answer on the same connection: the framing held.
         assert client.get("/v2/big/blob/tags/list").status_code in (200, 404)
+
+
+def test_bytes_that_are_no_http_request_get_a_json_error(big_blob_server: RegistryServer) -> None:
+    with socket.create_connection(("127.0.0.1", big_blob_server.port), timeout=10) as sock:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):  # the server closes after its answer
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 400 Bad Request"
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    assert headers["docker-distribution-api-version"] == "registry/2.0"
+    assert headers["content-type"] == "application/json"
+    assert int(headers["content-length"]) == len(body)
+    error = json.loads(body)["errors"][0]
+    assert error["code"] == "UNSUPPORTED" and "malformed HTTP request" in error["message"]
