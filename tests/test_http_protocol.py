@@ -128,18 +128,10 @@ def test_a_client_leaving_mid_send_does_not_hurt_the_server(
     assert httpx.get(url).content == data
 
 
-@pytest.fixture(scope="module")
-def big_blob_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    server = RegistryServer(tmp_path_factory.mktemp("zerocopy-registry") / "data")
-    server.start()
-    yield server
-    server.stop()
-
-
-def test_registry_pulls_are_exact_on_one_connection(big_blob_server: RegistryServer) -> None:
+def test_registry_pulls_are_exact_on_one_connection(registry_server: RegistryServer) -> None:
     data = os.urandom(40 * 1024 * 1024 + 3)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    with httpx.Client(base_url=big_blob_server.url, timeout=60) as client:
+    with httpx.Client(base_url=registry_server.url, timeout=60) as client:
         started = client.post("/v2/big/blob/blobs/uploads/")
         put = client.put(started.headers["location"], params={"digest": digest}, content=data)
         assert put.status_code == 201
@@ -154,8 +146,8 @@ def test_registry_pulls_are_exact_on_one_connection(big_blob_server: RegistrySer
         assert client.get("/v2/big/blob/tags/list").status_code in (200, 404)
 
 
-def test_bytes_that_are_no_http_request_get_a_json_error(big_blob_server: RegistryServer) -> None:
-    with socket.create_connection(("127.0.0.1", big_blob_server.port), timeout=10) as sock:
+def test_bytes_that_are_no_http_request_get_a_json_error(registry_server: RegistryServer) -> None:
+    with socket.create_connection(("127.0.0.1", registry_server.port), timeout=10) as sock:
         sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
         received = b""
         while chunk := sock.recv(65536):  # the server closes after its answer
