@@ -161,3 +161,39 @@ def test_bytes_that_are_no_http_request_get_a_json_error(registry_server: Regist
     assert int(headers["content-length"]) == len(body)
     error = json.loads(body)["errors"][0]
     assert error["code"] == "UNSUPPORTED" and "malformed HTTP request" in error["message"]
+
+
+def test_connections_get_tcp_nodelay_whatever_the_listening_socket(tmp_path: Path) -> None:
+    # uvicorn's listening socket for several workers has proto 0, so asyncio leaves Nagle on
+    # for its connections: then an answer's body, sent after its headers, waits ~40 ms for
+    # the client's delayed ACK. The protocol turns Nagle off on every connection.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # proto 0, as uvicorn's
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    seen: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        for connection in server.server_state.connections:
+            sock = connection.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = uvicorn.Config(
+        app, http=RegistryHttpProtocol, loop="asyncio", log_level="critical", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert httpx.get(f"http://127.0.0.1:{port}/").text == "ok"
+        assert seen and all(value != 0 for value in seen)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()
