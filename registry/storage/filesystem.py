@@ -19,6 +19,7 @@ from registry.storage.writeback import WriteBehind
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*\Z")
 READ_BLOCK = 4 * 1024 * 1024
+WRITES_IN_FLIGHT = 2  # positional writes of one upload running at once (page-cache latency)
 
 
 class FilesystemDriver:
@@ -114,38 +115,70 @@ class FilesystemDriver:
 
 
 class FileAppendWriter:
-    """Appends through aiofiles, with write-behind; `abort` truncates back to the start."""
+    """Appends with positional writes, up to `WRITES_IN_FLIGHT` blocks at once, with
+    write-behind; `close` waits for them, `abort` truncates back to the start."""
 
     def __init__(self, fh: AsyncFileIO, start: int, write_behind: bool = True) -> None:
         self._fh = fh
+        self._fd = fh.fileno()
         self._start = start
-        self._behind = WriteBehind(fh.fileno(), start) if write_behind else None
+        self._end = start
+        self._behind = WriteBehind(self._fd, start) if write_behind else None
+        self._in_flight: set[asyncio.Future[None]] = set()
 
     async def write(self, data: bytes) -> None:
+        """Start writing `data` after what came before; a failure is raised by this call or
+        by a later one (`write` or `close`)."""
+        while len(self._in_flight) >= WRITES_IN_FLIGHT:
+            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            self._collect()
+        self._collect()
+        offset, self._end = self._end, self._end + len(data)
+        self._in_flight.add(asyncio.ensure_future(asyncio.to_thread(self._write_at, data, offset)))
+
+    def _write_at(self, data: bytes, offset: int) -> None:
         try:
-            # An unbuffered write may take only part of the block (a disk filling up says
-            # so with a short count, not an error, until the next write): write the rest.
+            # A write may take only part of the block (a disk filling up says so with a
+            # short count, not an error, until the next write): write the rest.
             view = memoryview(data)
             while view:
-                written = await self._fh.write(view)
+                written = os.pwrite(self._fd, view, offset)
                 if not written:
                     raise StorageError("write made no progress")
-                view = view[written:]
+                view, offset = view[written:], offset + written
             if self._behind is not None:
-                await asyncio.to_thread(self._behind.wrote, len(data))
+                self._behind.wrote(offset - len(data), len(data))
         except OSError as exc:
             raise StorageError(f"write failed: {exc}") from exc
+
+    def _collect(self) -> None:
+        """Drop finished writes; raise the first failure among them."""
+        done = {f for f in self._in_flight if f.done()}
+        self._in_flight -= done
+        for future in done:
+            future.result()
+
+    async def _settle(self) -> None:
+        if self._in_flight:
+            await asyncio.wait(self._in_flight)
+            self._collect()
 
     async def close(self) -> None:
         # No flush here: every block's writeback has started, and the blob's bytes are made
         # durable once, before they become visible (`move`). A power cut can therefore take
         # the tail of an unfinished upload (its file is then shorter than its session says,
         # and `append` refuses to resume it), never bytes of a finished blob; waiting for
-        # the disk after every chunk halved chunked pushes.
+        # the disk after every chunk halved chunked pushes. On failure the file stays open
+        # for the caller's `abort`.
+        await self._settle()
         await self._fh.close()
 
     async def abort(self) -> None:
         try:
+            # Nothing may land after the truncation: let every write in flight end first.
+            if self._in_flight:
+                await asyncio.wait(self._in_flight)
+            self._in_flight.clear()
             await self._fh.truncate(self._start)
         finally:
             await self._fh.close()

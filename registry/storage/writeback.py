@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import threading
 from collections.abc import Callable
 
 LAG_BYTES = 32 * 1024 * 1024
@@ -45,19 +46,22 @@ def _range(fd: int, offset: int, length: int, flags: int) -> None:
 
 
 class WriteBehind:
-    """Tracks one file's appended range; call `wrote` after each block."""
+    """Tracks one file's appended range; call `wrote` after each block (blocks may be
+    written out of order, a few at a time)."""
 
     def __init__(self, fd: int, start: int, lag: int = LAG_BYTES) -> None:
         self._fd = fd
-        self._end = start  # bytes written so far end here
+        self._end = start  # the furthest written byte so far
         self._settled = start  # bytes before this are written back
         self._lag = lag
+        self._lock = threading.Lock()
 
-    def wrote(self, length: int) -> None:
+    def wrote(self, offset: int, length: int) -> None:
         """Start writing back the block just written; wait for what lies too far behind."""
-        _range(self._fd, self._end, length, _WRITE)
-        self._end += length
-        behind = self._end - self._lag
-        if behind > self._settled:
-            _range(self._fd, self._settled, behind - self._settled, _WAIT)
-            self._settled = behind
+        _range(self._fd, offset, length, _WRITE)
+        with self._lock:
+            self._end = max(self._end, offset + length)
+            behind = self._end - self._lag
+            start, self._settled = self._settled, max(self._settled, behind)
+        if behind > start:
+            _range(self._fd, start, behind - start, _WAIT)

@@ -17,9 +17,9 @@ def test_write_behind_waits_for_lagging_ranges(tmp_path: Path) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         behind = WriteBehind(fd, 0, lag=64 * 1024)
-        for _ in range(8):
+        for i in range(8):
             os.write(fd, block)
-            behind.wrote(len(block))
+            behind.wrote(i * len(block), len(block))
         os.fdatasync(fd)
     finally:
         os.close(fd)
@@ -31,4 +31,19 @@ def test_write_behind_reports_a_bad_descriptor() -> None:
     os.close(fd)
     behind = WriteBehind(fd, 0)
     with pytest.raises(OSError):
-        behind.wrote(4096)
+        behind.wrote(0, 4096)
+
+
+def test_write_behind_takes_blocks_out_of_order(tmp_path: Path) -> None:
+    blocks = [os.urandom(128 * 1024) for _ in range(6)]
+    path = tmp_path / "blob"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        behind = WriteBehind(fd, 0, lag=256 * 1024)
+        for i in (1, 0, 3, 2, 5, 4):
+            os.pwrite(fd, blocks[i], i * len(blocks[i]))
+            behind.wrote(i * len(blocks[i]), len(blocks[i]))
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(blocks)
