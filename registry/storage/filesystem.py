@@ -155,8 +155,11 @@ class FileAppendWriter:
         """Drop finished writes; raise the first failure among them."""
         done = {f for f in self._in_flight if f.done()}
         self._in_flight -= done
-        for future in done:
-            future.result()
+        # Retrieve every one, so none is left unseen.
+        failures = [f.exception() for f in done if not f.cancelled()]
+        for failure in failures:
+            if failure is not None:
+                raise failure
 
     async def _settle(self) -> None:
         if self._in_flight:
@@ -178,6 +181,9 @@ class FileAppendWriter:
             # Nothing may land after the truncation: let every write in flight end first.
             if self._in_flight:
                 await asyncio.wait(self._in_flight)
+            for future in self._in_flight:
+                if not future.cancelled():
+                    future.exception()  # seen: the caller is already handling a failure
             self._in_flight.clear()
             await self._fh.truncate(self._start)
         finally:
