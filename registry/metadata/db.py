@@ -129,6 +129,10 @@ class Database:
         them alike, through their own dialect's insert)."""
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
 
+    def insert_ignore(self, table: Any) -> Any:
+        """An INSERT that leaves an existing row (same key) alone: `ON CONFLICT DO NOTHING`."""
+        return self.insert(table).on_conflict_do_nothing()
+
     async def dispose(self) -> None:
         if self.dialect == "sqlite":
             self._sqlite_reader.dispose()

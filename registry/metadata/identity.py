@@ -108,9 +108,6 @@ class IdentityStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def _insert_ignore(self, table: Any, **values: Any) -> Any:
-        return self.db.insert(table).values(**values).on_conflict_do_nothing()
-
     # Users --------------------------------------------------------------------------------
 
     async def create_user(self, name: str, password_hash: str, admin: bool = False) -> None:
@@ -210,7 +207,9 @@ class IdentityStore:
         async with self.db.write() as conn:
             team_id = await self._team_id(conn, team)
             user_id = await self._user_id(conn, user)
-            await conn.execute(self._insert_ignore(team_members, team_id=team_id, user_id=user_id))
+            await conn.execute(
+                self.db.insert_ignore(team_members).values(team_id=team_id, user_id=user_id)
+            )
 
     async def remove_member(self, team: str, user: str) -> None:
         async with self.db.write() as conn:
@@ -335,7 +334,7 @@ class IdentityStore:
     async def add_public(self, pattern: str) -> None:
         async with self.db.write() as conn:
             await conn.execute(
-                self._insert_ignore(public_repositories, pattern=pattern, created_at=now())
+                self.db.insert_ignore(public_repositories).values(pattern=pattern, created_at=now())
             )
 
     async def remove_public(self, pattern: str) -> None:
@@ -556,8 +555,8 @@ class IdentityStore:
         async with self.db.write() as conn:
             for key in keys:
                 await conn.execute(
-                    self._insert_ignore(
-                        login_failures, key=key, failures=0, window_started_at=stamp
+                    self.db.insert_ignore(login_failures).values(
+                        key=key, failures=0, window_started_at=stamp
                     )
                 )
                 await conn.execute(

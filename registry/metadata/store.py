@@ -50,14 +50,13 @@ class StoredManifest:
 # The statements on the hot paths (every pull, push and upload), built once with named
 # parameters: building and keying a statement costs SQLAlchemy several times what running it
 # on SQLite does, and a statement object caches its own key.
+_LINKS_OF_REPOSITORY = repository_blobs.join(
+    repositories, repositories.c.id == repository_blobs.c.repository_id
+)
 _REPOSITORY_ID = select(repositories.c.id).where(repositories.c.name == bindparam("name"))
 _BLOB_SIZE_IN_REPOSITORY = (
     select(blobs.c.size)
-    .select_from(
-        repository_blobs.join(blobs, blobs.c.digest == repository_blobs.c.digest).join(
-            repositories, repositories.c.id == repository_blobs.c.repository_id
-        )
-    )
+    .select_from(_LINKS_OF_REPOSITORY.join(blobs, blobs.c.digest == repository_blobs.c.digest))
     .where(
         repositories.c.name == bindparam("repository"),
         repository_blobs.c.digest == bindparam("digest"),
@@ -90,6 +89,11 @@ _ADVANCE_UPLOAD = (
 _ADVANCE_CLAIMED_UPLOAD = _ADVANCE_UPLOAD.where(uploads.c.writer == bindparam("claimant"))
 _INSERT_UPLOAD = insert(uploads)
 _DELETE_UPLOAD = delete(uploads).where(uploads.c.id == bindparam("upload"))
+_RELEASE_UPLOAD = (
+    update(uploads)
+    .where(uploads.c.id == bindparam("upload"), uploads.c.writer == bindparam("claimant"))
+    .values(writer=None, writer_until=None)
+)
 _MANIFEST_COLUMNS = (manifests.c.digest, manifests.c.media_type, manifests.c.content)
 _MANIFESTS_OF_REPOSITORY = manifests.join(
     repositories, repositories.c.id == manifests.c.repository_id
@@ -114,9 +118,7 @@ _MANIFEST_BY_TAG = (
 )
 _BLOBS_PRESENT = (
     select(repository_blobs.c.digest)
-    .select_from(
-        repository_blobs.join(repositories, repositories.c.id == repository_blobs.c.repository_id)
-    )
+    .select_from(_LINKS_OF_REPOSITORY)
     .where(
         repositories.c.name == bindparam("repository"),
         repository_blobs.c.digest.in_(bindparam("digests", expanding=True)),
@@ -136,11 +138,10 @@ class MetadataStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         # INSERTs with ON CONFLICT are the dialect's own; their values come at execution.
-        self._insert_blob = db.insert(blobs).on_conflict_do_nothing()
-        self._insert_link = db.insert(repository_blobs).on_conflict_do_nothing()
-        self._insert_manifest = (
-            db.insert(manifests).on_conflict_do_nothing().returning(manifests.c.id)
-        )
+        self._insert_repository = db.insert_ignore(repositories)
+        self._insert_blob = db.insert_ignore(blobs)
+        self._insert_link = db.insert_ignore(repository_blobs)
+        self._insert_manifest = db.insert_ignore(manifests).returning(manifests.c.id)
         upsert = db.insert(tags)
         self._upsert_tag = upsert.on_conflict_do_update(
             index_elements=[tags.c.repository_id, tags.c.name],
@@ -149,9 +150,6 @@ class MetadataStore:
                 "updated_at": upsert.excluded.updated_at,
             },
         )
-
-    def _insert_ignore(self, table: Any, **values: Any) -> Any:
-        return self.db.insert(table).values(**values).on_conflict_do_nothing()
 
     # Repositories -------------------------------------------------------------------------
 
@@ -165,7 +163,7 @@ class MetadataStore:
         repo_id = await self.repository_id(name, conn)
         if repo_id is not None:  # nearly always: one statement, not two
             return repo_id
-        await conn.execute(self._insert_ignore(repositories, name=name, created_at=now()))
+        await conn.execute(self._insert_repository, {"name": name, "created_at": now()})
         repo_id = await self.repository_id(name, conn)
         assert repo_id is not None
         return repo_id
@@ -195,11 +193,7 @@ class MetadataStore:
         """Names of repositories that may serve the blob (to check a mount without `from`)."""
         query = (
             select(repositories.c.name)
-            .select_from(
-                repository_blobs.join(
-                    repositories, repositories.c.id == repository_blobs.c.repository_id
-                )
-            )
+            .select_from(_LINKS_OF_REPOSITORY)
             .where(repository_blobs.c.digest == digest)
             .order_by(repositories.c.name)
             .limit(limit)
@@ -267,11 +261,7 @@ class MetadataStore:
 
     async def release_upload(self, upload_id: str, writer: str) -> None:
         async with self.db.write() as conn:
-            await conn.execute(
-                update(uploads)
-                .where(uploads.c.id == upload_id, uploads.c.writer == writer)
-                .values(writer=None, writer_until=None)
-            )
+            await conn.execute(_RELEASE_UPLOAD, {"upload": upload_id, "claimant": writer})
 
     async def advance_upload(
         self, upload_id: str, old_size: int, new_size: int, writer: str | None = None
