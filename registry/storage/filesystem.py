@@ -129,42 +129,34 @@ class FileAppendWriter:
     async def write(self, data: bytes) -> None:
         """Start writing `data` after what came before; a failure is raised by this call or
         by a later one (`write` or `close`)."""
+        _raise(self._take_finished())
         while len(self._in_flight) >= WRITES_IN_FLIGHT:
             await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
-            self._collect()
-        self._collect()
+            _raise(self._take_finished())
         offset, self._end = self._end, self._end + len(data)
         self._in_flight.add(asyncio.ensure_future(asyncio.to_thread(self._write_at, data, offset)))
 
     def _write_at(self, data: bytes, offset: int) -> None:
         try:
-            # A write may take only part of the block (a disk filling up says so with a
-            # short count, not an error, until the next write): write the rest.
-            view = memoryview(data)
-            while view:
-                written = os.pwrite(self._fd, view, offset)
-                if not written:
-                    raise StorageError("write made no progress")
-                view, offset = view[written:], offset + written
+            _write_all(self._fd, data, offset)
             if self._behind is not None:
-                self._behind.wrote(offset - len(data), len(data))
+                self._behind.wrote(offset, len(data))
         except OSError as exc:
             raise StorageError(f"write failed: {exc}") from exc
 
-    def _collect(self) -> None:
-        """Drop finished writes; raise the first failure among them."""
+    def _take_finished(self) -> BaseException | None:
+        """Drop the finished writes; the first failure among them (each one is retrieved,
+        so none is reported as never seen)."""
         done = {f for f in self._in_flight if f.done()}
         self._in_flight -= done
-        # Retrieve every one, so none is left unseen.
         failures = [f.exception() for f in done if not f.cancelled()]
-        for failure in failures:
-            if failure is not None:
-                raise failure
+        return next((failure for failure in failures if failure is not None), None)
 
-    async def _settle(self) -> None:
+    async def _drain(self) -> BaseException | None:
+        """Wait for every write in flight; the first failure among them."""
         if self._in_flight:
             await asyncio.wait(self._in_flight)
-            self._collect()
+        return self._take_finished()
 
     async def close(self) -> None:
         # No flush here: every block's writeback has started, and the blob's bytes are made
@@ -173,21 +165,33 @@ class FileAppendWriter:
         # and `append` refuses to resume it), never bytes of a finished blob; waiting for
         # the disk after every chunk halved chunked pushes. On failure the file stays open
         # for the caller's `abort`.
-        await self._settle()
+        _raise(await self._drain())
         await self._fh.close()
 
     async def abort(self) -> None:
         try:
-            # Nothing may land after the truncation: let every write in flight end first.
-            if self._in_flight:
-                await asyncio.wait(self._in_flight)
-            for future in self._in_flight:
-                if not future.cancelled():
-                    future.exception()  # seen: the caller is already handling a failure
-            self._in_flight.clear()
+            # Nothing may land after the truncation: let every write in flight end first
+            # (their failures are the caller's own, being handled already).
+            await self._drain()
             await self._fh.truncate(self._start)
         finally:
             await self._fh.close()
+
+
+def _raise(failure: BaseException | None) -> None:
+    if failure is not None:
+        raise failure
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of `data` at `offset`. A write may take only part of it (a disk filling up
+    says so with a short count, not an error, until the next write): write the rest."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if not written:
+            raise StorageError("write made no progress")
+        view, offset = view[written:], offset + written
 
 
 def _create_empty(path: Path) -> None:
@@ -204,9 +208,7 @@ def _atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data, 0)
             if fsync:
                 os.fdatasync(fd)
         finally:
