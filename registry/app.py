@@ -21,6 +21,7 @@ from registry.auth import AccessController, AllowAll
 from registry.auth.routes import access_controller, auth_routes, with_audit_trail
 from registry.config import Config
 from registry.errors import NameUnknown, RegistryError, Unsupported
+from registry.http_protocol import API_VERSION_HEADER
 from registry.maintenance import run_periodically
 from registry.metadata.db import Database
 from registry.metadata.store import MetadataStore
@@ -29,8 +30,6 @@ from registry.storage.driver import StorageError
 from registry.storage.filesystem import FilesystemDriver
 
 log = logging.getLogger("registry")
-
-API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
 
 
 class ApiVersionHeader:

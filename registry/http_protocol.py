@@ -21,7 +21,11 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from registry.errors import Unsupported
+
 ZERO_COPY_SEND = "http.response.zerocopysend"
+# On every answer (clients probe for it); the app adds it to its own answers.
+API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
 
 READ_BYTES = 1024 * 1024  # per recv() from the socket (asyncio's default is 256 KiB)
 BODY_HIGH_WATER = 1024 * 1024  # body bytes waiting for the app before reading pauses
@@ -109,9 +113,6 @@ class RegistryHttpProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are no HTTP request: in the registry's JSON error
         format and with its API-version header, like every other answer."""
-        from registry.app import API_VERSION_HEADER  # the app imports this module
-        from registry.errors import Unsupported
-
         body = Unsupported(f"malformed HTTP request: {msg}").body()
         name, value = API_VERSION_HEADER
         head = (
