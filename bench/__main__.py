@@ -162,10 +162,11 @@ def _run(args: argparse.Namespace, settings: Settings, base: Path) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     ctx = Context(settings, base)
+    ours_settings = _settings(args.setting)
     results = Results(
         settings={**dataclasses.asdict(settings), "repeat": args.repeat,
                   "workers": args.workers, "profiling": bool(args.profile),
-                  "ours_settings": _settings(args.setting)},
+                  "ours_settings": ours_settings},
         machine=machine_info(),
     )  # fmt: skip
     if not args.no_limits:
@@ -184,7 +185,7 @@ def _run(args: argparse.Namespace, settings: Settings, base: Path) -> int:
             try:
                 run_workload(
                     workload, ctx, results, args.repeat, args.workers, args.profile,
-                    args.profile_mode, _settings(args.setting),
+                    args.profile_mode, ours_settings,
                 )  # fmt: skip
             finally:
                 close = getattr(workload, "close", None)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench import rawhttp
+from registry.config import environment_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DISTRIBUTION_BINARY = "/usr/bin/docker-registry"
@@ -171,7 +172,7 @@ class OursServer(Server):
         env["REGISTRY_SERVER_ACCESS_LOG"] = "false"
         env["PYTHONPATH"] = str(REPO_ROOT)
         for key, value in self.settings.items():
-            env["REGISTRY_" + key.replace(".", "_").upper()] = value
+            env[environment_name(key)] = value
         return env
 
 

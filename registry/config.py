@@ -132,8 +132,13 @@ def _apply_mapping(config: Config, doc: dict[str, Any], where: str) -> None:
             _set(config, str(key), value)
 
 
+def environment_name(dotted: str) -> str:
+    """The environment variable for a setting: `storage.fsync` -> `REGISTRY_STORAGE_FSYNC`."""
+    return f"REGISTRY_{dotted.replace('.', '_').upper()}"
+
+
 def _environment_settings(environ: Mapping[str, str]) -> list[tuple[str, str]]:
-    names = {f"REGISTRY_{d.replace('.', '_').upper()}": d for d in all_keys()}
+    names = {environment_name(d): d for d in all_keys()}
     return [(names[k], v) for k, v in environ.items() if k in names]
 
 
