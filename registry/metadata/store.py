@@ -116,22 +116,23 @@ _MANIFEST_BY_TAG = (
     )
     .where(repositories.c.name == bindparam("repository"), tags.c.name == bindparam("ref"))
 )
-_BLOBS_PRESENT = (
-    select(repository_blobs.c.digest)
-    .select_from(_LINKS_OF_REPOSITORY)
-    .where(
-        repositories.c.name == bindparam("repository"),
-        repository_blobs.c.digest.in_(bindparam("digests", expanding=True)),
+
+
+def _digests_present(digest: Any, joined: Any) -> Any:
+    """Which of the `digests` parameter `digest` (a column of `joined`) holds in the
+    `repository` parameter."""
+    return (
+        select(digest)
+        .select_from(joined)
+        .where(
+            repositories.c.name == bindparam("repository"),
+            digest.in_(bindparam("digests", expanding=True)),
+        )
     )
-)
-_MANIFESTS_PRESENT = (
-    select(manifests.c.digest)
-    .select_from(_MANIFESTS_OF_REPOSITORY)
-    .where(
-        repositories.c.name == bindparam("repository"),
-        manifests.c.digest.in_(bindparam("digests", expanding=True)),
-    )
-)
+
+
+_BLOBS_PRESENT = _digests_present(repository_blobs.c.digest, _LINKS_OF_REPOSITORY)
+_MANIFESTS_PRESENT = _digests_present(manifests.c.digest, _MANIFESTS_OF_REPOSITORY)
 
 
 class MetadataStore:
