@@ -5,9 +5,10 @@ for moving blobs.
   from the page cache to the socket with `sendfile(2)` instead of through Python buffers.
   uvicorn offers no such extension itself.
 - Receives: request bodies are read from the socket in larger pieces and handed to the app
-  as they came, without being copied into and out of one buffer on the way, and reading
-  pauses only once a megabyte waits for the app instead of 64 KiB (uvicorn's limit has
-  the loop pause and resume the socket after every read of an upload).
+  as they came, without being copied into and out of one buffer on the way (a large piece
+  is a message of its own; only runs of small ones are joined), and reading pauses only
+  once a megabyte waits for the app instead of 64 KiB (uvicorn's limit has the loop pause
+  and resume the socket after every read of an upload).
 
 The subclass hooks in where uvicorn makes a connection and a request cycle. Everything else
 (parsing, keep-alive, flow control, disconnects) stays uvicorn's.
@@ -29,6 +30,7 @@ API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
 
 READ_BYTES = 1024 * 1024  # per recv() from the socket (asyncio's default is 256 KiB)
 BODY_HIGH_WATER = 1024 * 1024  # body bytes waiting for the app before reading pauses
+JOIN_BELOW = 64 * 1024  # body pieces smaller than this are joined into one message
 
 
 class ZeroCopyCycle(RequestResponseCycle):
@@ -42,17 +44,35 @@ class ZeroCopyCycle(RequestResponseCycle):
         if self.waiting_for_100_continue and not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.waiting_for_100_continue = False
-        if not self.disconnected and not self.response_complete:
-            self.flow.resume_reading()
-            await self.message_event.wait()
-            self.message_event.clear()
         if self.disconnected or self.response_complete:
             return {"type": "http.disconnect"}
+        if not self.pieces:
+            self.flow.resume_reading()
+            await self.message_event.wait()
+            if self.disconnected or self.response_complete:
+                return {"type": "http.disconnect"}
+        # The flags are read directly: the event only wakes this call.
+        self.message_event.clear()
+        body = self._next_body()
+        if self.buffered <= BODY_HIGH_WATER:
+            self.flow.resume_reading()
+        more_body = self.more_body or bool(self.pieces)
+        return {"type": "http.request", "body": body, "more_body": more_body}
+
+    def _next_body(self) -> bytes:
+        """The first piece waiting, if large; else the run of small pieces at the front,
+        joined (fewer, larger messages for a body that trickles in)."""
         pieces = self.pieces
-        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        self.pieces = []
-        self.buffered = 0
-        return {"type": "http.request", "body": body, "more_body": self.more_body}
+        count = 0
+        while count < len(pieces) and len(pieces[count]) < JOIN_BELOW:
+            count += 1
+        if count <= 1:
+            body = pieces.pop(0) if pieces else b""
+        else:
+            body = b"".join(pieces[:count])
+            del pieces[:count]
+        self.buffered -= len(body)
+        return body
 
     async def send(self, message: Any) -> None:
         if message["type"] != ZERO_COPY_SEND:

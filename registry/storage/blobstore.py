@@ -25,6 +25,7 @@ DEFAULT_ALGORITHM = "sha256"
 _MAX_CACHED_HASHERS = 1024
 MIN_BLOCK_BYTES = 256 * 1024
 _HASH_ON_LOOP_BYTES = 64 * 1024  # hashing this much takes ~50 us: not worth a thread hop
+_MAX_PIECES = 256  # body pieces in one block; more (tiny ones) are joined
 
 
 class BlobStore:
@@ -61,9 +62,9 @@ class BlobStore:
     async def append_upload(self, upload_id: str, offset: int, body: AsyncIterator[bytes]) -> int:
         """Append a request body to an upload at `offset`; return the new size.
 
-        Bytes are hashed and written in large blocks in worker threads while the next block
-        arrives. If the body fails midway (client gone, disk full), the upload is put back
-        exactly as it was and the error propagates.
+        Bytes are hashed and written in large blocks (lists of the body's pieces, not joined)
+        in worker threads while the next block arrives. If the body fails midway (client
+        gone, disk full), the upload is put back exactly as it was and the error propagates.
         """
         self._appending += 1
         try:
@@ -90,15 +91,14 @@ class BlobStore:
                 pieces.append(piece)
                 buffered += len(piece)
                 if buffered >= self._block_bytes():
-                    block = b"".join(pieces)
-                    pieces.clear()
-                    buffered = 0
-                    size += len(block)
-                    await pipeline.push(block)
+                    size += buffered
+                    await pipeline.push(pieces)
+                    pieces, buffered = [], 0
+                elif len(pieces) >= _MAX_PIECES:  # a body of tiny pieces
+                    pieces = [b"".join(pieces)]
             if pieces:
-                block = b"".join(pieces)
-                size += len(block)
-                await pipeline.push(block)
+                size += buffered
+                await pipeline.push(pieces)
             await pipeline.finish()
             await writer.close()
         except BaseException:

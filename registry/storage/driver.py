@@ -23,7 +23,10 @@ class AppendWriter(Protocol):
     """Bytes appended to an upload in progress. `close` ends the writer; the bytes are made
     durable when they are moved into place, not before."""
 
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, *pieces: bytes) -> None:
+        """Append `pieces`, in order, after what came before."""
+        ...
+
     async def close(self) -> None: ...
     async def abort(self) -> None:
         """Drop everything written through this writer, back to where it started."""

@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import aiofiles
@@ -20,6 +20,7 @@ from registry.storage.writeback import WriteBehind
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*\Z")
 READ_BLOCK = 4 * 1024 * 1024
 WRITES_IN_FLIGHT = 2  # positional writes of one upload running at once (page-cache latency)
+_IOV_MAX = 1024  # buffers per pwritev (Linux's limit)
 
 
 class FilesystemDriver:
@@ -126,21 +127,23 @@ class FileAppendWriter:
         self._behind = WriteBehind(self._fd, start) if write_behind else None
         self._in_flight: set[asyncio.Future[None]] = set()
 
-    async def write(self, data: bytes) -> None:
-        """Start writing `data` after what came before; a failure is raised by this call or
-        by a later one (`write` or `close`)."""
+    async def write(self, *pieces: bytes) -> None:
+        """Start writing `pieces` (in one vectored write) after what came before; a failure is
+        raised by this call or by a later one (`write` or `close`)."""
         _raise(self._take_finished())
         while len(self._in_flight) >= WRITES_IN_FLIGHT:
             await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
             _raise(self._take_finished())
-        offset, self._end = self._end, self._end + len(data)
-        self._in_flight.add(asyncio.ensure_future(asyncio.to_thread(self._write_at, data, offset)))
+        length = sum(map(len, pieces))
+        offset, self._end = self._end, self._end + length
+        write = asyncio.to_thread(self._write_at, pieces, offset, length)
+        self._in_flight.add(asyncio.ensure_future(write))
 
-    def _write_at(self, data: bytes, offset: int) -> None:
+    def _write_at(self, pieces: tuple[bytes, ...], offset: int, length: int) -> None:
         try:
-            _write_all(self._fd, data, offset)
+            _write_all(self._fd, pieces, offset)
             if self._behind is not None:
-                self._behind.wrote(offset, len(data))
+                self._behind.wrote(offset, length)
         except OSError as exc:
             raise StorageError(f"write failed: {exc}") from exc
 
@@ -183,15 +186,23 @@ def _raise(failure: BaseException | None) -> None:
         raise failure
 
 
-def _write_all(fd: int, data: bytes, offset: int) -> None:
-    """Write all of `data` at `offset`. A write may take only part of it (a disk filling up
-    says so with a short count, not an error, until the next write): write the rest."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
+def _write_all(fd: int, pieces: Sequence[bytes], offset: int) -> None:
+    """Write all of `pieces`, one after another, at `offset`, with vectored writes (the
+    pieces as received: no joining them first). A write may take only part of them (a disk
+    filling up says so with a short count, not an error, until the next write): write the
+    rest."""
+    views = [memoryview(piece) for piece in pieces if piece]
+    first = 0  # the first view not written in full
+    while first < len(views):
+        written = os.pwritev(fd, views[first : first + _IOV_MAX], offset)
         if not written:
             raise StorageError("write made no progress")
-        view, offset = view[written:], offset + written
+        offset += written
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
+            first += 1
+        if written:
+            views[first] = views[first][written:]
 
 
 def _create_empty(path: Path) -> None:
@@ -208,7 +219,7 @@ def _atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            _write_all(fd, data, 0)
+            _write_all(fd, (data,), 0)
             if fsync:
                 os.fdatasync(fd)
         finally:

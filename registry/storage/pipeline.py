@@ -1,13 +1,15 @@
 """Hashing and writing an upload's blocks in worker threads while the next block arrives.
 
 Both run in order, each in its own thread, so a push uses two cores: one hashing, one
-receiving; the disk (with its per-block flush) gets up to `depth` blocks of slack before the
-network has to wait for it.
+receiving; the disk gets up to `depth` blocks of slack before the network has to wait for
+it. A block is the list of body pieces as they were received: they are hashed one after
+another and written in one vectored write, never joined (a copy of every byte pushed).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from registry.oci.digest import Hasher
 from registry.storage.driver import AppendWriter
@@ -18,14 +20,18 @@ class BlockPipeline:
         self._hasher = hasher
         self._writer = writer
         self._hashing: asyncio.Future[None] | None = None
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(depth)
+        self._queue: asyncio.Queue[Sequence[bytes] | None] = asyncio.Queue(depth)
         self._writing = asyncio.ensure_future(self._write_in_order())
 
     async def _write_in_order(self) -> None:
         while (block := await self._queue.get()) is not None:
-            await self._writer.write(block)
+            await self._writer.write(*block)
 
-    async def _enqueue(self, item: bytes | None) -> None:
+    def _hash(self, block: Sequence[bytes]) -> None:
+        for piece in block:
+            self._hasher.update(piece)
+
+    async def _enqueue(self, item: Sequence[bytes] | None) -> None:
         """Queue `item` for the writer, or raise the writer's error if it has failed."""
         put = asyncio.ensure_future(self._queue.put(item))
         done, _ = await asyncio.wait({put, self._writing}, return_when=asyncio.FIRST_COMPLETED)
@@ -34,10 +40,11 @@ class BlockPipeline:
             self._writing.result()  # raises what stopped the writer
             raise RuntimeError("the block writer stopped early")
 
-    async def push(self, block: bytes) -> None:
+    async def push(self, block: Sequence[bytes]) -> None:
+        """Hash and write `block` (its pieces in order) after the blocks before it."""
         if self._hashing is not None:
             await self._hashing
-        self._hashing = asyncio.ensure_future(asyncio.to_thread(self._hasher.update, block))
+        self._hashing = asyncio.ensure_future(asyncio.to_thread(self._hash, block))
         await self._enqueue(block)
 
     async def finish(self) -> None:

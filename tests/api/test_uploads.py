@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 from pathlib import Path
 
@@ -103,6 +104,24 @@ def test_streamed_patch_without_content_range(client: httpx.Client, repo: str) -
     response = client.put(location, params={"digest": digest_of(data + more)})
     assert response.status_code == 201
     assert_blob(client, repo, data + more)
+
+
+def test_streamed_patch_of_tiny_and_large_chunks(client: httpx.Client, repo: str) -> None:
+    """Thousands of chunks of a few bytes between large ones arrive whole and in order (the
+    server joins runs of small pieces and passes large ones on as they are)."""
+    rng = random.Random(4)
+    pieces = [
+        rng.randbytes(rng.choice((1, 2, 7, 100, 5_000, 70_000, 300_000))) for _ in range(3_000)
+    ]
+    pieces[1000:1000] = [b"x"] * 2_000  # a long run of single bytes
+    data = b"".join(pieces)
+    location = start_upload(client, repo)
+    response = client.patch(location, content=iter(pieces))
+    assert response.status_code == 202
+    assert response.headers["range"] == f"0-{len(data) - 1}"
+    response = client.put(location, params={"digest": digest_of(data)})
+    assert response.status_code == 201
+    assert_blob(client, repo, data)
 
 
 FIRST, LAST = os.urandom(1000), os.urandom(500)

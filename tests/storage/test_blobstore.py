@@ -183,9 +183,9 @@ class BlockSizes(FilesystemDriver):
         writer = await super().append(key, offset)
         write = writer.write
 
-        async def noted(data: bytes) -> None:
-            self.sizes.append(len(data))
-            await write(data)
+        async def noted(*pieces: bytes) -> None:
+            self.sizes.append(sum(map(len, pieces)))
+            await write(*pieces)
 
         writer.write = noted  # type: ignore[method-assign]
         return writer

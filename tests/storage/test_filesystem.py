@@ -85,6 +85,17 @@ async def test_append(driver: StorageDriver) -> None:
     assert await read_all(driver, "up/data") == b"abcdefghi"
 
 
+async def test_append_pieces_in_one_write(driver: StorageDriver) -> None:
+    """A write of several pieces lands them in order, empty ones and more pieces than one
+    vectored write takes included."""
+    tiny = [bytes([i % 256]) * (i % 3) for i in range(3_000)]
+    writer = await driver.append("up/data", 0)
+    await writer.write(b"ab", b"", b"c" * 5000, b"d")
+    await writer.write(*tiny)
+    await writer.close()
+    assert await read_all(driver, "up/data") == b"ab" + b"c" * 5000 + b"d" + b"".join(tiny)
+
+
 async def test_append_discards_past_offset(driver: StorageDriver) -> None:
     await driver.put("up/data", b"0123456789")
     writer = await driver.append("up/data", 4)
