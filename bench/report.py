@@ -62,6 +62,7 @@ CEILING_NAMES = {
     "disk_write_fsync_mbps": "disk+fsync",
     "loopback_tcp_mbps": "loopback",
     "loopback_sendfile_mbps": "loopback sendfile",
+    "push_pipeline_mbps": "push pipeline",
 }
 
 

@@ -35,7 +35,7 @@ def run_workload(
 ) -> None:
     results.metrics[workload.name] = [*workload.metrics, *RESOURCE_METRICS]
     results.titles[workload.name] = workload.title
-    rounds = repeat if workload.repeatable else 1
+    rounds = max(repeat, workload.min_rounds) if workload.repeatable else 1
     for round_index in range(rounds):
         for side in SIDES:
             values, notes = _one(

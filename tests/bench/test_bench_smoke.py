@@ -84,7 +84,11 @@ def test_tiny_run_reports_both_servers(tmp_path: Path, client: str) -> None:
     push = report["workloads"].get("push-monolithic")
     if push is not None:
         ceilings = [push["metrics"]["mbps"]["ceiling"], *push["metrics"]["mbps"]["other_ceilings"]]
-        assert [c["name"] for c in ceilings] == ["sha256_one_core_mbps", "disk_write_fsync_mbps"]
+        assert [c["name"] for c in ceilings] == [
+            "sha256_one_core_mbps",
+            "disk_write_fsync_mbps",
+            "push_pipeline_mbps",
+        ]
         assert all(c["ours_fraction"] > 0 for c in ceilings)
     # The table names every workload and says which is ours / Distribution's.
     for name in only.split(","):
@@ -95,8 +99,12 @@ def test_tiny_run_reports_both_servers(tmp_path: Path, client: str) -> None:
 def test_limits_mode(tmp_path: Path) -> None:
     done = _run_bench(tmp_path, "limits", "--limits-mib", "8")
     assert done.returncode == 0, done.stderr
-    for label in ("SHA-256", "fsync", "loopback"):
+    for label in ("SHA-256", "fsync", "loopback", "push: loopback+SHA-256+fsync"):
         assert label in done.stdout
+    # Each ceiling is a measured rate, and the push pipeline's temporary file is gone.
+    rates = [float(line.split()[-2]) for line in done.stdout.splitlines() if "MB/s" in line]
+    assert len(rates) == 7 and all(rate > 0 for rate in rates)
+    assert not list(tmp_path.rglob(".bench-*"))
 
 
 def test_unknown_workload_is_refused(tmp_path: Path) -> None:
