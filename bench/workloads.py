@@ -39,7 +39,7 @@ class Settings:
     scale_tags: int = 100_000
     scale_repos: int = 10_000
     scale_budget_seconds: float = 900.0
-    scale_samples: int = 30
+    scale_samples: int = 300
     docker_layers: int = 5
     docker_layer_mib: int = 40
     limits_mib: int = 1024
