@@ -6,6 +6,7 @@ import logging
 
 import uvicorn
 
+from registry.allocator import keep_freed_buffers
 from registry.app import create_app
 from registry.auth.services import preflight
 from registry.config import Config, settings
@@ -22,6 +23,7 @@ def app_factory() -> object:
 
     from registry.config import load_config
 
+    keep_freed_buffers()
     overrides = json.loads(os.environ.get("REGISTRY__OVERRIDES", "{}"))
     return create_app(load_config(overrides=overrides))
 
@@ -54,5 +56,6 @@ def serve(config: Config, workers: int | None = None) -> int:
         os.environ["REGISTRY__OVERRIDES"] = json.dumps(settings(config))
         uvicorn.run("registry.server:app_factory", factory=True, workers=count, **common)  # type: ignore[arg-type]
     else:
+        keep_freed_buffers()
         uvicorn.run(create_app(config), **common)  # type: ignore[arg-type]
     return 0
