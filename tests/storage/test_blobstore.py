@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import statistics
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
@@ -213,8 +214,10 @@ async def test_blocks_shrink_as_uploads_run_side_by_side(root: Path) -> None:
     await asyncio.sleep(0.05)
     gate.set()
     assert await asyncio.gather(*tasks) == [len(data)] * 8
-    # Eight at once share the budget of two full blocks: 1 MiB blocks, not 4.
-    assert max(driver.sizes) == 1024 * 1024
+    # Eight at once share the budget of two full blocks: 1 MiB blocks, not 4. (The last
+    # uploads to finish may take larger ones once the first have ended.)
+    assert statistics.median(driver.sizes) == 1024 * 1024
+    assert driver.sizes.count(1024 * 1024) >= len(driver.sizes) // 2
     for upload_id in ["c" * 32, *ids]:
         await store.commit_upload(upload_id, len(data), Digest.of(data, "sha256"))
     assert files(root) == [layout.blob_key(Digest.of(data, "sha256"))]
