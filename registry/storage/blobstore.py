@@ -26,6 +26,17 @@ _MAX_CACHED_HASHERS = 1024
 MIN_BLOCK_BYTES = 256 * 1024
 _HASH_ON_LOOP_BYTES = 64 * 1024  # hashing this much takes ~50 us: not worth a thread hop
 _MAX_PIECES = 256  # body pieces in one block; more (tiny ones) are joined
+_SMALL_PIECE = 64 * 1024  # pieces below this may be joined; larger ones are left as they came
+
+
+def _join_small_tail(pieces: list[bytes]) -> None:
+    """Join the run of small pieces at the end of `pieces`, in place. Only the tail: a piece
+    that has grown large is not copied again, so a body of tiny pieces costs each byte a few
+    copies, not one per join."""
+    start = len(pieces)
+    while start and len(pieces[start - 1]) < _SMALL_PIECE:
+        start -= 1
+    pieces[start:] = [b"".join(pieces[start:])]
 
 
 class BlobStore:
@@ -94,8 +105,8 @@ class BlobStore:
                     size += buffered
                     await pipeline.push(pieces)
                     pieces, buffered = [], 0
-                elif len(pieces) >= _MAX_PIECES:  # a body of tiny pieces
-                    pieces = [b"".join(pieces)]
+                elif len(pieces) >= _MAX_PIECES:
+                    _join_small_tail(pieces)
             if pieces:
                 size += buffered
                 await pipeline.push(pieces)

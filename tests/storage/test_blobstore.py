@@ -175,17 +175,22 @@ async def test_delete_upload_and_blob(store: BlobStore, root: Path) -> None:
     assert files(root) == []
 
 
-class BlockSizes(FilesystemDriver):
-    """The real filesystem driver, noting the size of every block its writers get."""
+class NotedWrites(FilesystemDriver):
+    """The real filesystem driver, noting the lengths of the pieces of every write (one
+    block) its writers get."""
 
-    sizes: list[int]
+    writes: list[list[int]]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [sum(pieces) for pieces in self.writes]
 
     async def append(self, key: str, offset: int):  # type: ignore[no-untyped-def]
         writer = await super().append(key, offset)
         write = writer.write
 
         async def noted(*pieces: bytes) -> None:
-            self.sizes.append(sum(map(len, pieces)))
+            self.writes.append([len(piece) for piece in pieces])
             await write(*pieces)
 
         writer.write = noted  # type: ignore[method-assign]
@@ -195,8 +200,8 @@ class BlockSizes(FilesystemDriver):
 async def test_blocks_shrink_as_uploads_run_side_by_side(root: Path) -> None:
     import asyncio
 
-    driver = BlockSizes(root)
-    driver.sizes = []
+    driver = NotedWrites(root)
+    driver.writes = []
     store = BlobStore(driver, buffer_bytes=4 * 1024 * 1024)
     data = os.urandom(8 * 1024 * 1024)
     gate = asyncio.Event()
@@ -208,7 +213,7 @@ async def test_blocks_shrink_as_uploads_run_side_by_side(root: Path) -> None:
 
     alone = await store.append_upload("c" * 32, 0, body(split(data, 64 * 1024)))
     assert alone == len(data) and max(driver.sizes) == 4 * 1024 * 1024
-    driver.sizes.clear()
+    driver.writes.clear()
     ids = [f"{i:032x}" for i in range(8)]
     tasks = [asyncio.ensure_future(store.append_upload(i, 0, slow_body())) for i in ids]
     await asyncio.sleep(0.05)
@@ -221,3 +226,22 @@ async def test_blocks_shrink_as_uploads_run_side_by_side(root: Path) -> None:
     for upload_id in ["c" * 32, *ids]:
         await store.commit_upload(upload_id, len(data), Digest.of(data, "sha256"))
     assert files(root) == [layout.blob_key(Digest.of(data, "sha256"))]
+
+
+async def test_a_body_of_tiny_pieces_is_stored_whole_in_bounded_writes(root: Path) -> None:
+    """Tens of thousands of pieces of a few bytes, between large ones: stored exactly, and
+    joined into writes of a few hundred pieces at most (one vectored write each)."""
+    import random
+
+    rng = random.Random(7)
+    pieces = [rng.randbytes(rng.choice((1, 3, 100, 300))) for _ in range(40_000)]
+    pieces[20_000:20_000] = [rng.randbytes(100_000) for _ in range(30)]
+    data = b"".join(pieces)
+    driver = NotedWrites(root)
+    driver.writes = []
+    store = BlobStore(driver)
+    assert await store.append_upload(UPLOAD, 0, body(pieces)) == len(data)
+    assert max(len(pieces) for pieces in driver.writes) <= 512
+    digest = Digest.of(data, "sha256")
+    await store.commit_upload(UPLOAD, len(data), digest)
+    assert await store.read_all(digest) == data
