@@ -165,8 +165,9 @@ def push_pipeline_mbps(folder: Path, total: int, block: int = BLOCK) -> float:
                 while got < block and (n := conn.recv_into(view[got:])):
                     got += n
                 if got:
-                    to_hash.put(buffer if got == block else buffer[:got])
-                    to_write.put(buffer if got == block else buffer[:got])
+                    received = buffer if got == block else buffer[:got]
+                    to_hash.put(received)
+                    to_write.put(received)
                 if got < block:
                     break
         to_hash.put(None)
