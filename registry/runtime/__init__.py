@@ -12,5 +12,6 @@ Modules, one job each:
 - `spec`: turning image config plus flags into the process to run (argv, env, user).
 - `linux`, `capabilities`, `cgroups`, `rootfs`, `sandbox`: the Linux parts of running.
 - `state`, `supervisor`, `volumes`: containers' records, their lifetimes and volumes.
-- `cli`: the subcommands (`login`, `pull`, `images`, `rmi`, `run`, `ps`, ...).
+- `commands`: the subcommands, a module per group (`images`: login, pull, images, rmi;
+  `run`; `containers`: ps, logs, stop, rm, inspect); `cli` runs them on their own.
 """

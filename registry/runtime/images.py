@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from registry.runtime.errors import LocalImageNotFound
+from registry.runtime.state import ContainerStore
 from registry.runtime.store import Store
 
 
@@ -112,3 +113,21 @@ class ImageIndex:
                 del images[record.id]
             self.save(images)
             return record, removed
+
+
+def collect_garbage(store: Store) -> None:
+    """Remove blobs and unpacked layers that no image record and no container needs."""
+    with store.locked():
+        records = ImageIndex(store).load().values()
+        containers = ContainerStore(store).all()
+        layers = {d for r in records for d in r.diff_ids} | {
+            d for c in containers for d in c.diff_ids
+        }
+        blobs = {b for r in records for b in (*r.layers, r.id, r.manifest_digest)}
+        blobs |= {ref.rpartition("@")[2] for r in records for ref in r.refs if "@" in ref}
+        for diff_id in store.layer_ids():
+            if diff_id not in layers:
+                store.remove_layer(diff_id)
+        for digest in store.blob_digests():
+            if digest not in blobs:
+                store.remove_blob(digest)
