@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import tarfile
 from pathlib import Path
@@ -11,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from registry.runtime.errors import LayerRejected
-from registry.runtime.unpack import read_layer_info, symlink_escapes, unpack_layer
+from registry.runtime.unpack import (
+    LayerWriter,
+    read_layer_info,
+    symlink_escapes,
+    unpack_layer,
+)
 from runtime.imaging import (
     Entry,
     Layer,
@@ -165,3 +171,109 @@ def test_symlink_escape_rule() -> None:
     assert symlink_escapes(("a",), "../x")
     assert not symlink_escapes(("a", "b"), "../x")
     assert not symlink_escapes(("a",), "/../../x")
+
+
+# --- metadata applied through a path that a later entry turned into a symlink ---------------
+
+
+def _canary(tmp_path: Path) -> tuple[Path, Path, dict[str, tuple[int, int, int]]]:
+    """A folder and a file outside the layer whose owner and mode must not change."""
+    folder = tmp_path / "canary"
+    folder.mkdir()
+    os.chmod(folder, 0o755)
+    target = folder / "shadow"
+    target.write_text("root:*:1:0:99999:7:::\n")
+    os.chmod(target, 0o640)
+    (folder / "b").mkdir()
+
+    def snapshot() -> dict[str, tuple[int, int, int]]:
+        out = {}
+        for path in (folder, target, folder / "b"):
+            st = os.lstat(path)
+            out[str(path)] = (st.st_mode, st.st_uid, st.st_gid)
+        return out
+
+    return folder, target, snapshot()
+
+
+def _unchanged(folder: Path, before: dict[str, tuple[int, int, int]]) -> None:
+    for path, (mode, uid, gid) in before.items():
+        st = os.lstat(path)
+        assert (st.st_mode, st.st_uid, st.st_gid) == (mode, uid, gid), path
+    with pytest.raises(OSError):
+        os.getxattr(folder / "b", "trusted.overlay.opaque")
+
+
+@pytest.mark.parametrize("privileged", [True, False] if ROOT else [False])
+def test_directory_metadata_never_lands_through_a_later_symlink(
+        tmp_path: Path, privileged: bool) -> None:
+    """`x/` and `x/shadow/` as set-id dirs of uid 1000, then `x -> <canary>`: the remembered
+    directories' owner and mode must not be applied to the canary's files."""
+    folder, _, before = _canary(tmp_path)
+    dest = unpack(tmp_path / "nested", [
+        directory("x", 0o6777, uid=1000, gid=1000),
+        directory("x/shadow", 0o6777, uid=1000, gid=1000),
+        symlink("x", str(folder)),
+    ], privileged=privileged)
+    _unchanged(folder, before)
+    assert os.readlink(dest / "fs/x") == str(folder)
+
+
+@pytest.mark.parametrize("privileged", [True, False] if ROOT else [False])
+def test_single_level_directory_replaced_by_a_symlink(tmp_path: Path, privileged: bool) -> None:
+    folder, target, before = _canary(tmp_path)
+    unpack(tmp_path / "single", [
+        directory("d", 0o6777, uid=1000, gid=1000),
+        symlink("d", str(target)),
+        directory("e", 0o777, uid=1000, gid=1000),
+        symlink("e", str(folder)),
+    ], privileged=privileged)
+    _unchanged(folder, before)
+
+
+@pytest.mark.skipif(not ROOT, reason="overlay markers are set only when privileged")
+def test_opaque_marker_never_lands_through_a_later_symlink(tmp_path: Path) -> None:
+    folder, _, before = _canary(tmp_path)
+    unpack(tmp_path / "opaque", [
+        directory("a"), directory("a/b"), file("a/b/.wh..wh..opq"),
+        symlink("a", str(folder)),
+    ], privileged=True)
+    _unchanged(folder, before)
+
+
+def test_a_directory_replaced_and_made_again_gets_the_last_metadata(tmp_path: Path) -> None:
+    dest = unpack(tmp_path, [
+        directory("d", 0o700), file("d", "now a file"), directory("d", 0o751),
+        file("d/inside", "x"),
+    ])
+    assert stat.S_IMODE(os.lstat(dest / "fs/d").st_mode) == 0o751
+    assert (dest / "fs/d/inside").read_text() == "x"
+
+
+def test_absurd_numbers_in_a_header_are_a_clean_refusal(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("f")
+        info.pax_headers = {"mtime": "1" + "0" * 30, "uid": str(1 << 70)}
+        tar.addfile(info, io.BytesIO(b""))
+    blob = tmp_path / "blob"
+    blob.write_bytes(buf.getvalue())
+    with pytest.raises(LayerRejected, match="impossible metadata"):
+        unpack_layer(blob, tmp_path / "layer")
+
+
+def test_finish_walks_again_and_skips_a_directory_swapped_for_a_symlink(tmp_path: Path) -> None:
+    """The late walk itself refuses symlinks, whatever the writer remembered."""
+    folder, _, before = _canary(tmp_path)
+    root = tmp_path / "root"
+    root.mkdir()
+    writer = LayerWriter(root, privileged=ROOT)
+    buf = io.BytesIO(tar_bytes([directory("x", 0o6777, uid=1000), directory("x/b", 0o6777)]))
+    with tarfile.open(fileobj=buf, mode="r|") as tar:
+        for member in tar:
+            writer.apply(tar, member)
+    shutil.rmtree(root / "x")
+    os.symlink(folder, root / "x")  # as if swapped behind the writer's back
+    writer.finish()
+    writer.close()
+    _unchanged(folder, before)
