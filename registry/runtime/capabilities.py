@@ -25,14 +25,16 @@ def last_cap() -> int:
         return 40
 
 
-def drop_to_default(highest: int) -> None:
-    """Bounding set and effective/permitted/inheritable down to Docker's defaults.
+def drop_to_default(highest: int, keep_mknod: bool = True) -> None:
+    """Bounding set and effective/permitted/inheritable down to Docker's defaults (less
+    CAP_MKNOD where no devices cgroup filters what it makes).
 
     Docker leaves the inheritable set empty; a later setuid to non-root clears the rest,
     as it does under Docker.
     """
+    kept = DEFAULT_MASK if keep_mknod else DEFAULT_MASK & ~(1 << DOCKER_DEFAULT["CAP_MKNOD"])
     for cap in range(highest + 1):
-        if not DEFAULT_MASK & (1 << cap):
+        if not kept & (1 << cap):
             with contextlib.suppress(OSError):  # EINVAL for caps the kernel lacks
                 linux.prctl(linux.PR_CAPBSET_DROP, cap)
-    linux.capset(DEFAULT_MASK, DEFAULT_MASK, 0)
+    linux.capset(kept, kept, 0)

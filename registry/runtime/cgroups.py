@@ -1,9 +1,14 @@
-"""Resource limits with cgroups, v1 or v2 found by looking at /sys/fs/cgroup.
+"""Resource limits and the device allow-list with cgroups, v1 or v2 found by looking at
+/sys/fs/cgroup.
 
-Each container gets `pocket/<id>` in every hierarchy it needs (v1: memory, pids, cpu;
-v2: the unified tree with those controllers enabled). The container joins by writing
-`0` to file descriptors opened before pivot_root, so only the container's processes are
-counted. `remove` deletes the groups once the container is gone.
+Each container gets `pocket/<id>` in every hierarchy it needs (v1: memory, pids, cpu and
+devices; v2: the unified tree with the first three enabled). The container joins by
+writing `0` to file descriptors opened before pivot_root, so only the container's
+processes are counted. `remove` deletes the groups once the container is gone.
+
+Devices: v1 denies everything, then allows Docker's defaults (`DEVICE_RULES`). v2 has no
+devices controller (it takes an eBPF program); there `filters_devices` is False and the
+container loses CAP_MKNOD instead. Either way its mounts are `nodev` (see `mounts`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PARENT = "pocket"
 CFS_PERIOD = 100_000
+# Docker's default device rules: mknod of anything, read/write only of these nodes.
+DEVICE_RULES = ("c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm",
+                "c 1:9 rwm", "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm")
 
 
 @dataclass(frozen=True)
@@ -65,8 +73,13 @@ class Cgroup:
         if self.version == 2:
             self.dirs = [root / name]
         else:
-            wanted = ["memory", "pids", "cpu"]
+            wanted = ["memory", "pids", "cpu", "devices"]
             self.dirs = [root / c / name for c in wanted if (root / c).is_dir()]
+
+    @property
+    def filters_devices(self) -> bool:
+        """Whether the kernel enforces `DEVICE_RULES` for this container."""
+        return any(d.parent.parent.name == "devices" for d in self.dirs)
 
     def create(self) -> None:
         if self.version == 2:
@@ -107,6 +120,10 @@ class Cgroup:
             elif controller == "cpu" and lim.cpus is not None:
                 _write(d / "cpu.cfs_period_us", str(CFS_PERIOD))
                 _write(d / "cpu.cfs_quota_us", str(int(lim.cpus * CFS_PERIOD)))
+            elif controller == "devices":
+                _write(d / "devices.deny", "a")
+                for rule in DEVICE_RULES:
+                    _write(d / "devices.allow", rule)
 
     def open_procs(self) -> list[int]:
         """Write-only fds of each group's `cgroup.procs`, to join after pivot_root."""

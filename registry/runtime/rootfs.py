@@ -55,18 +55,18 @@ def makedirs_in(root: str, path: str, mode: int = 0o755) -> str:
     return target
 
 
-def mount_overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path) -> None:
+def mount_overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path,
+                  flags: int = 0) -> None:
     """Mount lowers (top layer first) + upper at target; raises OSError if unsupported."""
-    upper.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    target.mkdir(parents=True, exist_ok=True)
+    for folder in (upper, work, target):  # 0755: the merged root takes upper's mode
+        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
     options = f"lowerdir={':'.join(str(p) for p in lowers)},upperdir={upper},workdir={work}"
-    linux.mount("overlay", str(target), "overlay", 0, options)
+    linux.mount("overlay", str(target), "overlay", flags, options)
 
 
 def copy_layers(layer_dirs: Sequence[Path], target: Path) -> None:
     """Apply layers (bottom first) into `target` by copying, honouring whiteouts."""
-    target.mkdir(parents=True, exist_ok=True)
+    target.mkdir(mode=0o755, parents=True, exist_ok=True)
     for layer in layer_dirs:
         info = read_layer_info(layer)
         for rel in info.opaque_dirs:

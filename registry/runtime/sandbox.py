@@ -24,7 +24,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -32,9 +31,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry.runtime import capabilities, linux
+from registry.runtime import capabilities, linux, mounts
 from registry.runtime.errors import StartFailure
-from registry.runtime.rootfs import copy_layers, makedirs_in, mount_overlay, secure_join
+from registry.runtime.rootfs import makedirs_in, secure_join
 from registry.runtime.spec import ExecUser, resolve_user, with_home
 from registry.runtime.state import Container
 
@@ -42,12 +41,6 @@ FORWARDED_SIGNALS = (
     signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
     signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM, signal.SIGCONT,
 )
-_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
-            ("urandom", 1, 9), ("tty", 5, 0))
-_MASKED = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-           "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-           "/sys/firmware")
-_READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
 
 @dataclass
@@ -62,6 +55,7 @@ class Launch:
     error_fd: int = -1
     stdio: tuple[int, int, int] = (0, 1, 2)
     last_cap: int = 40
+    keep_mknod: bool = True  # False where no devices cgroup filters what mknod makes
 
 
 def stage1(launch: Launch, info_fd: int) -> None:
@@ -131,17 +125,19 @@ def _setup(launch: Launch) -> tuple[ExecUser, list[str]]:
     linux.unshare(flags)
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     rootfs = launch.container_dir / "rootfs"
-    _mount_rootfs(launch, rootfs)
+    mounts.mount_rootfs(launch.lowers, launch.container_dir, rootfs, launch.storage)
     root = str(rootfs)
+    mounts.refuse_special_symlinks(root)
     user = resolve_user(c.user, _read(root, "/etc/passwd"), _read(root, "/etc/group"))
     env = with_home(c.env, user.home)
     for m in c.mounts:
-        _bind(root, m.source, m.destination, m.readonly, seed=bool(m.volume))
-    _etc_files(launch, root)
+        mounts.bind(root, m.source, m.destination, m.readonly, seed=bool(m.volume))
+    mounts.etc_files(launch.container_dir, root)
     makedirs_in(root, c.workdir)
-    _mount_proc(root)
-    _mount_dev(root)
-    _mount_sys(root)
+    mounts.mount_proc(root)
+    mounts.mount_dev(root)
+    mounts.mount_sys(root)
+    mounts.mask(root)
     os.chdir(root)
     linux.pivot_root(".", ".")
     linux.umount(".", linux.MNT_DETACH)
@@ -157,120 +153,12 @@ def _setup(launch: Launch) -> tuple[ExecUser, list[str]]:
     return user, env
 
 
-def _mount_rootfs(launch: Launch, rootfs: Path) -> None:
-    d = launch.container_dir
-    storage = launch.storage
-    if storage in ("overlay", "auto"):
-        lowers = list(reversed(launch.lowers)) or [d / "empty"]
-        (d / "empty").mkdir(exist_ok=True)
-        try:
-            mount_overlay(lowers, d / "upper", d / "work", rootfs)
-            return
-        except OSError:
-            if storage == "overlay":
-                raise
-    if not (d / "copied").exists():
-        copy_layers([fs.parent for fs in launch.lowers], rootfs)
-        (d / "copied").touch()
-    linux.mount(str(rootfs), str(rootfs), None, linux.MS_BIND | linux.MS_REC)
-
-
 def _read(root: str, path: str) -> str | None:
     try:
         with open(secure_join(root, path), encoding="utf-8", errors="replace") as f:
             return f.read()
     except OSError:
         return None
-
-
-def _bind(root: str, source: str, destination: str, readonly: bool, seed: bool) -> None:
-    target = secure_join(root, destination)
-    if os.path.isdir(source):
-        if seed and os.path.isdir(target) and not os.listdir(source):
-            # a new named volume starts with the image's content at its mount point
-            shutil.copytree(target, source, symlinks=True, dirs_exist_ok=True)
-        os.makedirs(target, exist_ok=True)
-    else:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        if not os.path.exists(target):
-            open(target, "a").close()
-    linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
-    if readonly:
-        linux.mount(None, target, None,
-                    linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_REC)
-
-
-def _etc_files(launch: Launch, root: str) -> None:
-    etc = secure_join(root, "/etc")
-    if not os.path.isdir(etc):
-        return
-    for name in ("hostname", "hosts", "resolv.conf"):
-        source = launch.container_dir / name
-        if source.exists():
-            _bind(root, str(source), f"/etc/{name}", readonly=False, seed=False)
-
-
-def _mount_proc(root: str) -> None:
-    proc = makedirs_in(root, "/proc")
-    linux.mount("proc", proc, "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
-    for path in _READONLY:
-        target = os.path.join(root, path.lstrip("/"))
-        if os.path.exists(target):
-            linux.mount(target, target, None, linux.MS_BIND | linux.MS_REC)
-            linux.mount(None, target, None,
-                        linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_REC)
-
-
-def _mask(root: str) -> None:
-    for path in _MASKED:
-        target = os.path.join(root, path.lstrip("/"))
-        if os.path.isdir(target) and not os.path.islink(target):
-            linux.mount("tmpfs", target, "tmpfs", linux.MS_RDONLY)
-        elif os.path.exists(target):
-            linux.mount(os.path.join(root, "dev/null"), target, None, linux.MS_BIND)
-
-
-def _mount_dev(root: str) -> None:
-    dev = makedirs_in(root, "/dev")
-    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_STRICTATIME,
-                "mode=755,size=65536k")
-    for name, major, minor in _DEVICES:
-        path = os.path.join(dev, name)
-        try:
-            os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
-            os.chmod(path, 0o666)
-        except OSError:
-            open(path, "a").close()
-            linux.mount(f"/dev/{name}", path, None, linux.MS_BIND)
-    os.makedirs(os.path.join(dev, "pts"))
-    linux.mount("devpts", os.path.join(dev, "pts"), "devpts",
-                linux.MS_NOSUID | linux.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
-    os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
-    os.makedirs(os.path.join(dev, "shm"))
-    linux.mount("shm", os.path.join(dev, "shm"), "tmpfs",
-                linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, "mode=1777,size=65536k")
-    os.makedirs(os.path.join(dev, "mqueue"))
-    with contextlib.suppress(OSError):
-        linux.mount("mqueue", os.path.join(dev, "mqueue"), "mqueue",
-                    linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-                         ("core", "/proc/kcore")):
-        os.symlink(target, os.path.join(dev, name))
-    _mask(root)
-
-
-def _mount_sys(root: str) -> None:
-    sys_dir = makedirs_in(root, "/sys")
-    flags = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
-    try:
-        linux.mount("sysfs", sys_dir, "sysfs", flags)
-    except OSError:
-        linux.mount("/sys", sys_dir, None, linux.MS_BIND | linux.MS_REC)
-        linux.mount(None, sys_dir, None, linux.MS_BIND | linux.MS_REMOUNT | flags)
-    firmware = os.path.join(sys_dir, "firmware")
-    if os.path.isdir(firmware):
-        linux.mount("tmpfs", firmware, "tmpfs", linux.MS_RDONLY)
 
 
 def _loopback_up() -> None:
@@ -284,7 +172,7 @@ def _drop_privileges(launch: Launch, user: ExecUser) -> None:
     for fd in launch.cgroup_fds:
         os.write(fd, b"0")
         os.close(fd)
-    capabilities.drop_to_default(launch.last_cap)
+    capabilities.drop_to_default(launch.last_cap, keep_mknod=launch.keep_mknod)
     os.setgroups(sorted({user.gid, *user.groups}))  # Docker adds the primary group too
     os.setgid(user.gid)
     os.setuid(user.uid)

@@ -160,7 +160,7 @@ class ContainerStore:
                         f'"{other.id}"; remove (or rename) that container to be able to reuse '
                         "that name"
                     )
-            self.dir(container.id).mkdir(parents=True)
+            self.dir(container.id).mkdir(mode=0o700)
             self.save(container)
 
     def remove(self, container_id: str) -> None:

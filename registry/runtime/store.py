@@ -12,6 +12,10 @@ else `$XDG_DATA_HOME/pocket-registry`)::
     tmp/                          downloads and unpacks in progress, renamed when verified
     lock                          flock(2) serialising changes to the records
 
+Every folder here is 0700 (whatever the umask), as Docker's /var/lib/docker is closed:
+layers hold set-id files and device nodes from images, and containers' upper dirs and
+volumes whatever container root wrote; no other local user may reach them.
+
 Everything in `blobs/` and `layers/` is immutable and written temp-then-rename after its
 digest was checked, so a crash leaves an orphan in `tmp/`, never a wrong blob.
 """
@@ -22,6 +26,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,8 +53,9 @@ class Store:
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = (root or default_root()).absolute()
+        private_dir(self.root)
         for sub in ("blobs", "layers", "containers", "volumes", "tmp"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            private_dir(self.root / sub)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -186,6 +192,15 @@ class BlobWriter:
         self._file.close()
         with contextlib.suppress(FileNotFoundError):
             self._tmp.unlink()
+
+
+def private_dir(path: Path) -> None:
+    """Make `path` (and missing parents) a folder only its owner can enter: created 0700,
+    and an existing one of ours tightened (a shared sticky folder such as /tmp is left)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid == os.geteuid() and not st.st_mode & stat.S_ISVTX and st.st_mode & 0o077:
+        os.chmod(path, 0o700)
 
 
 def remove_tree(path: Path) -> None:

@@ -70,11 +70,10 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 resolv = Path("/etc/resolv.conf").read_text()
         (self.dir / "resolv.conf").write_text(resolv)
-        if self.cgroup.limits.any:
-            try:
-                self.cgroup.create()
-            except OSError as exc:
-                raise RuntimeFailure(f"cannot set resource limits: {exc}") from None
+        try:
+            self.cgroup.create()
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot set up the container's cgroups: {exc}") from None
 
     def start(self) -> None:
         """Fork the container; return once its command runs (or raise StartFailure)."""
@@ -86,8 +85,9 @@ class Supervisor:
             lowers=[self.store.layer_dir(d) / "fs" for d in c.diff_ids],
             container_dir=self.dir,
             storage=os.environ.get("POCKET_RUNTIME_STORAGE", "auto"),
-            cgroup_fds=self.cgroup.open_procs() if self.cgroup.limits.any else [],
+            cgroup_fds=self.cgroup.open_procs(),
             last_cap=capabilities.last_cap(),
+            keep_mknod=self.cgroup.filters_devices,
         )
         stdin = os.open("/dev/null", os.O_RDONLY) if not c.interactive else 0
         if c.detached:
@@ -203,8 +203,7 @@ class Supervisor:
         return code
 
     def finish(self) -> None:
-        if self.cgroup.limits.any:
-            self.cgroup.remove()
+        self.cgroup.remove()
         if self.container.auto_remove:
             self.containers.remove(self.container.id)
 

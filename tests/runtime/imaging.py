@@ -32,7 +32,7 @@ def sha256(data: bytes) -> str:
 @dataclass
 class Entry:
     name: str
-    kind: str = "file"  # file, dir, symlink, hardlink, chr, fifo
+    kind: str = "file"  # file, dir, symlink, hardlink, chr, blk, fifo
     data: bytes = b""
     target: str = ""
     mode: int = 0o644
@@ -72,7 +72,7 @@ def tar_bytes(entries: Iterable[Entry]) -> bytes:
                 continue
             info.type = {
                 "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE,
-                "chr": tarfile.CHRTYPE, "fifo": tarfile.FIFOTYPE,
+                "chr": tarfile.CHRTYPE, "blk": tarfile.BLKTYPE, "fifo": tarfile.FIFOTYPE,
             }[e.kind]
             info.linkname = e.target
             info.devmajor, info.devminor = e.devmajor, e.devminor
