@@ -30,6 +30,9 @@ MNT_DETACH = 2
 PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
 
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "armv7l": 218, "ppc64le": 203,
                "s390x": 217}
@@ -69,6 +72,12 @@ def pivot_root(new_root: str, put_old: str) -> None:
 
 def prctl(option: int, arg: int = 0) -> None:
     _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
+                       ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl")
+
+
+def prctl_pointer(option: int, arg: int, pointer: int) -> None:
+    """prctl(option, arg, pointer): for the calls whose third argument is an address."""
+    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_void_p(pointer),
                        ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl")
 
 

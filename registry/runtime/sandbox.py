@@ -9,9 +9,10 @@ Design (a helper process per container, no long-lived daemon)::
                 at rootfs -> volumes and /etc/{hostname,hosts,resolv.conf} bind mounts
                 -> /proc (with Docker's masked paths), /dev (tmpfs, nodes, pts, shm,
                 mqueue), read-only /sys -> pivot_root(".", ".") and detach the old root
-                -> hostname, `lo` up -> join cgroups -> Docker's capabilities ->
-                groups/gid/uid -> exec the command (or, with --init, stay as a tiny init
-                that forwards signals and reaps zombies).
+                -> hostname, `lo` up -> join cgroups -> no_new_privs (if asked) ->
+                seccomp -> Docker's capabilities -> groups/gid/uid -> exec the command
+                (or, with --init, stay as a tiny init that forwards signals and reaps
+                zombies).
 
 Stage 2 reports a failure before exec on a close-on-exec pipe as `<exit code>\\n<message>`
 and exits with that code (127 not found, 126 not executable, 125 otherwise); EOF without a
@@ -31,7 +32,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry.runtime import capabilities, linux, mounts
+from registry.runtime import capabilities, linux, mounts, seccomp
 from registry.runtime.errors import StartFailure
 from registry.runtime.rootfs import makedirs_in, secure_join
 from registry.runtime.spec import ExecUser, resolve_user, with_home
@@ -56,6 +57,7 @@ class Launch:
     stdio: tuple[int, int, int] = (0, 1, 2)
     last_cap: int = 40
     keep_mknod: bool = True  # False where no devices cgroup filters what mknod makes
+    seccomp_filter: bytes | None = None  # compiled before the fork; None: unconfined
 
 
 def stage1(launch: Launch, info_fd: int) -> None:
@@ -168,11 +170,22 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, 0x8914, struct.pack("16sH22x", b"lo", flags | 0x1 | 0x40))
 
 
-def _drop_privileges(launch: Launch, user: ExecUser) -> None:
+def _confine(launch: Launch) -> None:
+    """What every process of the container lives under, applied once in pid 1: its
+    cgroups, no_new_privs when asked, the seccomp filter (loaded while CAP_SYS_ADMIN still
+    allows it without no_new_privs), then Docker's default capabilities."""
     for fd in launch.cgroup_fds:
         os.write(fd, b"0")
         os.close(fd)
+    launch.cgroup_fds = []
+    if launch.container.no_new_privileges:
+        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    if launch.seccomp_filter is not None:
+        seccomp.install(launch.seccomp_filter)
     capabilities.drop_to_default(launch.last_cap, keep_mknod=launch.keep_mknod)
+
+
+def _become(user: ExecUser) -> None:
     os.setgroups(sorted({user.gid, *user.groups}))  # Docker adds the primary group too
     os.setgid(user.gid)
     os.setuid(user.uid)
@@ -202,8 +215,10 @@ def _lookup(argv0: str, env: list[str]) -> str:
     raise StartFailure(f'exec: "{argv0}": executable file not found in $PATH', 127)
 
 
-def _exec(launch: Launch, user: ExecUser, env: list[str]) -> None:
-    _drop_privileges(launch, user)
+def _exec(launch: Launch, user: ExecUser, env: list[str], confined: bool = False) -> None:
+    if not confined:
+        _confine(launch)
+    _become(user)
     argv = launch.container.argv
     path = _lookup(argv[0], env)
     _reset_signals()
@@ -218,20 +233,20 @@ def _exec(launch: Launch, user: ExecUser, env: list[str]) -> None:
 
 
 def _run_init(launch: Launch, user: ExecUser, env: list[str]) -> None:
-    """--init: fork the command, forward signals to it, reap every zombie; exit as it did."""
+    """--init: fork the command, forward signals to it, reap every zombie; exit as it did.
+    The init is confined like the command (it stays root)."""
     linux.set_process_name("init")
+    _confine(launch)
     child = os.fork()
     if child == 0:
         try:
             os.setpgid(0, 0)
-            _exec(launch, user, env)
+            _exec(launch, user, env, confined=True)
         except StartFailure as exc:
             _report(launch.error_fd, exc.exit_code, exc.message)
         finally:
             os._exit(125)
     os.close(launch.error_fd)
-    for fd in launch.cgroup_fds:
-        os.close(fd)
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):

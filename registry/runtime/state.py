@@ -57,6 +57,9 @@ class Container:
     memory: int | None = None
     pids_limit: int | None = None
     cpus: float | None = None
+    seccomp: str = "default"  # default, unconfined or custom (then seccomp_profile)
+    seccomp_profile: dict[str, Any] | None = None
+    no_new_privileges: bool = False
     created: float = field(default_factory=time.time)
     status: str = "created"
     pid: int = 0

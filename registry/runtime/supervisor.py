@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from registry.runtime import capabilities
+from registry.runtime import capabilities, seccomp
 from registry.runtime.cgroups import Cgroup, Limits
 from registry.runtime.errors import NotPrivileged, RuntimeFailure, StartFailure
 from registry.runtime.sandbox import FORWARDED_SIGNALS, Launch, stage1
@@ -44,6 +44,13 @@ def check_privileges() -> None:
         raise NotPrivileged("running containers needs root (namespaces, mounts, cgroups)")
     if not Path("/proc/self/ns/pid").exists():
         raise NotPrivileged("this kernel has no namespaces")
+
+
+def _seccomp_filter(c: Container) -> bytes | None:
+    if c.seccomp == "unconfined":
+        return None
+    profile = c.seccomp_profile if c.seccomp == "custom" else seccomp.DEFAULT_PROFILE
+    return seccomp.compile_filter(profile or {})
 
 
 class Supervisor:
@@ -88,6 +95,7 @@ class Supervisor:
             cgroup_fds=self.cgroup.open_procs(),
             last_cap=capabilities.last_cap(),
             keep_mknod=self.cgroup.filters_devices,
+            seccomp_filter=_seccomp_filter(c),
         )
         stdin = os.open("/dev/null", os.O_RDONLY) if not c.interactive else 0
         if c.detached:

@@ -210,6 +210,11 @@ def inspect_container(c: Container) -> dict[str, Any]:
             "Memory": c.memory or 0,
             "PidsLimit": c.pids_limit,
             "NanoCpus": int((c.cpus or 0) * 1e9),
+            "SecurityOpt": [
+                *(["seccomp=unconfined"] if c.seccomp == "unconfined" else []),
+                *(["seccomp=<custom profile>"] if c.seccomp == "custom" else []),
+                *(["no-new-privileges"] if c.no_new_privileges else []),
+            ] or None,
         },
         "Mounts": [
             {

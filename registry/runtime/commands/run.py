@@ -18,6 +18,7 @@ from registry.runtime.errors import RuntimeFailure, StartFailure
 from registry.runtime.images import ImageRecord
 from registry.runtime.platform import parse_platform
 from registry.runtime.pull import ensure_image
+from registry.runtime.seccomp import parse_security_opts
 from registry.runtime.spec import build_spec, cli_env, read_env_file
 from registry.runtime.state import Container, ContainerStore, new_id, random_name
 from registry.runtime.store import Store
@@ -74,6 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if m.volume:
             ensure_volume(store, m.volume)
     memory, pids, cpus = _limits(args)
+    security = parse_security_opts(args.security_opt)
     if args.network not in ("host", "none"):
         raise RuntimeFailure(f"network {args.network!r} is not supported (host or none)")
     container = Container(
@@ -96,6 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         memory=memory,
         pids_limit=pids,
         cpus=cpus,
+        seccomp=security.seccomp,
+        seccomp_profile=security.profile,
+        no_new_privileges=security.no_new_privileges,
     )
     containers = ContainerStore(store)
     if not args.name:
@@ -180,6 +185,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("-m", "--memory", help="memory limit, e.g. 64m or 1g")
     p.add_argument("--pids-limit", type=int, help="most processes at once")
     p.add_argument("--cpus", type=float, help="CPU share, e.g. 0.5")
+    p.add_argument(
+        "--security-opt",
+        action="append",
+        default=[],
+        help="seccomp=unconfined, seccomp=<profile.json> (Docker's format), no-new-privileges",
+    )
     p.add_argument("--platform", help="os/arch[/variant] to pull if the image is missing")
     p.add_argument("image", help="[host:port/]name[:tag|@digest]")
     p.add_argument(
