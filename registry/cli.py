@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from registry.config import Config, ConfigError, load_config
+if TYPE_CHECKING:
+    from registry.config import Config
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +20,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    from registry.config import load_config
+
     overrides: dict[str, Any] = {"data_dir": args.data}
     if getattr(args, "addr", None):
         overrides["server.addr"] = args.addr
@@ -68,16 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # The server logs what it does; client-side commands print only what the user asked for.
-    level = logging.INFO if args.command in ("serve", "migrate") else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """Run one command. Ctrl-C at any point, even while modules load, ends it with 130
+    and no traceback (the modules a command needs load here, not before)."""
     try:
-        return int(args.func(args))
-    except ConfigError as exc:
-        print(f"registry: configuration error: {exc}", file=sys.stderr)
-        return 2
+        from registry.config import ConfigError
+
+        args = build_parser().parse_args(argv)
+        # The server logs what it does; client-side commands print only what was asked for.
+        level = logging.INFO if args.command in ("serve", "migrate") else logging.WARNING
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        for noisy in ("alembic", "httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        try:
+            return int(args.func(args))
+        except ConfigError as exc:
+            print(f"registry: configuration error: {exc}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
-        return 130
+        interrupted()
+
+
+def interrupted() -> NoReturn:
+    """Leave at once with 130, as a shell reports Ctrl-C: threads still finishing a
+    download are not waited for (they had their chance to clean up), and a second Ctrl-C
+    during interpreter shutdown cannot print a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(130)

@@ -6,17 +6,21 @@ from __future__ import annotations
 import argparse
 import sys
 
+from registry.cli import interrupted
 from registry.runtime.commands import add_commands
 
 __all__ = ["add_commands", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="registry")
-    add_commands(parser.add_subparsers(dest="command_name", required=True))
-    args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
+    try:
+        parser = argparse.ArgumentParser(prog="registry")
+        add_commands(parser.add_subparsers(dest="command_name", required=True))
+        args = parser.parse_args(argv)
+        result: int = args.func(args)
+        return result
+    except KeyboardInterrupt:
+        interrupted()
 
 
 if __name__ == "__main__":

@@ -60,12 +60,19 @@ def default_scheme(host: str) -> str:
 
 
 def _error_message(response: httpx.Response) -> str:
+    """The registry's first error as docker prints it: `manifest unknown: <message>`."""
     try:
         errors = response.json().get("errors") or []
         first = errors[0]
-        return f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
+        code = str(first.get("code", "")).lower().replace("_", " ")
+        return f"{code}: {first.get('message', '')}".strip(": ")
     except (ValueError, AttributeError, IndexError, TypeError):
         return f"HTTP {response.status_code}"
+
+
+def _manifest_name(host: str, repo: str, reference: str) -> str:
+    separator = "@" if ":" in reference else ":"
+    return f"manifest for {host}/{repo}{separator}{reference}"
 
 
 class RegistryClient:
@@ -139,8 +146,10 @@ class RegistryClient:
 
     @contextmanager
     def _request(self, method: str, path: str, scope: str,
-                 headers: dict[str, str] | None = None) -> Iterator[httpx.Response]:
-        """Send with auth (answering one challenge), yield the streamed response."""
+                 headers: dict[str, str] | None = None,
+                 missing: str = "") -> Iterator[httpx.Response]:
+        """Send with auth (answering one challenge), yield the streamed response. `missing`
+        names what a 404 means (`manifest for host/name:tag`), as docker says it."""
         url = path if path.startswith("http") else self.base + path
         for attempt in range(2):
             send_headers = dict(headers or {})
@@ -157,13 +166,13 @@ class RegistryClient:
                 self._authorize(challenge, scope)
                 continue
             try:
-                self._check(response)
+                self._check(response, missing)
                 yield response
             finally:
                 response.close()
             return
 
-    def _check(self, response: httpx.Response) -> None:
+    def _check(self, response: httpx.Response, missing: str = "") -> None:
         status = response.status_code
         if status < 300:
             return
@@ -174,7 +183,8 @@ class RegistryClient:
         if status == 403:
             raise AccessDenied(f"{self.host}: access denied ({detail})")
         if status == 404:
-            raise ImageNotFound(f"not found on {self.host}: {detail}")
+            what = missing or f"{response.request.url.path} on {self.host}"
+            raise ImageNotFound(f"{what} not found: {detail}")
         raise RegistryError(f"{self.host} answered {status}: {detail}")
 
     # --- API ---------------------------------------------------------------------------
@@ -188,7 +198,8 @@ class RegistryClient:
         """(bytes, media type, digest) of a manifest, verified against its digest."""
         scope = f"repository:{repo}:pull"
         path = f"/v2/{repo}/manifests/{reference}"
-        with self._request("GET", path, scope, {"Accept": MANIFEST_ACCEPT}) as response:
+        with self._request("GET", path, scope, {"Accept": MANIFEST_ACCEPT},
+                           missing=_manifest_name(self.host, repo, reference)) as response:
             data = b""
             for chunk in response.iter_bytes():
                 data += chunk

@@ -13,7 +13,8 @@
     ├── ContainerNotFound          no container by that id or name
     ├── ContainerConflict          a name in use, a running container removed, ...
     ├── NotPrivileged              not root, or namespaces unavailable
-    └── StartFailure               the container's command could not start (126/127)
+    ├── StartFailure               the container's command could not start (126/127)
+    └── Interrupted                Ctrl-C: work in threads stops at its next step (130)
 
 The CLI prints `Error: <message>` on one line and exits with `exit_code`; no tracebacks.
 """
@@ -85,3 +86,9 @@ class StartFailure(RuntimeFailure):
     """The container's command could not be started (126 not executable, 127 not found)."""
 
     exit_code = 125
+
+
+class Interrupted(RuntimeFailure):
+    """The user pressed Ctrl-C: downloads and unpacks in other threads stop early."""
+
+    exit_code = 130

@@ -9,8 +9,10 @@ store are neither downloaded nor unpacked again; the rest download in parallel.
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,22 +31,34 @@ from registry.oci.manifest import Descriptor, Manifest, ManifestError, Platform,
 from registry.oci.reference import Reference, ReferenceError
 from registry.runtime import credentials
 from registry.runtime.client import RegistryClient
-from registry.runtime.errors import ContentInvalid, InvalidReference, RegistryError
+from registry.runtime.errors import (
+    ContentInvalid,
+    Interrupted,
+    InvalidReference,
+    RegistryError,
+)
 from registry.runtime.images import ImageIndex, ImageRecord
 from registry.runtime.platform import format_platform, host_platform, matches, select_manifest
 from registry.runtime.store import Store, remove_tree
 from registry.runtime.unpack import unpack_layer
 
 PARALLEL_DOWNLOADS = 4
+CANCEL_WAIT_SECONDS = 5  # for downloads to notice a Ctrl-C and remove their temp files
 LAYER_TYPES = frozenset(
     {mt.OCI_LAYER, mt.OCI_LAYER_GZIP, mt.OCI_LAYER_ZSTD, mt.DOCKER_LAYER_GZIP,
      "application/vnd.docker.image.rootfs.diff.tar"}
 ) | mt.NON_DISTRIBUTABLE_LAYERS
 
 
+DEFAULT_REGISTRY_ENV = "POCKET_DEFAULT_REGISTRY"
+DEFAULT_REGISTRY = "localhost:5000"
+
+
 def parse_reference(value: str) -> Reference:
+    """A reference; a name without a registry host (`busybox`, `team/app:1`) is on
+    $POCKET_DEFAULT_REGISTRY, else localhost:5000 (there is no Docker Hub default)."""
     try:
-        return Reference.parse(value)
+        return Reference.parse(value, os.environ.get(DEFAULT_REGISTRY_ENV) or DEFAULT_REGISTRY)
     except ReferenceError as exc:
         raise InvalidReference(f"invalid reference format: {exc}") from None
 
@@ -72,6 +86,7 @@ class Puller:
         self.store = store
         self.images = ImageIndex(store)
         self.console = console or Console(stderr=True)
+        self._cancel = threading.Event()
 
     def pull(self, reference: str, platform: Platform | None = None) -> ImageRecord:
         ref = parse_reference(reference)
@@ -159,12 +174,28 @@ class Puller:
         with Progress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
             TransferSpeedColumn(), console=self.console, transient=False,
-        ) as progress, ThreadPoolExecutor(PARALLEL_DOWNLOADS) as pool:
+        ) as progress:
+            pool = ThreadPoolExecutor(PARALLEL_DOWNLOADS)
             tasks = [
                 pool.submit(self._layer, client, ref, desc, diff_id, progress)
                 for desc, diff_id in pairs
             ]
-            return [t.result() for t in tasks]
+            try:
+                return [t.result() for t in tasks]
+            except BaseException:
+                # Ctrl-C or a failed layer: the others stop at their next MiB or entry
+                # and clean up after themselves, rather than run to the end.
+                self._cancel.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                wait(tasks, timeout=CANCEL_WAIT_SECONDS)
+                raise
+            finally:
+                pool.shutdown(wait=False)
+
+    def _advance(self, progress: Progress, task: TaskID, n: int) -> None:
+        if self._cancel.is_set():
+            raise Interrupted("interrupted")
+        progress.advance(task, n)
 
     def _layer(self, client: RegistryClient, ref: Reference, desc: Descriptor, diff_id: str,
                progress: Progress) -> int:
@@ -177,7 +208,7 @@ class Puller:
             writer = self.store.blob_writer(desc.digest, desc.size)
             try:
                 client.download_blob(ref.name, desc.digest, writer,
-                                     lambda n: progress.advance(task, n))
+                                     lambda n: self._advance(progress, task, n))
                 writer.commit()
             except BaseException:
                 writer.abort()
@@ -185,7 +216,8 @@ class Puller:
         progress.update(task, description=f"{short} extracting", completed=desc.size)
         temp = self.store.new_temp_dir("layer-")
         try:
-            info, actual = unpack_layer(self.store.blob_path(desc.digest), temp)
+            info, actual = unpack_layer(self.store.blob_path(desc.digest), temp,
+                                        cancelled=self._cancel.is_set)
             if actual != diff_id:
                 raise ContentInvalid(
                     f"layer {desc.digest} unpacks to {actual}, not the diff id {diff_id} "

@@ -1,12 +1,15 @@
 """The supervisor: holds one container from start to exit, records its status and logs.
 
-In the foreground the `run` command is the supervisor: the container shares its stdio,
-and SIGINT/SIGTERM/... it receives are forwarded to the container's pid 1. With `-d`,
-`run` starts `python -m registry.runtime.supervisor ROOT ID FD` in a new session and
-waits for one line on FD (`ok` or `<code> <message>`); the supervisor then copies the
-container's stdout/stderr into `container.log` (JSON lines, as Docker's json-file driver)
-until it exits. Lifecycle: prepare (cgroups, /etc files) -> start (fork, learn pid 1 and
-whether exec worked) -> wait (record exit code, OOM) -> finish (cgroups gone, `--rm`).
+In the foreground the `run` command is the supervisor, and SIGINT/SIGTERM/... it receives
+are forwarded to the container's pid 1 (a second Ctrl-C kills the container: run exits
+130). With `-d`, `run` starts `python -m registry.runtime.supervisor ROOT ID FD` in a new
+session and waits for one line on FD (`ok` or `<code> <message>`). Either way the
+supervisor copies the container's stdout and stderr into `container.log` (JSON lines, as
+Docker's json-file driver), and in the foreground to its own stdout and stderr too, until
+the container exits; only a foreground `--rm` container shares the terminal's stdio
+directly, since nothing would be kept. Lifecycle: prepare (cgroups, /etc files) -> start
+(fork, learn pid 1 and whether exec worked) -> wait (record exit code, OOM) -> finish
+(cgroups gone, `--rm`).
 """
 
 from __future__ import annotations
@@ -63,7 +66,9 @@ class Supervisor:
                                                   container.cpus))
         self.stage1_pid = 0
         self._log_pipes: list[tuple[int, str]] = []
+        self._tee = False  # copy the output to our stdout/stderr as well as to the log
         self._pending: list[int] = []
+        self._interrupts = 0
         self._own_pid = os.getpid()
 
     # --- prepare and start ----------------------------------------------------------------
@@ -98,10 +103,11 @@ class Supervisor:
             seccomp_filter=_seccomp_filter(c),
         )
         stdin = os.open("/dev/null", os.O_RDONLY) if not c.interactive else 0
-        if c.detached:
+        if c.detached or not c.auto_remove:
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
             self._log_pipes = [(out_r, "stdout"), (err_r, "stderr")]
+            self._tee = not c.detached
             launch.stdio = (stdin, out_w, err_w)
         else:
             launch.stdio = (stdin, 1, 2)
@@ -122,7 +128,7 @@ class Supervisor:
             os.close(fd)
         if stdin != 0:
             os.close(stdin)
-        if c.detached:
+        if self._log_pipes:
             os.close(launch.stdio[1])
             os.close(launch.stdio[2])
         with os.fdopen(info_r, "rb") as info:
@@ -158,6 +164,10 @@ class Supervisor:
         def forward(signum: int, _frame: FrameType | None) -> None:
             if os.getpid() != self._own_pid:
                 return  # a just-forked child, before it resets its handlers
+            if signum == signal.SIGINT:
+                self._interrupts += 1
+                if self._interrupts > 1:
+                    signum = signal.SIGKILL  # the second Ctrl-C: no more waiting
             if not self.container.pid:
                 self._pending.append(signum)
                 return
@@ -168,9 +178,12 @@ class Supervisor:
             signal.signal(sig, forward)
 
     def _pump_logs(self) -> None:
+        """Copy the container's output into the log (and, in the foreground, to our own
+        stdout and stderr, byte for byte) until both pipes close."""
         selector = selectors.DefaultSelector()
         for fd, stream in self._log_pipes:
             selector.register(fd, selectors.EVENT_READ, stream)
+        terminal = {"stdout": 1, "stderr": 2} if self._tee else {}
         with open(self.dir / LOG_NAME, "a", encoding="utf-8", errors="surrogateescape") as log:
             open_fds = len(self._log_pipes)
             while open_fds:
@@ -181,6 +194,8 @@ class Supervisor:
                         os.close(key.fd)
                         open_fds -= 1
                         continue
+                    if key.data in terminal and not _write_all(terminal[key.data], chunk):
+                        del terminal[key.data]  # the terminal went away; keep logging
                     now = datetime.datetime.now(datetime.UTC).isoformat()
                     text = chunk.decode("utf-8", "surrogateescape")
                     log.write(json.dumps({"log": text, "stream": key.data, "time": now}) + "\n")
@@ -208,12 +223,23 @@ class Supervisor:
         with contextlib.suppress(FileNotFoundError):  # `rm -f` got there first
             self.containers.save(c)
         self.finish()
-        return code
+        return 130 if self._interrupts > 1 else code
 
     def finish(self) -> None:
         self.cgroup.remove()
         if self.container.auto_remove:
             self.containers.remove(self.container.id)
+
+
+def _write_all(fd: int, data: bytes) -> bool:
+    """Write everything to `fd`; False once it cannot take more (closed, broken pipe)."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except OSError:
+            return False
+    return True
 
 
 def run_detached_supervisor(root: str, container_id: str, notify_fd: int) -> int:

@@ -30,13 +30,14 @@ import os
 import shutil
 import stat
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 import zstandard
 
-from registry.runtime.errors import LayerRejected
+from registry.runtime.errors import Interrupted, LayerRejected
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -402,12 +403,16 @@ def _at(parent: int, base: str) -> str:
     return f"/proc/self/fd/{parent}/{base}"
 
 
-def unpack_tar(stream: IO[bytes], root: Path, privileged: bool) -> LayerInfo:
-    """Apply an uncompressed tar stream under the empty directory `root`."""
+def unpack_tar(stream: IO[bytes], root: Path, privileged: bool,
+               cancelled: Callable[[], bool] = lambda: False) -> LayerInfo:
+    """Apply an uncompressed tar stream under the empty directory `root`; `cancelled` is
+    asked before each entry (Interrupted when it says so)."""
     writer = LayerWriter(root, privileged)
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
+                if cancelled():
+                    raise Interrupted("interrupted")
                 writer.apply(tar, member)
         return writer.finish()
     except tarfile.TarError as exc:
@@ -420,7 +425,8 @@ def unpack_tar(stream: IO[bytes], root: Path, privileged: bool) -> LayerInfo:
         writer.close()
 
 
-def unpack_layer(blob: Path, dest: Path, privileged: bool | None = None) -> tuple[LayerInfo, str]:
+def unpack_layer(blob: Path, dest: Path, privileged: bool | None = None,
+                 cancelled: Callable[[], bool] = lambda: False) -> tuple[LayerInfo, str]:
     """Unpack a (possibly compressed) layer blob into `dest/fs`; return it with its diff id.
 
     `dest/layer.json` is written last; the caller compares the diff id and commits.
@@ -432,7 +438,7 @@ def unpack_layer(blob: Path, dest: Path, privileged: bool | None = None) -> tupl
     with open(blob, "rb") as raw:
         try:
             hashing = HashingReader(decompressed(raw))
-            info = unpack_tar(io.BufferedReader(hashing, _CHUNK), fs, privileged)
+            info = unpack_tar(io.BufferedReader(hashing, _CHUNK), fs, privileged, cancelled)
             diff_id = hashing.diff_id
         except (OSError, EOFError, zstandard.ZstdError) as exc:
             raise LayerRejected(f"layer could not be unpacked: {exc}") from None

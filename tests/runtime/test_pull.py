@@ -33,6 +33,7 @@ from runtime.imaging import (
     sha256,
     tar_bytes,
 )
+from runtime.runner import cli
 from runtime.tamper import TamperingProxy
 from runtime.tokenserver import TokenServer
 
@@ -115,9 +116,21 @@ def test_a_single_manifest_for_another_platform_is_refused(
 
 
 def test_missing_image_and_unreachable_registry(
-        registry_server: RegistryServer, store: Store) -> None:
-    with pytest.raises(ImageNotFound):
-        Puller(store).pull(f"{registry_server.host}/pull/nothing-here:v1")
+        registry_server: RegistryServer, pusher: Pusher, store: Store) -> None:
+    host = registry_server.host
+    pusher.image("pull/exists", "v1", Image(three_layers()[:1]))
+    missing = {  # reference -> what docker says: the reference, then the registry's error
+        f"{host}/pull/nothing-here:v1": "manifest for {ref} not found: name unknown: ",
+        f"{host}/pull/exists:v9": "manifest for {ref} not found: manifest unknown: ",
+        f"{host}/pull/exists@sha256:{'0' * 64}": "manifest for {ref} not found: manifest",
+    }
+    for ref, message in missing.items():
+        with pytest.raises(ImageNotFound) as caught:
+            Puller(store).pull(ref)
+        assert caught.value.message.startswith(message.format(ref=ref)), caught.value.message
+    done = cli("pull", f"{host}/pull/exists:v9")
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith(f"Error: manifest for {host}/pull/exists:v9 not found")
     with pytest.raises(RegistryUnreachable):
         Puller(store).pull(f"127.0.0.1:{free_port()}/pull/x:v1")
 

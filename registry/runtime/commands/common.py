@@ -18,7 +18,8 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def guard(func: Command) -> Command:
-    """Turn every failure a user can act on into one `Error: ...` line and its exit code."""
+    """Turn every failure a user can act on into one `Error: ...` line and its exit code.
+    (Ctrl-C goes up to `main`, which leaves with 130 without waiting for threads.)"""
 
     @functools.wraps(func)
     def wrapper(args: argparse.Namespace) -> int:
@@ -27,8 +28,6 @@ def guard(func: Command) -> Command:
         except RuntimeFailure as exc:
             print(f"Error: {exc.message}", file=sys.stderr)
             return exc.exit_code
-        except KeyboardInterrupt:
-            return 130
         except PermissionError as exc:
             print(f"Error: permission denied: {exc.filename or exc}", file=sys.stderr)
             return 1

@@ -107,10 +107,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         while any(c.name == container.name for c in containers.all()):
             container.name = f"{random_name()}_{cid[:4]}"
     containers.create(container)
-    if args.detach:
-        return _run_detached(store, container)
-    supervisor = Supervisor(store, container)
-    supervisor.forward_signals()
+    try:
+        if args.detach:
+            return _run_detached(store, container)
+        supervisor = Supervisor(store, container)
+        supervisor.forward_signals()  # from here on Ctrl-C goes to the container
+    except KeyboardInterrupt:
+        if container.auto_remove:
+            containers.remove(container.id)
+        raise
     supervisor.start()
     return supervisor.wait()
 
@@ -154,7 +159,13 @@ def _run_detached(store: Store, container: Container) -> int:
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = subparsers.add_parser("run", help="run a command in a new container")
+    p = subparsers.add_parser(
+        "run",
+        help="run a command in a new container",
+        usage="%(prog)s [OPTIONS] IMAGE [COMMAND] [ARG...]",
+        description="Run COMMAND (default: the image's) in a new container of IMAGE. "
+        "Ctrl-C is passed on to the container; a second Ctrl-C kills it.",
+    )
     p.add_argument(
         "-d", "--detach", action="store_true", help="run in the background; output goes to `logs`"
     )
