@@ -38,6 +38,7 @@ from registry.runtime.rootfs import makedirs_in, secure_join
 from registry.runtime.spec import ExecUser, resolve_user, with_home
 from registry.runtime.state import Container
 
+MAX_ACCOUNT_FILE = 64 << 20
 FORWARDED_SIGNALS = (
     signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
     signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM, signal.SIGCONT,
@@ -156,11 +157,17 @@ def _setup(launch: Launch) -> tuple[ExecUser, list[str]]:
 
 
 def _read(root: str, path: str) -> str | None:
+    """A small text file of the image (/etc/passwd, /etc/group), or None. Only a regular
+    file is read, and only its first MAX_ACCOUNT_FILE bytes: a fifo there would block pid 1
+    and an endless file would fill its memory."""
     try:
-        with open(secure_join(root, path), encoding="utf-8", errors="replace") as f:
-            return f.read()
+        fd = os.open(secure_join(root, path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read(MAX_ACCOUNT_FILE).decode("utf-8", "replace")
 
 
 def _loopback_up() -> None:

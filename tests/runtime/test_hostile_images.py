@@ -258,3 +258,16 @@ def test_state_folders_keep_other_local_users_out(
             os._exit(10 + reached)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 10  # nobody reached either file
+
+
+@needs_root
+@pytest.mark.parametrize("node", [Entry("etc/passwd", "fifo", mode=0o644),
+                                  Entry("etc/passwd", "chr", mode=0o644, devmajor=1,
+                                        devminor=5)], ids=["fifo", "dev-zero"])
+def test_a_hostile_passwd_neither_hangs_nor_floods_the_start(
+        registry_server: RegistryServer, pusher: Pusher, store: Store, node: Entry) -> None:
+    """pid 1 reads /etc/passwd and /etc/group to resolve the user: a fifo there must not
+    block it, nor an endless device fill its memory."""
+    image = _push(registry_server, pusher, f"passwd-{node.kind}", [directory("etc"), node])
+    done = cli("run", "--rm", "-u", "1000:1000", image, "echo", "started", timeout=30)
+    assert (done.returncode, done.stdout) == (0, "started\n"), done.stderr
