@@ -14,7 +14,7 @@ import aiofiles
 import aiofiles.os
 from aiofiles.threadpool.binary import AsyncFileIO
 
-from registry.storage.driver import PathNotFound, StorageError
+from registry.storage.driver import PathNotFound, StorageError, storage_error
 from registry.storage.writeback import WriteBehind
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*\Z")
@@ -71,12 +71,18 @@ class FilesystemDriver:
 
     async def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        await asyncio.to_thread(_atomic_write, path, data, self.fsync)
+        try:
+            await asyncio.to_thread(_atomic_write, path, data, self.fsync)
+        except OSError as exc:
+            raise storage_error(exc, f"put {key}") from exc
 
     async def append(self, key: str, offset: int) -> FileAppendWriter:
         path = self._path(key)
-        await asyncio.to_thread(_create_empty, path)
-        fh = await aiofiles.open(path, "r+b", buffering=0)
+        try:
+            await asyncio.to_thread(_create_empty, path)
+            fh = await aiofiles.open(path, "r+b", buffering=0)
+        except OSError as exc:
+            raise storage_error(exc, f"append to {key}") from exc
         try:
             stored = os.fstat(fh.fileno()).st_size
             if stored < offset:
@@ -85,6 +91,9 @@ class FilesystemDriver:
             # Whatever lies past `offset` is from a write that never completed: drop it.
             await fh.truncate(offset)
             await fh.seek(offset)
+        except OSError as exc:
+            await fh.close()
+            raise storage_error(exc, f"append to {key}") from exc
         except BaseException:
             await fh.close()
             raise
@@ -97,7 +106,7 @@ class FilesystemDriver:
         except FileNotFoundError:
             raise PathNotFound(source) from None
         except OSError as exc:
-            raise StorageError(f"move {source} -> {destination}: {exc}") from exc
+            raise storage_error(exc, f"move {source} -> {destination}") from exc
 
     async def delete(self, key: str) -> None:
         path = self._path(key)
@@ -145,7 +154,7 @@ class FileAppendWriter:
             if self._behind is not None:
                 self._behind.wrote(offset, length)
         except OSError as exc:
-            raise StorageError(f"write failed: {exc}") from exc
+            raise storage_error(exc, "write failed") from exc
 
     def _take_finished(self) -> BaseException | None:
         """Drop the finished writes; the first failure among them (each one is retrieved,
