@@ -19,6 +19,7 @@ The transaction was rolled back, so nothing of it was kept.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -36,6 +37,7 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.util.typing import TupleAny
 
 from registry.errors import DiskFull
+from registry.filemodes import FILE_MODE, make_private_folder, sqlite_files
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.selectable import TypedReturnsRows
@@ -174,9 +176,13 @@ def _disk_full_as_error() -> Iterator[None]:
 
 
 def _ensure_sqlite_folder(url: str) -> None:
-    database = make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    """The database's folder (0700) and its file (0600), created before SQLite opens it:
+    SQLite would create the file with the umask's mode, and gives its side files (`-wal`,
+    `-shm`) the main file's mode."""
+    files = sqlite_files(url)
+    if files:
+        make_private_folder(files[0].parent)
+        os.close(os.open(files[0], os.O_WRONLY | os.O_CREAT, FILE_MODE))
 
 
 def _configure_sqlite(engine: Engine, immediate: bool) -> None:

@@ -14,6 +14,7 @@ import aiofiles
 import aiofiles.os
 from aiofiles.threadpool.binary import AsyncFileIO
 
+from registry.filemodes import FILE_MODE, make_private_folder
 from registry.storage.driver import PathNotFound, StorageError, storage_error
 from registry.storage.writeback import WriteBehind
 
@@ -29,7 +30,7 @@ class FilesystemDriver:
 
     def __init__(self, root: str | Path, fsync: bool = True) -> None:
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_folder(self.root)
         self.fsync = fsync
 
     def _path(self, key: str) -> Path:
@@ -215,18 +216,18 @@ def _write_all(fd: int, pieces: Sequence[bytes], offset: int) -> None:
 
 
 def _create_empty(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+    make_private_folder(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
 
 
 def _atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
     try:
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            make_private_folder(path.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             _write_all(fd, (data,), 0)
             if fsync:
@@ -247,7 +248,7 @@ def _durable_rename(src: Path, dst: Path, fsync: bool = True) -> None:
     if fsync:
         with open(src, "rb") as fh:
             os.fdatasync(fh.fileno())  # the bytes and the size; not the times
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    make_private_folder(dst.parent)
     os.replace(src, dst)
 
 
