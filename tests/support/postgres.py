@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from support.ci import require
 from support.server import free_port
 
 
@@ -113,10 +114,8 @@ class PostgresServer:
 def postgres_bin_dir() -> Path:
     """Where `pg_ctl` is; fails in CI and skips elsewhere when PostgreSQL is not installed."""
     bin_dir = _bin_dir()
-    if bin_dir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL server binaries are missing (apt-get install postgresql)")
-        pytest.skip("PostgreSQL server binaries are not installed")
+    require(bin_dir is not None, "PostgreSQL's server binaries are missing (package postgresql)")
+    assert bin_dir is not None
     return bin_dir
 
 
