@@ -20,13 +20,13 @@ from registry.api.routes import ROUTES
 from registry.auth import AccessController, AllowAll
 from registry.auth.routes import access_controller, auth_routes, with_audit_trail
 from registry.config import Config
-from registry.errors import NameUnknown, RegistryError, Unsupported
+from registry.errors import DiskFull, NameUnknown, RegistryError, Unsupported
 from registry.http_protocol import API_VERSION_HEADER
 from registry.maintenance import run_periodically
 from registry.metadata.db import Database
 from registry.metadata.store import MetadataStore
 from registry.storage.blobstore import BlobStore
-from registry.storage.driver import StorageError
+from registry.storage.driver import StorageError, StorageFull
 from registry.storage.filesystem import FilesystemDriver
 
 log = logging.getLogger("registry")
@@ -120,6 +120,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return Response(exc.detail, exc.status_code)
 
 
+async def _disk_full(request: Request, exc: Exception) -> Response:
+    """A full disk is the operator's to fix, not a bug: one line in the log, no traceback,
+    and 503 so that clients retry later (the upload is where it was before this request)."""
+    error = exc if isinstance(exc, DiskFull) else DiskFull(detail={"where": "storage"})
+    cause = exc.__cause__ if isinstance(exc, DiskFull) and exc.__cause__ else exc
+    reason = " ".join(str(getattr(cause, "orig", cause)).split())  # one line, whatever it says
+    where = error.detail.get("where", "?") if isinstance(error.detail, dict) else "?"
+    log.error("disk full (%s) on %s %s: %s", where, request.method, request.url.path, reason)
+    return await error_response(request, error)
+
+
 async def _storage_error(request: Request, exc: Exception) -> Response:
     log.error("storage failure on %s %s: %s", request.method, request.url.path, exc)
     error = RegistryError("storage failure; nothing was stored", status=503)
@@ -176,6 +187,8 @@ def create_app(config: Config, access: AccessController | None = None) -> ASGIAp
         exception_handlers={
             RegistryError: _registry_error,
             HTTPException: _http_error,
+            DiskFull: _disk_full,
+            StorageFull: _disk_full,
             StorageError: _storage_error,
             ClientDisconnect: _client_gone,
             Exception: _unexpected,

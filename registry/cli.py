@@ -35,9 +35,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from registry.filemodes import secure_data
     from registry.metadata.db import upgrade_schema
 
     config = _load(args)
+    secure_data(config)
     upgrade_schema(config.database_url)
     print(f"schema up to date: {config.database_url}")
     return 0

@@ -16,7 +16,8 @@ RegistryError                 base: code, HTTP status, message, detail
 ├── Unsupported               405 UNSUPPORTED
 ├── TooManyRequests           429 TOOMANYREQUESTS
 ├── RangeNotSatisfiable       416 RANGE_INVALID (a Range the blob cannot satisfy)
-└── PayloadTooLarge           413 (a manifest over the size limit)
+├── PayloadTooLarge           413 (a manifest over the size limit)
+└── DiskFull                  503 UNAVAILABLE (the disk under the blobs or the database is full)
 """
 
 from __future__ import annotations
@@ -134,3 +135,15 @@ class RangeNotSatisfiable(RegistryError):
 
 class PayloadTooLarge(RegistryError):
     code, status, default_message = "MANIFEST_INVALID", 413, "manifest too large"
+
+
+class DiskFull(RegistryError):
+    """A disk the registry writes to (blobs or database) is full. Nothing of the request was
+    kept, and an upload stays where it was: the client may retry once space is freed.
+    `UNAVAILABLE` is the code Distribution answers its 503s with."""
+
+    code, status, default_message = (
+        "UNAVAILABLE",
+        503,
+        "the registry's disk is full: nothing was stored; retry once space is freed",
+    )

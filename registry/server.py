@@ -10,6 +10,7 @@ from registry.allocator import keep_freed_buffers
 from registry.app import create_app
 from registry.auth.services import preflight
 from registry.config import Config, settings
+from registry.filemodes import secure_data
 from registry.http_protocol import RegistryHttpProtocol
 from registry.metadata.db import upgrade_schema
 
@@ -30,6 +31,7 @@ def app_factory() -> object:
 
 def serve(config: Config, workers: int | None = None) -> int:
     host, port = config.host_port
+    secure_data(config)  # owner-only files from here on, whatever the umask
     preflight(config)  # no auth off loopback unless insecure; auth settings and keys
     if config.database.auto_migrate:
         upgrade_schema(config.database_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import weakref
 from dataclasses import dataclass, field
 
@@ -26,6 +27,10 @@ class Services:
     upload_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
     )
+    # This process's name as an upload's writer. Its requests on one upload take turns (the
+    # lock below), so one name suffices, and a claim its request could not release (the
+    # database's disk was full) is its next request's to take at once, not in CLAIM_SECONDS.
+    writer: str = field(default_factory=lambda: secrets.token_hex(16))
 
     def upload_lock(self, upload_id: str) -> asyncio.Lock:
         """Queues this process's requests on one upload in arrival order (the database claim

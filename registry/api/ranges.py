@@ -1,41 +1,58 @@
-"""The HTTP `Range` header (RFC 9110, single byte ranges), parsed without I/O."""
+"""The HTTP `Range` header (RFC 9110, section 14), parsed without I/O.
+
+What a blob GET makes of it:
+- no header, or one that is not a list of byte ranges (another unit, a typo, a lone `-`):
+  ignored, the whole blob (200), as RFC 9110 14.2 says for what a server does not understand;
+- one range: that range (206), its end clipped to the blob; a suffix `bytes=-N` is the last
+  N bytes;
+- ranges none of which can be served, because they start past the end (`bytes=5000-` of a
+  smaller blob, anything of an empty one, `bytes=-0`) or end before they start
+  (`bytes=500-0`, invalid under 14.1.1): 416 with `Content-Range: bytes */<size>` (14.2:
+  "invalid or unsatisfiable ... SHOULD send a 416");
+- several ranges of which any can be served: the whole blob (200). Clients of a registry
+  ask for one range at a time; a multipart/byteranges answer is not made.
+"""
 
 from __future__ import annotations
 
 import re
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
+_RANGE_SET = re.compile(r"^bytes=(\d*-\d*(?:,\d*-\d*)*)\Z")
 
 
 class Unsatisfiable(ValueError):
-    """A well-formed range that selects no byte of the representation."""
+    """Ranges none of which selects a byte of the representation."""
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The inclusive (first, last) byte positions wanted, or None to send everything.
 
-    A malformed header, or one asking for several ranges, is ignored as RFC 9110 allows.
-    Raises Unsatisfiable for a range that starts past the end.
+    Raises Unsatisfiable when no range of the header can be served (see the module's doc).
     """
     if not header:
         return None
-    match = _RANGE.match(header.strip().replace(" ", ""))
+    match = _RANGE_SET.match(header.replace(" ", "").replace("\t", ""))
     if not match:
         return None
-    first_text, last_text = match.groups()
-    if not first_text and not last_text:
+    specs = match.group(1).split(",")
+    if "-" in specs:  # neither first nor last: not a range at all
         return None
+    served = [_served(spec, size) for spec in specs]
+    if all(positions is None for positions in served):
+        raise Unsatisfiable(header)
+    return served[0] if len(specs) == 1 else None
+
+
+def _served(spec: str, size: int) -> tuple[int, int] | None:
+    """The bytes one `first-last` range selects of `size`; None when it selects none."""
+    first_text, last_text = spec.split("-")
     if not first_text:  # suffix range: the last N bytes
         suffix = int(last_text)
-        if suffix == 0 or size == 0:
-            raise Unsatisfiable(header)
-        return max(0, size - suffix), size - 1
+        return (max(0, size - suffix), size - 1) if suffix and size else None
     first = int(first_text)
-    if last_text and int(last_text) < first:
-        return None
-    if first >= size:
-        raise Unsatisfiable(header)
     last = int(last_text) if last_text else size - 1
+    if last < first or first >= size:
+        return None
     return first, min(last, size - 1)
 
 

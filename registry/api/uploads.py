@@ -7,7 +7,6 @@ restarted server, or another replica, carries on with an upload another one star
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -72,7 +71,7 @@ SMALL_BODY = 1024 * 1024
 class Claim:
     svc: Services
     upload_id: str
-    writer: str = field(default_factory=lambda: secrets.token_hex(16))
+    writer: str
     renewed_at: float = field(default_factory=time.monotonic)
     ended: bool = False  # the session is gone (finished or cancelled): nothing to release
 
@@ -95,7 +94,7 @@ async def _claimed(
     rather than writing into the upload's old place.
     """
     async with svc.upload_lock(upload.id):
-        claim = Claim(svc, upload.id)
+        claim = Claim(svc, upload.id, svc.writer)
         deadline = time.monotonic() + CLAIM_WAIT_SECONDS
         while (
             held := await svc.metadata.claim_upload(upload.id, claim.writer, CLAIM_SECONDS)

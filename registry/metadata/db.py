@@ -10,11 +10,17 @@ transactions start with `BEGIN IMMEDIATE` so that a transaction never has to upg
 lock halfway. A block never awaits anything but its own statements, so blocks cannot
 interleave; a lock per connection guards that all the same. WAL mode keeps readers and the
 writer (of this or another worker process) out of each other's way.
+
+A full disk is told apart here, once for both databases: SQLite's SQLITE_FULL and
+PostgreSQL's SQLSTATE 53100 (disk_full) become `DiskFull`, which the API answers with 503.
+The transaction was rolled back, so nothing of it was kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
@@ -24,10 +30,14 @@ from typing import TYPE_CHECKING, Any, TypeVarTuple, overload
 from sqlalchemy import create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.util.typing import TupleAny
+
+from registry.errors import DiskFull
+from registry.filemodes import FILE_MODE, make_private_folder, sqlite_files
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.selectable import TypedReturnsRows
@@ -105,24 +115,27 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[SQLConnection]:
         """A read-only block (its statements see one snapshot)."""
-        if self.dialect == "sqlite":
-            async with self._sqlite_reader.lock:
-                with self._sqlite_reader.transaction() as conn:
-                    yield conn
-            return
-        async with self._engine.connect() as aconn:
-            yield aconn
+        with _disk_full_as_error():
+            if self.dialect == "sqlite":
+                async with self._sqlite_reader.lock:
+                    with self._sqlite_reader.transaction() as conn:
+                        yield conn
+                return
+            async with self._engine.connect() as aconn:
+                yield aconn
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[SQLConnection]:
-        """A transaction, committed when the block ends without error."""
-        if self.dialect == "sqlite":
-            async with self._sqlite_writer.lock:
-                with self._sqlite_writer.transaction() as conn:
-                    yield conn
-            return
-        async with self._engine.begin() as aconn:
-            yield aconn
+        """A transaction, committed when the block ends without error (DiskFull when the
+        database's disk is full)."""
+        with _disk_full_as_error():
+            if self.dialect == "sqlite":
+                async with self._sqlite_writer.lock:
+                    with self._sqlite_writer.transaction() as conn:
+                        yield conn
+                return
+            async with self._engine.begin() as aconn:
+                yield aconn
 
     def insert(self, table: Any) -> Any:
         """An INSERT with this database's `ON CONFLICT` clauses (SQLite and PostgreSQL spell
@@ -141,10 +154,35 @@ class Database:
             await self._engine.dispose()
 
 
+_POSTGRES_DISK_FULL = "53100"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a database error says the disk under the database is full."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, sqlite3.Error):
+        return (getattr(orig, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+    return getattr(orig, "sqlstate", None) == _POSTGRES_DISK_FULL
+
+
+@contextmanager
+def _disk_full_as_error() -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as exc:
+        if is_disk_full(exc):
+            raise DiskFull(detail={"where": "database"}) from exc
+        raise
+
+
 def _ensure_sqlite_folder(url: str) -> None:
-    database = make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    """The database's folder (0700) and its file (0600), created before SQLite opens it:
+    SQLite would create the file with the umask's mode, and gives its side files (`-wal`,
+    `-shm`) the main file's mode."""
+    files = sqlite_files(url)
+    if files:
+        make_private_folder(files[0].parent)
+        os.close(os.open(files[0], os.O_WRONLY | os.O_CREAT, FILE_MODE))
 
 
 def _configure_sqlite(engine: Engine, immediate: bool) -> None:

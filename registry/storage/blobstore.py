@@ -45,6 +45,10 @@ class BlobStore:
         self.buffer_bytes = buffer_bytes
         self._appending = 0  # appends in progress in this process
         self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
+        # Uploads this process verified and moved into place, as (digest, size): when the
+        # database then fails to record the blob (its disk is full), the client's retry of
+        # the same PUT finds the bytes already where they belong.
+        self._committed: OrderedDict[str, tuple[Digest, int]] = OrderedDict()
 
     async def stat(self, digest: Digest) -> int | None:
         return await self.driver.stat(layout.blob_key(digest))
@@ -126,6 +130,12 @@ class BlobStore:
         Raises DigestInvalid when they do not match; the upload is left for the caller to drop.
         """
         stored = await self.driver.stat(layout.upload_key(upload_id))
+        if (
+            stored is None
+            and self._committed.get(upload_id) == (digest, size)
+            and await self.driver.stat(layout.blob_key(digest)) == size
+        ):
+            return  # a retry: this upload's bytes were verified and moved by the last try
         if stored is None and size == 0:  # nothing was ever sent: the empty blob
             await self.start_upload(upload_id)
             stored = 0
@@ -140,12 +150,13 @@ class BlobStore:
                 detail={"digest": str(digest), "actual": f"{digest.algorithm}:{actual}"}
             )
         key = layout.blob_key(digest)
-        if await self.driver.stat(key) == size:
-            # Someone stored these bytes already: one copy is enough.
-            await self.delete_upload(upload_id)
-            return
-        await self.driver.move(layout.upload_key(upload_id), key)
+        if await self.driver.stat(key) != size:
+            await self.driver.move(layout.upload_key(upload_id), key)
+        # else someone stored these bytes already: one copy is enough.
         await self.delete_upload(upload_id)
+        self._committed[upload_id] = (digest, size)
+        while len(self._committed) > _MAX_CACHED_HASHERS:
+            self._committed.popitem(last=False)
 
     async def store(self, data: bytes, digest: Digest) -> None:
         """Verify a small blob held in memory against `digest`, and store it (once).

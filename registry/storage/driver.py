@@ -6,6 +6,7 @@ Keys are relative, `/`-separated paths built only by `registry.storage.layout`.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +18,19 @@ class StorageError(Exception):
 
 class PathNotFound(StorageError):
     """The key does not exist."""
+
+
+class StorageFull(StorageError):
+    """No space left (or over quota) where the bytes go: nothing was stored."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_error(exc: OSError, what: str) -> StorageError:
+    """The driver's error for a failed system call: StorageFull when the disk is full."""
+    cls = StorageFull if exc.errno in _FULL else StorageError
+    return cls(f"{what}: {exc.strerror or exc}")
 
 
 class AppendWriter(Protocol):

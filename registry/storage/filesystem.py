@@ -14,7 +14,8 @@ import aiofiles
 import aiofiles.os
 from aiofiles.threadpool.binary import AsyncFileIO
 
-from registry.storage.driver import PathNotFound, StorageError
+from registry.filemodes import FILE_MODE, make_private_folder
+from registry.storage.driver import PathNotFound, StorageError, storage_error
 from registry.storage.writeback import WriteBehind
 
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*\Z")
@@ -29,7 +30,7 @@ class FilesystemDriver:
 
     def __init__(self, root: str | Path, fsync: bool = True) -> None:
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_folder(self.root)
         self.fsync = fsync
 
     def _path(self, key: str) -> Path:
@@ -71,12 +72,18 @@ class FilesystemDriver:
 
     async def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        await asyncio.to_thread(_atomic_write, path, data, self.fsync)
+        try:
+            await asyncio.to_thread(_atomic_write, path, data, self.fsync)
+        except OSError as exc:
+            raise storage_error(exc, f"put {key}") from exc
 
     async def append(self, key: str, offset: int) -> FileAppendWriter:
         path = self._path(key)
-        await asyncio.to_thread(_create_empty, path)
-        fh = await aiofiles.open(path, "r+b", buffering=0)
+        try:
+            await asyncio.to_thread(_create_empty, path)
+            fh = await aiofiles.open(path, "r+b", buffering=0)
+        except OSError as exc:
+            raise storage_error(exc, f"append to {key}") from exc
         try:
             stored = os.fstat(fh.fileno()).st_size
             if stored < offset:
@@ -85,6 +92,9 @@ class FilesystemDriver:
             # Whatever lies past `offset` is from a write that never completed: drop it.
             await fh.truncate(offset)
             await fh.seek(offset)
+        except OSError as exc:
+            await fh.close()
+            raise storage_error(exc, f"append to {key}") from exc
         except BaseException:
             await fh.close()
             raise
@@ -97,7 +107,7 @@ class FilesystemDriver:
         except FileNotFoundError:
             raise PathNotFound(source) from None
         except OSError as exc:
-            raise StorageError(f"move {source} -> {destination}: {exc}") from exc
+            raise storage_error(exc, f"move {source} -> {destination}") from exc
 
     async def delete(self, key: str) -> None:
         path = self._path(key)
@@ -145,7 +155,7 @@ class FileAppendWriter:
             if self._behind is not None:
                 self._behind.wrote(offset, length)
         except OSError as exc:
-            raise StorageError(f"write failed: {exc}") from exc
+            raise storage_error(exc, "write failed") from exc
 
     def _take_finished(self) -> BaseException | None:
         """Drop the finished writes; the first failure among them (each one is retrieved,
@@ -206,18 +216,18 @@ def _write_all(fd: int, pieces: Sequence[bytes], offset: int) -> None:
 
 
 def _create_empty(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+    make_private_folder(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
 
 
 def _atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
     try:
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            make_private_folder(path.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             _write_all(fd, (data,), 0)
             if fsync:
@@ -238,7 +248,7 @@ def _durable_rename(src: Path, dst: Path, fsync: bool = True) -> None:
     if fsync:
         with open(src, "rb") as fh:
             os.fdatasync(fh.fileno())  # the bytes and the size; not the times
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    make_private_folder(dst.parent)
     os.replace(src, dst)
 
 

@@ -80,16 +80,37 @@ def test_range_on_head(client: httpx.Client, stored: tuple[str, str]) -> None:
     assert response.headers["content-length"] == "10"
 
 
-@pytest.mark.parametrize("header", [f"bytes={len(DATA)}-", "bytes=5000-6000", "bytes=-0"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"bytes={len(DATA)}-",
+        "bytes=5000-6000",
+        "bytes=-0",
+        "bytes=500-0",  # ends before it starts
+        "bytes=9-0",
+        "bytes=2000-3000,4000-",  # several, none satisfiable
+    ],
+)
 def test_unsatisfiable_range(client: httpx.Client, stored: tuple[str, str], header: str) -> None:
     repo, digest = stored
     response = client.get(f"/v2/{repo}/blobs/{digest}", headers={"Range": header})
     assert_error(response, 416, "RANGE_INVALID")
     assert response.headers["content-range"] == f"bytes */{len(DATA)}"
+    response = client.head(f"/v2/{repo}/blobs/{digest}", headers={"Range": header})
+    assert response.status_code == 416
+    assert response.headers["content-range"] == f"bytes */{len(DATA)}"
 
 
 @pytest.mark.parametrize(
-    "header", ["bytes=abc", "items=0-9", "bytes=9-0", "bytes=0-1,4-5", "0-9", "bytes=-"]
+    "header",
+    [
+        "bytes=abc",
+        "items=0-9",
+        "0-9",
+        "bytes=-",
+        "bytes=0-1,4-5",  # several ranges: the whole blob, not multipart/byteranges
+        "bytes=2000-3000,0-9",
+    ],
 )
 def test_malformed_range_is_ignored(
     client: httpx.Client, stored: tuple[str, str], header: str

@@ -25,9 +25,17 @@ def test_satisfiable(header: str, size: int, expected: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize(
     "header",
-    [None, "", "bytes=", "bytes=-", "bytes=abc", "bytes=9-0", "items=0-1", "bytes=0-1,3-4", "0-9"],
+    [None, "", "bytes=", "bytes=-", "bytes=abc", "items=0-1", "0-9", "bytes=0-1,-", "bytes=1-2;"],
 )
 def test_ignored(header: str | None) -> None:
+    """Not a list of byte ranges: the whole representation, as if there were no header."""
+    assert parse_range(header, 100) is None
+
+
+@pytest.mark.parametrize(
+    "header", ["bytes=0-1,3-4", "bytes=0-1, 3-4", "bytes=500-600,0-9", "bytes=9-0,-5"]
+)
+def test_several_ranges_any_satisfiable_send_everything(header: str) -> None:
     assert parse_range(header, 100) is None
 
 
@@ -39,6 +47,10 @@ def test_ignored(header: str | None) -> None:
         ("bytes=-0", 100),
         ("bytes=0-", 0),
         ("bytes=-1", 0),
+        ("bytes=9-0", 100),  # last before first: invalid (RFC 9110 14.1.1), 416 all the same
+        ("bytes=500-0", 1000),
+        ("bytes=200-300,100-", 100),  # several ranges, none satisfiable
+        ("bytes=5-1,-0", 100),
     ],
 )
 def test_unsatisfiable(header: str, size: int) -> None:

@@ -240,6 +240,26 @@ def test_wrong_digest_on_monolithic_post(client: httpx.Client, repo: str) -> Non
     assert_error(client.get(f"/v2/{repo}/blobs/{digest_of(b'a')}"), 404, "BLOB_UNKNOWN")
 
 
+@pytest.mark.parametrize("how", ["chunked", "monolithic"])
+def test_wrong_bytes_under_a_stored_digest_do_not_link_it(
+    client: httpx.Client, repo: str, how: str
+) -> None:
+    """Knowing the digest and size of a blob someone else pushed is not having it: bytes of
+    that size pushed under its digest are DIGEST_INVALID, and the blob stays out of reach."""
+    private = os.urandom(1000)
+    digest = push_blob(client, unique_repo("private"), private)
+    forged = os.urandom(len(private))
+    if how == "chunked":
+        location = start_upload(client, repo)
+        assert patch_chunk(client, location, forged, 0).status_code == 202
+        response = client.put(location, params={"digest": digest})
+    else:
+        path = f"/v2/{repo}/blobs/uploads/"
+        response = client.post(path, params={"digest": digest}, content=forged)
+    assert_error(response, 400, "DIGEST_INVALID")
+    assert_error(client.get(f"/v2/{repo}/blobs/{digest}"), 404, "BLOB_UNKNOWN")
+
+
 @pytest.mark.parametrize("digest", ["", "sha256:abc", "md5:" + "0" * 32, "nonsense"])
 def test_put_with_bad_digest(client: httpx.Client, repo: str, digest: str) -> None:
     location = start_upload(client, repo)

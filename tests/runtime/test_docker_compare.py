@@ -13,7 +13,7 @@ from runtime.runner import ROOT, cli
 from support.dockerd import BusyboxImagePlan, DockerDaemon, build_busybox_image
 from support.server import RegistryServer
 
-pytestmark = pytest.mark.skipif(not ROOT, reason="running containers needs root")
+pytestmark = pytest.mark.requires(ROOT, "running containers needs root")
 
 CUSTOM = """FROM {base}
 ENV A=1 B="two words"

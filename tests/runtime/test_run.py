@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from runtime.runner import CLI, ROOT, cli
 
 from support.server import RegistryServer
 
-pytestmark = pytest.mark.skipif(not ROOT, reason="running containers needs root")
+pytestmark = pytest.mark.requires(ROOT, "running containers needs root")
 
 
 @pytest.fixture(scope="session")
@@ -195,10 +196,18 @@ def test_init_forwards_signals_and_logs_follow(image: str) -> None:
     assert run("-d", "--init", "--name", "trapper", image, "sh", "-c", script).returncode == 0
     follower = subprocess.Popen([*CLI, "logs", "-f", "trapper"], stdout=subprocess.PIPE,
                                 text=True)
-    time.sleep(0.5)
-    assert cli("stop", "trapper").returncode == 0
-    out, _ = follower.communicate(timeout=20)
-    assert out == "ready\nterm\n"
+    watchdog = threading.Timer(60, follower.kill)  # a hung follower fails the test, not CI
+    watchdog.start()
+    try:
+        assert follower.stdout is not None
+        # The script says "ready" once its trap is installed: only then is a stop's SIGTERM
+        # sure to meet the trap, not the shell's default (exit 143).
+        assert follower.stdout.readline() == "ready\n"
+        assert cli("stop", "trapper").returncode == 0
+        out, _ = follower.communicate(timeout=20)
+    finally:
+        watchdog.cancel()
+    assert out == "term\n"
     assert json.loads(cli("inspect", "trapper").stdout)[0]["State"]["ExitCode"] == 7
 
 

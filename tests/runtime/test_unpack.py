@@ -70,7 +70,7 @@ def test_modes_links_and_metadata(tmp_path: Path) -> None:
         assert (st.st_uid, st.st_gid) == (12, 34)
 
 
-@pytest.mark.skipif(not ROOT, reason="devices and ownership need root")
+@pytest.mark.requires(ROOT, "devices and ownership need root")
 def test_devices_only_when_privileged(tmp_path: Path) -> None:
     dev = Entry("dev/null", "chr", mode=0o666, devmajor=1, devminor=3)
     dest = unpack(tmp_path / "a", [directory("dev"), dev], privileged=True)

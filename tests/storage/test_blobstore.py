@@ -97,6 +97,39 @@ async def test_wrong_digest_keeps_blob_key_empty(store: BlobStore, root: Path) -
     assert files(root) == []
 
 
+async def test_wrong_bytes_under_a_stored_digest_and_size_are_refused(
+    store: BlobStore,
+) -> None:
+    """Bytes of the same size as a stored blob, committed or stored under its digest, are
+    checked all the same: "already stored" must never stand in for the digest check, or
+    anyone knowing a blob's digest and size could claim it with garbage."""
+    stored = os.urandom(4000)
+    digest = await push(store, UPLOAD, stored)
+    forged = os.urandom(len(stored))
+    await store.start_upload(OTHER_UPLOAD)
+    size = await store.append_upload(OTHER_UPLOAD, 0, body(split(forged, 1000)))
+    with pytest.raises(DigestInvalid):
+        await store.commit_upload(OTHER_UPLOAD, size, digest)
+    with pytest.raises(DigestInvalid):
+        await store.store(forged, digest)
+    assert await store.read_all(digest) == stored
+
+
+async def test_a_commit_retried_after_its_move_finds_its_bytes_in_place(
+    store: BlobStore,
+) -> None:
+    """The database may fail to record a blob its upload's bytes were moved for: the same
+    commit again succeeds. Another upload without bytes gets nothing from that."""
+    data = os.urandom(4000)
+    digest = await push(store, UPLOAD, data)
+    await store.commit_upload(UPLOAD, len(data), digest)
+    with pytest.raises(DigestInvalid):
+        await store.commit_upload(OTHER_UPLOAD, len(data), digest)
+    with pytest.raises(DigestInvalid):
+        await store.commit_upload(UPLOAD, len(data) - 1, digest)
+    assert await store.read_all(digest) == data
+
+
 async def test_chunks_resume_in_a_new_process(root: Path) -> None:
     """A new BlobStore (a restart, another replica) has no hash state and re-reads the bytes."""
     data = os.urandom(30_000)

@@ -56,4 +56,11 @@ async def test_nothing_is_visible_after_a_failed_push(disk: Path) -> None:
         await store.append_upload(UPLOAD, 0, pieces(16, MiB // 4))
     assert await store.upload_size(UPLOAD) == 0
     assert not (disk / "blobs").exists() or not any((disk / "blobs").rglob("data"))
-    assert layout.upload_key(UPLOAD)  # the session itself is the caller's to drop
+    # The space the failed push took is given back: a blob that fits is stored.
+    await store.store(b"fits", Digest.of(b"fits"))
+    assert await store.read_all(Digest.of(b"fits")) == b"fits"
+    # The session itself is the caller's to drop (it is still there), and dropping it
+    # leaves nothing of it.
+    assert (disk / layout.upload_key(UPLOAD)).is_file()
+    await store.delete_upload(UPLOAD)
+    assert not (disk / layout.upload_prefix(UPLOAD)).exists()

@@ -12,9 +12,16 @@ folder (the unix sockets inside must fit in 108 bytes):
         dockerd.log     the daemon's output, shown when it fails to start
         config/         DOCKER_CONFIG for the CLI, so no host credentials or contexts leak in
 
-It touches no host networking (no iptables rules, no bridge): containers run with
-`--network none` or `--network host`. Registries on 127.0.0.0/8 are insecure by default for
-dockerd, so `docker push 127.0.0.1:PORT/name:tag` speaks plain HTTP without configuration.
+It runs in a network namespace of its own (`unshare --net`), so it has nothing of the host's
+networking to touch: with `--bridge=none` dockerd deletes any `docker0` bridge it finds,
+which in the host's namespace was the host's own Docker's (whose `docker run` then failed
+with "could not find bridge docker0"). No iptables rules either; containers run with
+`--network none`. The registries under test listen on the host's 127.0.0.1, and pushes
+and pulls are made by the daemon: every `127.0.0.1:PORT` (or `localhost:PORT`) named in a
+`docker()` command is relayed into the daemon's namespace first (`support.netrelay`;
+`expose(port)` for one a command does not name, such as a token realm elsewhere).
+Registries on 127.0.0.0/8 are insecure by default for dockerd, so
+`docker push 127.0.0.1:PORT/name:tag` speaks plain HTTP without configuration.
 
 The pytest plugin part is the session fixture `dockerd`; enable it with
 `pytest_plugins = ["support.dockerd"]` in the top conftest.
@@ -27,6 +34,7 @@ import contextlib
 import io
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -40,16 +48,19 @@ from pathlib import Path
 
 import pytest
 
+from support.ci import in_ci, require
+from support.netrelay import LoopbackRelay
+
+__all__ = ["in_ci"]  # where the client tests have long imported it from
+
 DOCKERD_CANDIDATES = ("/usr/sbin/dockerd", "/usr/bin/dockerd")
 # The CLI that ships with the daemon first (Debian's docker.io), so both speak the same API.
 DOCKER_CLI_CANDIDATES = ("/usr/bin/docker",)
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 STORAGE_DRIVERS = ("overlay2", "vfs")
 UNIX_SOCKET_MAX = 107
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+# A registry on the loopback named in a docker command: `127.0.0.1:5000/app:v1`, `localhost:5000`.
+_LOOPBACK_PORT = re.compile(r"(?<![\w.-])(127(?:\.\d{1,3}){3}|localhost):(\d{1,5})(?![\d])")
 
 
 def find_dockerd() -> str | None:
@@ -95,6 +106,7 @@ class DockerDaemon:
         self.root: Path | None = None
         self.storage_driver: str | None = None
         self.process: subprocess.Popen[bytes] | None = None
+        self.relay: LoopbackRelay | None = None
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -159,7 +171,10 @@ class DockerDaemon:
         raise DockerDaemonError("dockerd did not start:\n" + "\n\n".join(failures))
 
     def _launch(self, driver: str, timeout: float) -> None:
+        # A network namespace of its own, with its loopback up (for the relayed ports).
+        isolated = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
         command = [
+            *isolated,
             self.dockerd,
             "--config-file",
             str(self._path("daemon.json")),
@@ -193,6 +208,7 @@ class DockerDaemon:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal reaches pytest, not dockerd
             )
+        self.relay = LoopbackRelay(f"/proc/{self.process.pid}/ns/net")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -221,6 +237,9 @@ class DockerDaemon:
         atexit.unregister(self.stop)
 
     def _terminate(self, timeout: float = 30) -> None:
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -290,10 +309,21 @@ class DockerDaemon:
 
     # -- the CLI -----------------------------------------------------------------------------
 
+    def expose(self, port: int, address: str = "127.0.0.1") -> None:
+        """Make the host's `address:port` reachable from the daemon at the same address."""
+        if self.relay is None:
+            raise DockerDaemonError("daemon not started")
+        self.relay.expose(port, address)
+
     def docker(
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
-        """Run the docker CLI against this daemon; with `check`, a failure raises with output."""
+        """Run the docker CLI against this daemon; with `check`, a failure raises with output.
+        The loopback registries it names are made reachable from the daemon first."""
+        for arg in args:
+            for match in _LOOPBACK_PORT.finditer(arg):
+                address = "127.0.0.1" if match[1] == "localhost" else match[1]
+                self.expose(int(match[2]), address)
         command = [self.docker_cli, *args]
         result = subprocess.run(
             command,
@@ -323,12 +353,9 @@ def _short_tempdir() -> str:
 def dockerd() -> Iterator[DockerDaemon]:
     """A started private daemon for the session; skipped only off CI when dockerd is absent."""
     binary, cli = find_dockerd(), find_docker_cli()
-    if binary is None or cli is None:
-        missing = "dockerd" if binary is None else "the docker CLI"
-        reason = f"{missing} not found (Debian package docker.io)"
-        if in_ci():
-            pytest.fail(f"{reason}: CI must run the client tests", pytrace=False)
-        pytest.skip(reason)
+    missing = "dockerd" if binary is None else "the docker CLI"
+    require(binary is not None and cli is not None, f"{missing} not found (package docker.io)")
+    assert binary is not None and cli is not None
     daemon = DockerDaemon(binary, cli)
     daemon.start()
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from support.ci import require
 from support.server import free_port
 
 
@@ -27,9 +28,12 @@ def _bin_dir() -> Path | None:
 
 
 class PostgresServer:
-    def __init__(self, bin_dir: Path) -> None:
+    """`root` holds the data folder, socket and log: a fresh temporary folder unless given
+    (a small tmpfs, for the tests of a full disk under the database)."""
+
+    def __init__(self, bin_dir: Path, root: Path | None = None) -> None:
         self.bin_dir = bin_dir
-        self.root = Path(tempfile.mkdtemp(prefix="pg-"))
+        self.root = root if root is not None else Path(tempfile.mkdtemp(prefix="pg-"))
         self.data = self.root / "data"
         self.port = free_port()
         self._as_user: list[str] = []
@@ -107,14 +111,17 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def postgres_bin_dir() -> Path:
+    """Where `pg_ctl` is; fails in CI and skips elsewhere when PostgreSQL is not installed."""
+    bin_dir = _bin_dir()
+    require(bin_dir is not None, "PostgreSQL's server binaries are missing (package postgresql)")
+    assert bin_dir is not None
+    return bin_dir
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    bin_dir = _bin_dir()
-    if bin_dir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL server binaries are missing (apt-get install postgresql)")
-        pytest.skip("PostgreSQL server binaries are not installed")
-    server = PostgresServer(bin_dir)
+    server = PostgresServer(postgres_bin_dir())
     server.start()
     yield server
     server.stop()
