@@ -18,7 +18,7 @@ from runtime.runner import CLI, PROJECT, ROOT, cli
 
 from support.server import RegistryServer
 
-needs_root = pytest.mark.skipif(not ROOT, reason="running containers needs root")
+needs_root = pytest.mark.requires(ROOT, "running containers needs root")
 
 
 @pytest.fixture(scope="session")

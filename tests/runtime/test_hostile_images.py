@@ -28,7 +28,7 @@ from runtime.runner import ROOT, cli
 
 from support.server import RegistryServer
 
-needs_root = pytest.mark.skipif(not ROOT, reason="running containers needs root")
+needs_root = pytest.mark.requires(ROOT, "running containers needs root")
 APPLETS = ("mknod", "dd", "cp", "chmod", "cut")
 
 

@@ -20,7 +20,7 @@ from runtime.runner import ROOT, cli
 from support.dockerd import DockerDaemon
 from support.server import RegistryServer
 
-pytestmark = pytest.mark.skipif(not ROOT, reason="running containers needs root")
+pytestmark = pytest.mark.requires(ROOT, "running containers needs root")
 
 PROBE_SOURCE = Path(__file__).parent / "probes" / "syscalls.c"
 REFUSED = {"unshare-user": "EPERM", "keyctl": "EPERM", "perf_event_open": "EPERM",

@@ -231,7 +231,7 @@ def test_single_level_directory_replaced_by_a_symlink(tmp_path: Path, privileged
     _unchanged(folder, before)
 
 
-@pytest.mark.skipif(not ROOT, reason="overlay markers are set only when privileged")
+@pytest.mark.requires(ROOT, "overlay markers are set only when privileged")
 def test_opaque_marker_never_lands_through_a_later_symlink(tmp_path: Path) -> None:
     folder, _, before = _canary(tmp_path)
     unpack(tmp_path / "opaque", [
