@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -137,9 +138,38 @@ async def _storage_error(request: Request, exc: Exception) -> Response:
     return await error_response(request, error)
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected failure on %s %s", request.method, request.url.path, exc_info=exc)
-    return await error_response(request, RegistryError("internal server error"))
+class UnexpectedErrors:
+    """The last resort for a failure nothing else handles (a bug, a broken database): one
+    traceback in the log and the spec's JSON error (UNKNOWN, 500), closing the connection
+    when the body was not read. It sits inside Starlette's own error middleware, which would
+    answer in plain text and re-raise for the server to log the same traceback again."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unexpected failure on %s %s", scope["method"], scope["path"])
+            if started:
+                return  # the server ends a response cut short by closing the connection
+            error = RegistryError("internal server error")
+            headers = {"Content-Type": "application/json"}
+            if not scope.get(BODY_DONE, True):
+                headers["Connection"] = "close"
+            body = b"" if scope["method"] == "HEAD" else error.body()
+            await Response(body, error.http_status, headers=headers)(scope, receive, send)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
@@ -191,8 +221,8 @@ def create_app(config: Config, access: AccessController | None = None) -> ASGIAp
             StorageFull: _disk_full,
             StorageError: _storage_error,
             ClientDisconnect: _client_gone,
-            Exception: _unexpected,
         },
+        middleware=[Middleware(UnexpectedErrors)],
     )
     # `/v2/x/tags/list/` is not an endpoint: a 404 in the spec's format, not a redirect.
     app.router.redirect_slashes = False

@@ -389,3 +389,31 @@ def test_full_disk_answers_an_error_and_loses_nothing(
                 )
         finally:
             server.stop()
+
+
+def test_an_unexpected_failure_is_one_json_500_and_one_log_entry(tmp_path: Path) -> None:
+    """A bug or a broken database (here: tables dropped under the running server) answers
+    the spec's JSON error, body drained or connection closed, and logs one traceback."""
+    server = RegistryServer(tmp_path / "data")
+    server.start()
+    try:
+        import sqlite3
+
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            push_blob(c, "broken", b"makes the repository")
+        with sqlite3.connect(server.data_dir / "registry.db") as db:
+            db.execute("DROP TABLE tags")
+            db.execute("DROP TABLE uploads")
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            listing = c.get("/v2/broken/tags/list")
+            assert_error(listing, 500, "UNKNOWN")
+            blob = os.urandom(3 * MiB)  # a body the handler fails before reading
+            post = c.post(f"/v2/broken/blobs/uploads/?digest={digest_of(blob)}", content=blob)
+            assert_error(post, 500, "UNKNOWN")
+            assert c.get("/v2/").status_code == 200  # still serving, on a fresh connection
+    finally:
+        server.stop()
+    log = server.log_path.read_text()
+    assert log.count("ERROR registry: unexpected failure on") == 2, log  # one per request
+    assert "Exception in ASGI application" not in log, log  # not logged again by the server
+    assert "Receive channel" not in log
