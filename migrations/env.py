@@ -1,10 +1,16 @@
-"""Alembic environment: runs migrations on the async engine given by `registry migrate`."""
+"""Alembic environment: runs migrations on the async engine given by `registry migrate`.
+
+Several replicas may start at once against one database: on PostgreSQL the migration
+transaction first takes an advisory lock, so the others wait for it and then find the
+schema current (SQLite is serialised by a file lock in `registry.metadata.db`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 
 from alembic import context
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from registry.metadata.tables import metadata
@@ -12,14 +18,20 @@ from registry.metadata.tables import metadata
 config = context.config
 
 
-def _run(connection: object) -> None:
+MIGRATION_LOCK = 0x706F636B  # any fixed number: pg_advisory_xact_lock's key for migrations
+
+
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
-        target_metadata=metadata,  # type: ignore[arg-type]
+        target_metadata=metadata,
         render_as_batch=True,
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # held until this transaction ends; taken before alembic reads the version
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         context.run_migrations()
 
 

@@ -19,6 +19,7 @@ The transaction was rolled back, so nothing of it was kept.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -206,16 +207,33 @@ def migrations_path() -> Path:
     return Path(str(resources.files("migrations")))
 
 
-def upgrade_schema(url: str) -> None:
-    """Bring the schema up to the newest migration (idempotent)."""
+def upgrade_schema(url: str, revision: str = "head") -> None:
+    """Bring the schema up to the newest migration, or to `revision` (idempotent)."""
     from alembic import command
     from alembic.config import Config as AlembicConfig
 
-    _ensure_sqlite_folder(url) if make_url(url).get_backend_name() == "sqlite" else None
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(migrations_path()))
     cfg.attributes["database_url"] = url
-    command.upgrade(cfg, "head")
+    with _sqlite_migration_lock(url):
+        command.upgrade(cfg, revision)
+
+
+@contextmanager
+def _sqlite_migration_lock(url: str) -> Iterator[None]:
+    """Processes sharing one SQLite file migrate one at a time (flock on a file beside it);
+    PostgreSQL takes an advisory lock in the migration itself (migrations/env.py)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        yield
+        return
+    _ensure_sqlite_folder(url)
+    fd = os.open(f"{parsed.database}.migrate-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 async def upgrade_schema_async(url: str) -> None:

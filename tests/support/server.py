@@ -40,6 +40,11 @@ class RegistryServer:
         return f"http://{self.host}"
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (several replicas started at once)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -58,7 +63,10 @@ class RegistryServer:
             stderr=subprocess.STDOUT,
             env=self.env,
         )
-        deadline = time.monotonic() + 30
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"registry exited early:\n{self.log_path.read_text()}")
