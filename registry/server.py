@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import uvicorn
@@ -10,6 +11,7 @@ from registry.allocator import keep_freed_buffers
 from registry.app import create_app
 from registry.auth.services import preflight
 from registry.config import Config, settings
+from registry.http_limits import HttpLimits
 from registry.http_protocol import RegistryHttpProtocol
 from registry.metadata.db import upgrade_schema
 
@@ -30,6 +32,7 @@ def app_factory() -> object:
 
 def serve(config: Config, workers: int | None = None) -> int:
     host, port = config.host_port
+    limits = HttpLimits.from_config(config.server)
     preflight(config)  # no auth off loopback unless insecure; auth settings and keys
     if config.database.auto_migrate:
         upgrade_schema(config.database_url)
@@ -42,12 +45,14 @@ def serve(config: Config, workers: int | None = None) -> int:
         access_log=config.server.access_log,
         server_header=False,
         proxy_headers=False,
-        timeout_keep_alive=30,
+        timeout_keep_alive=config.server.keep_alive_timeout,
         # uvloop is no faster here once the database runs on the loop, and when the loop is
         # saturated it serves some connections far later than others (p99 of 1 s at 64
         # connections, where asyncio's own loop stays at 50 ms).
         loop="asyncio",
-        http=RegistryHttpProtocol,  # httptools, plus zero-copy sends of blob files
+        # httptools, plus zero-copy sends of blob files and our limits. A partial of an
+        # importable class pickles, so each worker process of several gets the same limits.
+        http=functools.partial(RegistryHttpProtocol, limits=limits),
     )
     if count > 1:
         import json
