@@ -38,12 +38,12 @@ __all__ = ["API_VERSION_HEADER", "ZERO_COPY_SEND", "RegistryHttpProtocol"]
 
 ZERO_COPY_SEND = "http.response.zerocopysend"
 
-READ_BYTES = 1024 * 1024  # per recv() from the socket (asyncio's default is 256 KiB)
+READ_BYTES = 1024 * 1024  # per recv() of a body (asyncio's default is 256 KiB)
+HEAD_READ_BYTES = 64 * 1024  # per recv() otherwise: heads, and bytes dropped after a refusal
 BODY_HIGH_WATER = 1024 * 1024  # body bytes waiting for the app before reading pauses
 JOIN_BELOW = 64 * 1024  # body pieces smaller than this are joined into one message
 HEAD_SLICE = 16 * 1024  # while in a head, the parser is fed at most this much at a time
 LINGER_SECONDS = 5.0  # after a refusal, what the client still sends is read and dropped
-LINGER_READ_BYTES = 64 * 1024  # per recv() then: no megabyte buffers for bytes to drop
 CROWDED_WAIT_SECONDS = 5.0  # a connection over the cap that sends nothing is closed after
 
 
@@ -176,13 +176,13 @@ class RegistryHttpProtocol(HttpToolsProtocol):
         self.head_slice = min(HEAD_SLICE, self.limits.max_header_bytes // 4)
         self.in_head = True  # in a head or between requests; False in a body
         self.head_started = False  # a request has begun and its head is incomplete
-        self.started_in_feed = False  # ... and it began in what the parser was last fed
-        self.head_bytes = 0  # of that head, fed to the parser so far (at most)
+        self.head_bytes = 0  # of that head, fed to the parser so far (at most; 0 between)
         self.body_bytes = 0  # body bytes parsed on this connection, all requests
         self.last_read = 0.0  # when body bytes last came (time.monotonic)
         self.refusal: tuple[int, RegistryError] | None = None  # what a callback refused
         self.refused = False  # answered and closing: anything more is dropped unparsed
         self.crowded = False  # over `max_connections`: its first bytes get a 503
+        self.sized_reads = False  # the transport's read size can be set (`max_size`)
         self.head_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
         self.linger_timer: asyncio.TimerHandle | None = None
@@ -190,8 +190,12 @@ class RegistryHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.flow = TimedFlowControl(transport)
-        if hasattr(transport, "max_size"):  # asyncio's socket transports
-            transport.max_size = READ_BYTES
+        # Reads are sized to what comes: megabytes of a body, kilobytes of a head. A read of
+        # a megabyte for a head, dropped once refused, left holes in the heap that 50
+        # connections refused at once grew by 10 MiB.
+        self.sized_reads = hasattr(transport, "max_size")  # asyncio's socket transports
+        if self.sized_reads:
+            transport.max_size = HEAD_READ_BYTES  # type: ignore[attr-defined]
         # asyncio sets TCP_NODELAY only on sockets whose `proto` says TCP, and the listening
         # socket uvicorn makes for several workers says 0: without this, every answer whose
         # body follows its headers in a second segment waited ~40 ms for a delayed ACK.
@@ -264,7 +268,6 @@ class RegistryHttpProtocol(HttpToolsProtocol):
         """Parse `piece`, then account for where the parser is: in a body (note the time
         for the idle timer) or in a head (count it against the limit)."""
         body_before = self.body_bytes
-        self.started_in_feed = False
         self.parser.feed_data(piece)
         if not self.in_head:
             self.last_read = time.monotonic()
@@ -273,12 +276,14 @@ class RegistryHttpProtocol(HttpToolsProtocol):
                     self.limits.body_idle_timeout, self._body_check
                 )
             return
-        fed = len(piece) - (self.body_bytes - body_before)  # the head's part, at most
         if not self.head_started:  # between requests: nothing of a head is held
             self.head_bytes = 0
             self._arm_head_timer_when_idle()
             return
-        self.head_bytes = fed if self.started_in_feed else self.head_bytes + fed
+        # All of the piece that was no body: exact for a head that began before it (the
+        # count starts at 0 with every head), at most one piece too much for one that began
+        # in it after other requests.
+        self.head_bytes += len(piece) - (self.body_bytes - body_before)
         limit = self.limits.max_header_bytes
         if self.head_bytes >= limit:  # full, and still no end of the head
             error = Unsupported(
@@ -304,7 +309,7 @@ class RegistryHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.head_started = self.started_in_feed = True
+        self.head_started = True
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {})  # type: ignore[typeddict-item]
         extensions[ZERO_COPY_SEND] = {}
 
@@ -327,6 +332,8 @@ class RegistryHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.in_head = self.head_started = False
         self.head_bytes = 0
+        if self.sized_reads:
+            self.transport.max_size = READ_BYTES  # type: ignore[attr-defined]
         if self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None
@@ -356,6 +363,8 @@ class RegistryHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self.in_head = True
+        if self.sized_reads:
+            self.transport.max_size = HEAD_READ_BYTES  # type: ignore[attr-defined]
         if self.body_timer is not None:
             self.body_timer.cancel()
             self.body_timer = None
@@ -401,8 +410,8 @@ class RegistryHttpProtocol(HttpToolsProtocol):
         the client might never read the answer); nothing more is parsed or kept. If an
         answer to an earlier request is under way, that one ends the connection instead."""
         self.refused = True
-        if hasattr(self.transport, "max_size"):
-            self.transport.max_size = LINGER_READ_BYTES
+        if self.sized_reads:
+            self.transport.max_size = HEAD_READ_BYTES  # type: ignore[attr-defined]
         for timer in (self.head_timer, self.body_timer):
             if timer is not None:
                 timer.cancel()

@@ -229,6 +229,7 @@ def test_an_idle_keep_alive_connection_is_closed(limited: RegistryServer) -> Non
     with connect(limited) as sock:
         sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_answer(sock).status == 200
+        sock.settimeout(4)  # the setting's 1 s, not uvicorn's default of 5 or our old 30
         assert closed_by_server(sock)
 
 
@@ -292,7 +293,9 @@ def test_connections_beyond_the_cap_get_503(tmp_path: Path) -> None:
     server.start()
     held: list[socket.socket] = []
     try:
-        while len(held) < 4:  # four open connections, each seen through a first answer
+        for _ in range(50):  # four open connections, each seen through a first answer
+            if len(held) == 4:
+                break
             sock = connect(server)
             sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
             try:
@@ -304,6 +307,7 @@ def test_connections_beyond_the_cap_get_503(tmp_path: Path) -> None:
             else:
                 sock.close()
                 time.sleep(0.1)
+        assert len(held) == 4
         with connect(server) as sock:
             sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
             answer = read_answer(sock)
