@@ -277,7 +277,6 @@ class RegistryHttpProtocol(HttpToolsProtocol):
                 )
             return
         if not self.head_started:  # between requests: nothing of a head is held
-            self.head_bytes = 0
             self._arm_head_timer_when_idle()
             return
         # All of the piece that was no body: exact for a head that began before it (the
