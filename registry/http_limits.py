@@ -11,12 +11,14 @@ have (nginx, Go's net/http, hence Distribution), enforced in `registry.http_prot
 - time: a head must arrive in full within `header_timeout`, a body may not pause longer than
   `body_idle_timeout`, an idle keep-alive connection closes after `keep_alive_timeout`
   (uvicorn's own timer);
-- connections: beyond `max_connections` in one worker, a new connection is answered 503.
+- connections: beyond `max_connections` in one worker, a new connection is answered 503;
+  and the process may open enough files for them (`raise_open_file_limit`).
 """
 
 from __future__ import annotations
 
 import http
+import resource
 from dataclasses import dataclass
 
 from registry.config import ConfigError, ServerConfig
@@ -26,6 +28,7 @@ from registry.errors import RegistryError
 API_VERSION_HEADER = (b"docker-distribution-api-version", b"registry/2.0")
 
 MIN_HEADER_BYTES = 1024  # below this, ordinary requests with a token would not fit
+OTHER_FILES = 256  # open besides connections: the database, blob files, the loop's own
 
 
 @dataclass(frozen=True)
@@ -83,3 +86,22 @@ def error_answer(
         *(b"%s: %s" % header for header in headers),
     ]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit, as Go's runtime does
+    at start, and return the soft limit now (inherited by worker processes).
+
+    Services often start with a soft limit of 1,024: then accept() fails for want of file
+    descriptors (asyncio stops accepting for a second at a time, for every client alike)
+    before `max_connections` is reached, and the cap would protect no one.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):  # e.g. above the kernel's fs.nr_open
+            pass
+    return soft

@@ -11,7 +11,7 @@ from registry.allocator import keep_freed_buffers
 from registry.app import create_app
 from registry.auth.services import preflight
 from registry.config import Config, settings
-from registry.http_limits import HttpLimits
+from registry.http_limits import OTHER_FILES, HttpLimits, raise_open_file_limit
 from registry.http_protocol import RegistryHttpProtocol
 from registry.metadata.db import upgrade_schema
 
@@ -34,6 +34,15 @@ def serve(config: Config, workers: int | None = None) -> int:
     host, port = config.host_port
     limits = HttpLimits.from_config(config.server)
     preflight(config)  # no auth off loopback unless insecure; auth settings and keys
+    files = raise_open_file_limit()
+    if limits.max_connections and files < limits.max_connections + OTHER_FILES:
+        log.warning(
+            "the open-file limit (%d) is below server.max_connections (%d) plus %d: "
+            "raise it (ulimit -n, LimitNOFILE=) or lower server.max_connections",
+            files,
+            limits.max_connections,
+            OTHER_FILES,
+        )
     if config.database.auto_migrate:
         upgrade_schema(config.database_url)
     count = workers or config.server.workers

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
 import socket
 import threading
 import time
@@ -328,6 +329,26 @@ def test_connections_beyond_the_cap_get_503(tmp_path: Path) -> None:
     finally:
         for sock in held:
             sock.close()
+        server.stop()
+
+
+def test_the_server_may_open_files_for_its_connections(tmp_path: Path) -> None:
+    # Started with a soft limit of 512 open files (a service manager's 1,024, say), it raises
+    # it to the hard limit, as Go's runtime does: else accept() fails before the cap.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard == resource.RLIM_INFINITY or hard > 2048, "this test needs a hard limit above 2048"
+    server = RegistryServer(tmp_path / "data")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    try:
+        server.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert server.process is not None
+        limits = Path(f"/proc/{server.process.pid}/limits").read_text().splitlines()
+        line = next(line for line in limits if line.startswith("Max open files"))
+        assert int(line.split()[3]) == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
+    finally:
         server.stop()
 
 
