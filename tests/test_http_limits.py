@@ -17,6 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from registry.config import ConfigError, ServerConfig
+from registry.http_limits import HttpLimits
+
 from support.server import RegistryServer
 
 HEAD_LIMIT = 8192
@@ -102,6 +105,32 @@ def request_of_size(size: int, target: str = "/v2/") -> bytes:
     pad = size - len(start) - 4
     assert pad >= 0
     return start + b"a" * pad + b"\r\n\r\n"
+
+
+# Settings --------------------------------------------------------------------------------
+
+
+def test_settings_become_the_protocol_limits() -> None:
+    limits = HttpLimits.from_config(ServerConfig(max_header_bytes=4096, body_idle_timeout=0))
+    assert (limits.max_header_bytes, limits.body_idle_timeout) == (4096, 0.0)
+    assert HttpLimits.from_config(ServerConfig()) == HttpLimits()
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        {"max_header_bytes": 100},
+        {"max_url_bytes": 0},
+        {"max_headers": 0},
+        {"header_timeout": -1},
+        {"body_idle_timeout": -1},
+        {"keep_alive_timeout": -1},
+        {"max_connections": -1},
+    ],
+)
+def test_limits_that_cannot_work_are_refused(wrong: dict[str, int]) -> None:
+    with pytest.raises(ConfigError, match=next(iter(wrong))):
+        HttpLimits.from_config(ServerConfig(**wrong))  # type: ignore[arg-type]
 
 
 # Head size -------------------------------------------------------------------------------
