@@ -28,6 +28,14 @@ class ServerConfig:
     workers: int = 1
     log_level: str = "info"
     access_log: bool = False
+    # What one connection may hold of a worker (registry/http_limits.py); timeouts in seconds.
+    max_header_bytes: int = 64 * 1024  # request line and headers together; beyond: 431
+    max_url_bytes: int = 8 * 1024  # beyond: 414
+    max_headers: int = 100  # beyond: 431
+    header_timeout: int = 30  # for a request's line and headers to arrive in full
+    body_idle_timeout: int = 60  # longest pause within a request body
+    keep_alive_timeout: int = 5  # an idle connection between requests
+    max_connections: int = 1024  # per worker; beyond: 503
 
 
 @dataclass

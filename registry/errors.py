@@ -15,6 +15,7 @@ RegistryError                 base: code, HTTP status, message, detail
 ├── Denied                    403 DENIED
 ├── Unsupported               405 UNSUPPORTED
 ├── TooManyRequests           429 TOOMANYREQUESTS
+├── Unavailable               503 UNAVAILABLE (Distribution's code: a server too busy to serve)
 ├── RangeNotSatisfiable       416 RANGE_INVALID (a Range the blob cannot satisfy)
 ├── PayloadTooLarge           413 (a manifest over the size limit)
 └── DiskFull                  503 UNAVAILABLE (the disk under the blobs or the database is full)
@@ -127,6 +128,10 @@ class Unsupported(RegistryError):
 
 class TooManyRequests(RegistryError):
     code, status, default_message = "TOOMANYREQUESTS", 429, "too many requests"
+
+
+class Unavailable(RegistryError):
+    code, status, default_message = "UNAVAILABLE", 503, "service unavailable"
 
 
 class RangeNotSatisfiable(RegistryError):

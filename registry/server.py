@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import uvicorn
@@ -11,6 +12,7 @@ from registry.app import create_app
 from registry.auth.services import preflight
 from registry.config import Config, settings
 from registry.filemodes import secure_data
+from registry.http_limits import OTHER_FILES, HttpLimits, raise_open_file_limit
 from registry.http_protocol import RegistryHttpProtocol
 from registry.metadata.db import upgrade_schema
 
@@ -32,7 +34,17 @@ def app_factory() -> object:
 def serve(config: Config, workers: int | None = None) -> int:
     host, port = config.host_port
     secure_data(config)  # owner-only files from here on, whatever the umask
+    limits = HttpLimits.from_config(config.server)
     preflight(config)  # no auth off loopback unless insecure; auth settings and keys
+    files = raise_open_file_limit()
+    if limits.max_connections and files < limits.max_connections + OTHER_FILES:
+        log.warning(
+            "the open-file limit (%d) is below server.max_connections (%d) plus %d: "
+            "raise it (ulimit -n, LimitNOFILE=) or lower server.max_connections",
+            files,
+            limits.max_connections,
+            OTHER_FILES,
+        )
     if config.database.auto_migrate:
         upgrade_schema(config.database_url)
     count = workers or config.server.workers
@@ -44,12 +56,14 @@ def serve(config: Config, workers: int | None = None) -> int:
         access_log=config.server.access_log,
         server_header=False,
         proxy_headers=False,
-        timeout_keep_alive=30,
+        timeout_keep_alive=config.server.keep_alive_timeout,
         # uvloop is no faster here once the database runs on the loop, and when the loop is
         # saturated it serves some connections far later than others (p99 of 1 s at 64
         # connections, where asyncio's own loop stays at 50 ms).
         loop="asyncio",
-        http=RegistryHttpProtocol,  # httptools, plus zero-copy sends of blob files
+        # httptools, plus zero-copy sends of blob files and our limits. A partial of an
+        # importable class pickles, so each worker process of several gets the same limits.
+        http=functools.partial(RegistryHttpProtocol, limits=limits),
     )
     if count > 1:
         import json

@@ -32,6 +32,7 @@ from registry.errors import (
     SizeInvalid,
 )
 from registry.metadata.store import Upload
+from registry.numbers import parse_decimal
 from registry.oci.digest import Digest
 from registry.storage.layout import is_upload_id
 
@@ -135,9 +136,10 @@ def _content_length(request: Request) -> int | None:
     raw = request.headers.get("content-length")
     if raw is None:
         return None
-    if not raw.isdigit():
-        raise BlobUploadInvalid("malformed Content-Length")
-    return int(raw)
+    value = parse_decimal(raw)
+    if value is None:  # the HTTP parser lets through only what it can count, but be sure
+        raise SizeInvalid("malformed Content-Length", detail={"content-length": raw[:50]})
+    return value
 
 
 async def start_upload(request: Request) -> Response:

@@ -33,6 +33,7 @@ from registry.auth.services import AuthServices
 from registry.auth.token_endpoint import auth_services
 from registry.errors import Denied, RegistryError, Unauthorized
 from registry.metadata.identity import IdentityConflict, IdentityNotFound, RobotRecord
+from registry.numbers import parse_decimal
 
 MAX_BODY = 64 * 1024
 Handler = Callable[[Request, AuthServices, Principal], Awaitable[Response]]
@@ -356,11 +357,11 @@ async def remove_token(request: Request, auth: AuthServices, caller: Principal) 
 
 async def audit(request: Request, auth: AuthServices, caller: Principal) -> Response:
     params = request.query_params
-    raw_limit = params.get("limit", "100")
-    if not raw_limit.isdigit():
+    limit = parse_decimal(params.get("limit", "100"))
+    if limit is None:
         raise BadRequest("`limit` must be a number")
     entries = await auth.identity.audit_entries(
-        min(int(raw_limit), 10_000), params.get("actor"), params.get("action")
+        min(limit, 10_000), params.get("actor"), params.get("action")
     )
     return JSONResponse(
         {

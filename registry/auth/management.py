@@ -29,10 +29,12 @@ from registry.auth.permissions import (
     validate_pattern,
 )
 from registry.metadata.identity import IdentityConflict, IdentityStore, now
+from registry.numbers import parse_decimal
 
-_DURATION = re.compile(r"^(\d+)([smhdw])\Z")
+_DURATION = re.compile(r"^([0-9]+)([smhdw])\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 DEFAULT_TOKEN_LIFETIME = "90d"
+MAX_LIFETIME = timedelta(days=100 * 366)  # longer is `never`; past ~2.7 million years, a 500
 
 
 class ManagementError(ValueError):
@@ -53,9 +55,13 @@ def parse_duration(text: str) -> timedelta | None:
     if text.strip().lower() == "never":
         return None
     match = _DURATION.fullmatch(text.strip().lower())
-    if not match or int(match[1]) == 0:
-        raise ManagementError(f"durations look like 90d, 12h, 30m or never; got {text!r}")
-    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    count = parse_decimal(match[1]) if match else None
+    if match is None or not count:
+        raise ManagementError(f"durations look like 90d, 12h, 30m or never; got {text[:80]!r}")
+    seconds = count * _UNITS[match[2]]
+    if seconds > MAX_LIFETIME.total_seconds():
+        raise ManagementError(f"a lifetime is at most 100 years (or never); got {text[:80]!r}")
+    return timedelta(seconds=seconds)
 
 
 def parse_token_scope(text: str) -> tuple[str, str]:
