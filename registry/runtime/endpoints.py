@@ -182,8 +182,8 @@ class Plumbing:
         c = self.container
         networks = NetworkStore(self.store)
         containers = ContainerStore(self.store)
-        network = networks.load(c.network)
         with self.store.locked():
+            network = networks.load(c.network)  # under the lock: `network rm` may be running
             namespace = networks.ensure_namespace(network)
             _sweep_locked(self.store, networks, {network.name})
             c.endpoint = self._endpoint(network, containers.all())

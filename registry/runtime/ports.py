@@ -30,8 +30,8 @@ CONNECT_TIMEOUT = 10.0
 CHUNK = 65536
 
 
-def _port(text: str, what: str, allow_zero: bool = False) -> int:
-    if not text.isdigit() or not (0 if allow_zero else 1) <= int(text) <= 65535:
+def _port(text: str, what: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 65535:
         raise RuntimeFailure(f"invalid {what} {text!r}: a number from 1 to 65535")
     return int(text)
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry.runtime import netns
+from registry.runtime import linux, netns
 from registry.runtime.state import ContainerStore
 from registry.runtime.store import Store
 from runtime.imaging import Image, Layer, Pusher, busybox_entries, directory, file, tar_bytes
-from runtime.runner import ROOT, cli
+from runtime.runner import CLI, PROJECT, ROOT, cli
 
 from support.server import RegistryServer, free_port
 
@@ -74,6 +74,14 @@ def address(name: str, net: str) -> str:
 def veths(store: Store, net: str) -> list[str]:
     links = netns.links(store.root / "networks" / net / "netns")
     return sorted(str(link["ifname"]) for link in links if link["ifname"].startswith("veth"))
+
+
+def assert_port_free(port: int) -> None:
+    """Nothing listens on 127.0.0.1:port (SO_REUSEADDR: connections in TIME_WAIT aside)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(1)
 
 
 def wait_for_log(name: str, text: str, timeout: float = 30) -> str:
@@ -148,9 +156,11 @@ def test_hosts_follow_containers_and_rm_refuses_a_used_network(image: str,
     assert len(veths(store, "A")) == 2
     refused = cli("network", "rm", "A")
     assert refused.returncode != 0 and "active endpoints" in refused.stderr
-    assert cli("rm", "-f", "web").returncode == 0
+    assert cli("stop", "web").returncode == 0  # the exit itself: `stop` cleans nothing
     wait_for_log("peer", "web-left")  # ... and lost it
     assert len(veths(store, "A")) == 1
+    assert inspect("web")["NetworkSettings"]["Networks"]["A"]["IPAddress"] == ""
+    assert cli("rm", "web").returncode == 0
     peer_hosts = (ContainerStore(store).dir(inspect("peer")["Id"]) / "hosts").read_text()
     assert "web" not in peer_hosts and "site" not in peer_hosts
     refused = cli("network", "rm", "A")
@@ -177,8 +187,7 @@ def test_exit_with_rm_cleans_up(image: str, store: Store) -> None:
     assert names == f"peer {peer_id[:12]}"
     assert cli("ps", "-aq").stdout.split() == [peer_id[:12]]
     assert len(veths(store, "A")) == 1
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))  # the relay let go of the port
+    assert_port_free(port)  # the relay let go of it
     assert "brief" not in (ContainerStore(store).dir(peer_id) / "hosts").read_text()
     again = cli("run", "--rm", "--network", "A", image, "sh", "-c", OWN_ADDRESS)
     assert again.stdout.strip() == brief_address  # the address was given back
@@ -220,8 +229,7 @@ def test_plumbing_a_killed_supervisor_left_is_cleaned_up(image: str, store: Stor
     assert "victim2" in peer_hosts.read_text()
     assert sorted(veths(store, "A")) == sorted(
         c.endpoint.veth for c in records.values() if c.endpoint is not None)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))  # the relay died with its supervisor
+    assert_port_free(port)  # the relay died with its supervisor
     # victim2: its supervisor dies, the container lives on until `rm -f`
     _kill_supervisor(store, "victim2")
     assert cli("rm", "-f", "victim2").returncode == 0
@@ -402,3 +410,47 @@ def test_published_port_in_use_fails_the_start(image: str) -> None:
         assert done.returncode != 0 and "port is already allocated" in done.stderr
         done = cli("run", "-d", "--network", "A", "-p", f"{port}:80", image, "true")
         assert done.returncode != 0 and "port is already allocated" in done.stderr
+
+
+def test_no_host_socket_reaches_the_container(image: str) -> None:
+    """The relay's listening sockets live in the host's namespace: not one of them may be
+    inherited by the container's processes (with --init, pid 1 stays our code)."""
+    network("A")
+    done = cli("run", "--rm", "--init", "--network", "A", "-p", f"{free_port()}:80", image,
+               "sh", "-c", "ls -l /proc/1/fd/ /proc/self/fd/")
+    assert done.returncode == 0 and "/proc/1/fd/" in done.stdout, done.stderr
+    assert "socket:" not in done.stdout, done.stdout
+
+
+def test_a_foreground_run_relays_its_ports(image: str) -> None:
+    network("A")
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "run", "--rm", "--init", "--network", "A", "-p",
+                             f"{port}:80", image, "sh", "-c", "echo ready; httpd -f -p 80 -h /www"],
+                            stdout=subprocess.PIPE, text=True, cwd=PROJECT)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/index.html", timeout=10)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert (response.status_code, response.text) == (200, PAGE)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert_port_free(port)  # the relay is gone with the run
+
+
+def test_a_network_outlives_its_namespace_mount(image: str, store: Store) -> None:
+    """After a reboot the namespace file is an empty file: the next run makes it again."""
+    network("A")
+    path = store.root / "networks" / "A" / "netns"
+    linux.umount(str(path), linux.MNT_DETACH)  # what a reboot leaves
+    assert not netns.is_namespace(path)
+    done = cli("run", "--rm", "--network", "A", image, "sh", "-c", OWN_ADDRESS)
+    assert done.returncode == 0 and done.stdout.startswith("10.89."), done.stderr
+    assert netns.is_namespace(path)
