@@ -158,7 +158,7 @@ def in_use(store: Store, network: str) -> list[Container]:
 
 class Plumbing:
     """One container's network plumbing, owned by its supervisor: `setup` before the fork,
-    `close_in_child` in the forked child, `started` after it, `teardown` at the exit."""
+    `started` after the fork, `teardown` at the exit."""
 
     def __init__(self, store: Store, container: Container) -> None:
         self.store = store
@@ -217,12 +217,6 @@ class Plumbing:
         return Endpoint(network_id=network.id, ip_address=address,
                         prefix_len=network.prefix_len, gateway=network.gateway,
                         veth=f"veth{c.id[:10]}")
-
-    def close_in_child(self) -> None:
-        """In the forked child: the host's listening sockets must not reach the container."""
-        for fd in self.relay.fds():
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
     def started(self) -> None:
         """After the fork: let go of the container's namespace (pid 1 has it), relay ports."""

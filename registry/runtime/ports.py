@@ -126,9 +126,6 @@ class PortRelay:
             self.close_listeners()
             raise
 
-    def fds(self) -> list[int]:
-        return [s.fileno() for s in self._listeners]
-
     def close_listeners(self) -> None:
         for sock in self._listeners:
             sock.close()

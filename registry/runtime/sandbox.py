@@ -72,8 +72,8 @@ def stage1(launch: Launch, info_fd: int) -> None:
         for target, fd in enumerate(launch.stdio):
             if fd != target:
                 os.dup2(fd, target)
-        for fd in set(launch.stdio) - {0, 1, 2}:
-            os.close(fd)
+        _close_all_but({0, 1, 2, info_fd, launch.error_fd, launch.netns_fd,
+                        *launch.cgroup_fds})
         linux.unshare(linux.CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:
@@ -93,6 +93,17 @@ def stage1(launch: Launch, info_fd: int) -> None:
             os.write(launch.error_fd, f"125\n{exc}".encode())
     finally:
         os._exit(code)
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close every descriptor this process inherited from the supervisor (listening
+    sockets of published ports, log pipes, the store's lock...) but those in `keep`: pid 1
+    runs inside the container, which could reach anything it holds through /proc/1/fd."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def container_init(launch: Launch) -> None:

@@ -124,12 +124,7 @@ class Supervisor:
         launch.error_fd = error_w
         pid = os.fork()
         if pid == 0:
-            os.close(info_r)
-            os.close(error_r)
-            for fd, _ in self._log_pipes:
-                os.close(fd)
-            self.plumbing.close_in_child()
-            stage1(launch, info_w)
+            stage1(launch, info_w)  # closes every descriptor it was not handed
         self.stage1_pid = pid
         self.plumbing.started()
         os.close(info_w)
