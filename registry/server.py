@@ -30,6 +30,7 @@ def app_factory() -> object:
 
 def serve(config: Config, workers: int | None = None) -> int:
     host, port = config.host_port
+    config.check()  # an unknown storage driver, or S3 without a bucket: refused up front
     preflight(config)  # no auth off loopback unless insecure; auth settings and keys
     if config.database.auto_migrate:
         upgrade_schema(config.database_url)

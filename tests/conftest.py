@@ -9,7 +9,7 @@ import pytest
 
 from support.server import RegistryServer, free_port
 
-pytest_plugins = ["support.dockerd", "support.postgres"]
+pytest_plugins = ["support.dockerd", "support.postgres", "support.seaweedfs"]
 
 __all__ = ["RegistryServer", "free_port"]
 
