@@ -40,7 +40,7 @@ class S3Config:
     access_key: str = ""  # empty: boto3's default chain (environment, profile, instance role)
     secret_key: str = ""
     addressing: str = "auto"  # auto, path or virtual
-    part_size: int = 16 * 1024 * 1024  # multipart part size (at least 5 MiB)
+    part_size: int = 8 * 1024 * 1024  # multipart part size (at least 5 MiB)
     encryption: str = ""  # server-side encryption: "", AES256 (SSE-S3) or aws:kms (SSE-KMS)
     kms_key_id: str = ""  # SSE-KMS key; empty: the account's default key
     redirect: bool = False  # answer blob GETs with a 307 to a presigned URL

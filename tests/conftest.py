@@ -9,7 +9,7 @@ import pytest
 
 from support.server import RegistryServer, free_port
 
-pytest_plugins = ["support.dockerd", "support.postgres", "support.seaweedfs"]
+pytest_plugins = ["support.dockerd", "support.postgres", "support.seaweedfs", "support.backends"]
 
 __all__ = ["RegistryServer", "free_port"]
 

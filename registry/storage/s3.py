@@ -33,7 +33,7 @@ from registry.storage.s3upload import MIN_PART, S3AppendWriter, UploadState, com
 
 log = logging.getLogger("registry.storage.s3")
 
-READ_BLOCK = 8 * 1024 * 1024
+READ_BLOCK = 4 * 1024 * 1024
 READ_AHEAD = 4  # ranged GETs of one read in flight at once
 COPY_OBJECT_MAX = 5 * 1024**3  # CopyObject's limit; above it, UploadPartCopy
 COPY_PART = 512 * 1024 * 1024
