@@ -205,14 +205,16 @@ class S3Driver:
 
     async def delete(self, key: str) -> None:
         full = self._key(key)
-        keys = [full, *await self._list_all(full + "/")]
-        await self.delete_keys(keys)
+        mine = (full + "/", full + ".")  # under it, or its upload's tail objects
+        keys = [k for k in await self._list_all(full) if k == full or k.startswith(mine)]
+        if keys:
+            await self.delete_keys(keys)
         uploads = await self._run(
             key, self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=full
         )
         for upload in uploads.get("Uploads", []):
             name = upload["Key"]
-            if name == full or name.startswith((full + "/", full + ".")):
+            if name == full or name.startswith(mine):
                 await self.abort_multipart(name, upload["UploadId"])
 
     async def _list_all(self, prefix: str) -> list[str]:
@@ -313,10 +315,6 @@ class S3Driver:
         if upload.upload_id is None:
             await self._commit_tail(upload, dst)
             return
-        if upload.tail:  # the last part: under 5 MiB, read back once
-            data = b"".join([await self.read_start(k, n) for k, n in upload.tail])
-            etag = await self.upload_part(upload.key, upload.upload_id, len(upload.parts) + 1, data)
-            upload.parts.append((etag, len(data)))
         await self._complete(upload)
         if upload.key != dst:
             await self._copy(upload.key, dst, upload.size)
@@ -331,8 +329,16 @@ class S3Driver:
         await self.put_object(dst, data)
 
     async def _complete(self, upload: UploadState) -> None:
+        """Complete the multipart upload, its tail (under 5 MiB, read back once) as the last
+        part; a multipart upload completed already by an earlier try (whose answer was lost,
+        or whose copy failed) is taken as it is, when its size is right."""
         assert upload.upload_id is not None
         try:
+            if upload.tail:
+                data = b"".join([await self.read_start(k, n) for k, n in upload.tail])
+                number = len(upload.parts) + 1
+                etag = await self.upload_part(upload.key, upload.upload_id, number, data)
+                upload.parts.append((etag, len(data)))
             result = await self._run(
                 upload.key,
                 self.client.complete_multipart_upload,
@@ -342,7 +348,6 @@ class S3Driver:
                 MultipartUpload={"Parts": completed_parts(upload)},
             )
         except StorageError as exc:
-            # Completed already (a retry after an answer that was lost)?
             if "NoSuchUpload" not in str(exc):
                 raise
             head = await self._run(
@@ -350,8 +355,8 @@ class S3Driver:
             )
             if int(head["ContentLength"]) != upload.size:
                 raise
-            log.info("%s: multipart upload already completed", upload.key)
-            result = head
+            log.info("%s: multipart upload completed already", upload.key)
+            return
         expected = composite_etag(upload)
         if expected is not None and str(result.get("ETag", "")).strip('"') != expected:
             # A part is not the one this state recorded: a writer that had lost the upload

@@ -157,3 +157,17 @@ async def test_denied_is_not_transient(seaweedfs: SeaweedFS, bucket: str) -> Non
     with pytest.raises(StorageError) as caught:
         await driver.put("a/b", b"x")
     assert not isinstance(caught.value, StorageUnavailable)
+
+
+async def test_commit_retried_after_the_upload_completed(driver: S3Driver) -> None:
+    """An earlier commit completed the multipart upload, then failed (its copy, or its
+    answer lost): the retry takes the completed object as it is."""
+    from registry.storage.s3upload import UploadState
+
+    data = os.urandom(7 * MiB + 3)  # a part and a tail
+    state = await write(await driver.append("uploads/r/data", 0), data[: 6 * MiB])
+    state = await write(await driver.append("uploads/r/data", 6 * MiB, state), data[6 * MiB :])
+    assert state is not None
+    await driver._complete(UploadState.load(state))
+    await driver.commit("uploads/r/data", state, "blobs/r/data")
+    assert b"".join([c async for c in driver.read("blobs/r/data")]) == data
