@@ -47,7 +47,7 @@ class RegistryError(Exception):
         self.http_status = status or self.status
         self.headers = headers or {}
         # A manifest can name thousands of missing blobs; a hundred errors say enough.
-        self.also = list(also or [])[:MAX_ERRORS - 1]
+        self.also = list(also or [])[: MAX_ERRORS - 1]
         super().__init__(self.message)
 
     def body(self) -> bytes:

@@ -18,6 +18,7 @@ from registry.api.context import (
 from registry.api.filesend import FileRangeResponse, can_send_files
 from registry.api.ranges import Unsatisfiable, parse_range
 from registry.errors import BlobUnknown, RangeNotSatisfiable
+from registry.storage.driver import PathNotFound
 
 log = logging.getLogger("registry")
 
@@ -61,6 +62,11 @@ async def get_blob(request: Request) -> Response:
         opening = await stream.__anext__()
     except StopAsyncIteration:
         opening = b""
+    except PathNotFound:  # gone since the size was checked (another replica, or damage)
+        log.error("blob %s: recorded, but missing from storage", digest)
+        raise BlobUnknown(
+            "blob content is missing from storage", detail={"digest": str(digest)}
+        ) from None
     return StreamingResponse(_after(opening, stream), status, headers=headers)
 
 

@@ -40,8 +40,10 @@ _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^,\s]*))')
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """`Bearer realm="x",service="y"` -> ("bearer", {"realm": "x", "service": "y"})."""
     scheme, _, rest = header.strip().partition(" ")
-    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-              for m in _CHALLENGE_PARAM.finditer(rest)}
+    params = {
+        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+        for m in _CHALLENGE_PARAM.finditer(rest)
+    }
     return scheme.lower(), params
 
 
@@ -71,13 +73,19 @@ def _error_message(response: httpx.Response) -> str:
 class RegistryClient:
     """Talks to one registry host; thread-safe (layers download in parallel)."""
 
-    def __init__(self, host: str, credentials: Credentials | None = None,
-                 scheme: str | None = None, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        credentials: Credentials | None = None,
+        scheme: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
         self.host = host
         self.credentials = credentials
         self.base = f"{scheme or default_scheme(host)}://{host}"
         self._http = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=10.0), follow_redirects=True,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            follow_redirects=True,
             headers={"User-Agent": "pocket-runtime/0.1"},
         )
         self._auth: dict[str, str] = {}  # scope -> Authorization header value
@@ -138,8 +146,9 @@ class RegistryClient:
         self._auth[scope] = f"Bearer {token}"
 
     @contextmanager
-    def _request(self, method: str, path: str, scope: str,
-                 headers: dict[str, str] | None = None) -> Iterator[httpx.Response]:
+    def _request(
+        self, method: str, path: str, scope: str, headers: dict[str, str] | None = None
+    ) -> Iterator[httpx.Response]:
         """Send with auth (answering one challenge), yield the streamed response."""
         url = path if path.startswith("http") else self.base + path
         for attempt in range(2):
@@ -205,8 +214,13 @@ class RegistryClient:
             )
         return data, media_type, actual
 
-    def download_blob(self, repo: str, digest: str, writer: BlobWriter,
-                      progress: Callable[[int], None] | None = None) -> None:
+    def download_blob(
+        self,
+        repo: str,
+        digest: str,
+        writer: BlobWriter,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         """Stream a blob into `writer` (which checks size and digest on commit)."""
         scope = f"repository:{repo}:pull"
         with self._request("GET", f"/v2/{repo}/blobs/{digest}", scope) as response:

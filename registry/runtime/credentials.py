@@ -74,8 +74,11 @@ def _decode(auth: str) -> Credentials | None:
 def _from_helper(helper: str, host: str) -> Credentials | None:
     try:
         done = subprocess.run(
-            [f"docker-credential-{helper}", "get"], input=host.encode(),
-            capture_output=True, timeout=30, check=False,
+            [f"docker-credential-{helper}", "get"],
+            input=host.encode(),
+            capture_output=True,
+            timeout=30,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -31,8 +31,14 @@ PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_PDEATHSIG = 1
 
-_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "armv7l": 218, "ppc64le": 203,
-               "s390x": 217}
+_PIVOT_ROOT = {
+    "x86_64": 155,
+    "aarch64": 41,
+    "riscv64": 41,
+    "armv7l": 218,
+    "ppc64le": 203,
+    "s390x": 217,
+}
 
 
 def _check(result: int, what: str) -> None:
@@ -45,13 +51,13 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
 
 
-def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
-          data: str | None = None) -> None:
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None
+) -> None:
     def enc(value: str | None) -> bytes | None:
         return value.encode() if value is not None else None
 
-    result = _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags),
-                         enc(data))
+    result = _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
     _check(result, f"mount {target}")
 
 
@@ -63,13 +69,20 @@ def pivot_root(new_root: str, put_old: str) -> None:
     number = _PIVOT_ROOT.get(platform.machine())
     if number is None:
         raise OSError(38, f"pivot_root: unknown syscall number on {platform.machine()}")
-    _check(_libc.syscall(ctypes.c_long(number), new_root.encode(), put_old.encode()),
-           "pivot_root")
+    _check(_libc.syscall(ctypes.c_long(number), new_root.encode(), put_old.encode()), "pivot_root")
 
 
 def prctl(option: int, arg: int = 0) -> None:
-    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
-                       ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl")
+    _check(
+        _libc.prctl(
+            ctypes.c_int(option),
+            ctypes.c_ulong(arg),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+            ctypes.c_ulong(0),
+        ),
+        "prctl",
+    )
 
 
 def set_process_name(name: str) -> None:
@@ -82,8 +95,11 @@ class _CapHeader(ctypes.Structure):
 
 
 class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
 
 
 def capset(effective: int, permitted: int, inheritable: int) -> None:

@@ -58,9 +58,10 @@ def select_manifest(manifests: Sequence[Descriptor], wanted: Platform) -> Descri
     """The index entry for `wanted`; an exact variant beats one without a variant."""
     fits = [d for d in manifests if d.platform is not None and matches(d.platform, wanted)]
     if not fits:
-        offered = ", ".join(
-            sorted({format_platform(d.platform) for d in manifests if d.platform})
-        ) or "none"
+        offered = (
+            ", ".join(sorted({format_platform(d.platform) for d in manifests if d.platform}))
+            or "none"
+        )
         raise PlatformNotFound(
             f"no manifest for platform {format_platform(wanted)} (offered: {offered})"
         )

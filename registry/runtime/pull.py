@@ -36,10 +36,18 @@ from registry.runtime.store import Store, remove_tree
 from registry.runtime.unpack import unpack_layer
 
 PARALLEL_DOWNLOADS = 4
-LAYER_TYPES = frozenset(
-    {mt.OCI_LAYER, mt.OCI_LAYER_GZIP, mt.OCI_LAYER_ZSTD, mt.DOCKER_LAYER_GZIP,
-     "application/vnd.docker.image.rootfs.diff.tar"}
-) | mt.NON_DISTRIBUTABLE_LAYERS
+LAYER_TYPES = (
+    frozenset(
+        {
+            mt.OCI_LAYER,
+            mt.OCI_LAYER_GZIP,
+            mt.OCI_LAYER_ZSTD,
+            mt.DOCKER_LAYER_GZIP,
+            "application/vnd.docker.image.rootfs.diff.tar",
+        }
+    )
+    | mt.NON_DISTRIBUTABLE_LAYERS
+)
 
 
 def parse_reference(value: str) -> Reference:
@@ -113,7 +121,8 @@ class Puller:
         if manifest.config is None:
             raise RegistryError(f"{ref}: manifest has no config")
         if manifest.artifact_type or manifest.config.media_type not in (
-            mt.OCI_CONFIG, mt.DOCKER_CONFIG
+            mt.OCI_CONFIG,
+            mt.DOCKER_CONFIG,
         ):
             raise RegistryError(
                 f"{ref} is not a container image (config {manifest.config.media_type})"
@@ -128,18 +137,21 @@ class Puller:
         except (ValueError, KeyError, TypeError):
             raise ContentInvalid(f"{ref}: image config is not valid") from None
         if not isinstance(diff_ids, list) or len(diff_ids) != len(manifest.layers):
-            raise ContentInvalid(f"{ref}: config lists {len(diff_ids)} diff ids for "
-                                 f"{len(manifest.layers)} layers")
-        image_platform = Platform(str(config.get("architecture", "")), str(config.get("os", "")),
-                                  config.get("variant"))
+            raise ContentInvalid(
+                f"{ref}: config lists {len(diff_ids)} diff ids for {len(manifest.layers)} layers"
+            )
+        image_platform = Platform(
+            str(config.get("architecture", "")), str(config.get("os", "")), config.get("variant")
+        )
         if not matches(image_platform, wanted):
             raise RegistryError(
                 f"{ref}: image is for {format_platform(image_platform)}, "
                 f"not {format_platform(wanted)} (use --platform)"
             )
         self.store.put_blob(digest, data)
-        return ResolvedImage(manifest, data, digest, top_digest, config,
-                             manifest.config.digest, image_platform)
+        return ResolvedImage(
+            manifest, data, digest, top_digest, config, manifest.config.digest, image_platform
+        )
 
     def _config(self, client: RegistryClient, ref: Reference, desc: Descriptor) -> bytes:
         if not self.store.has_blob(desc.digest):
@@ -152,22 +164,36 @@ class Puller:
                 raise
         return self.store.read_blob(desc.digest)
 
-    def _fetch_layers(self, client: RegistryClient, ref: Reference,
-                      resolved: ResolvedImage) -> list[int]:
+    def _fetch_layers(
+        self, client: RegistryClient, ref: Reference, resolved: ResolvedImage
+    ) -> list[int]:
         diff_ids = resolved.config["rootfs"]["diff_ids"]
         pairs = list(zip(resolved.manifest.layers, diff_ids, strict=True))
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), console=self.console, transient=False,
-        ) as progress, ThreadPoolExecutor(PARALLEL_DOWNLOADS) as pool:
+        with (
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=self.console,
+                transient=False,
+            ) as progress,
+            ThreadPoolExecutor(PARALLEL_DOWNLOADS) as pool,
+        ):
             tasks = [
                 pool.submit(self._layer, client, ref, desc, diff_id, progress)
                 for desc, diff_id in pairs
             ]
             return [t.result() for t in tasks]
 
-    def _layer(self, client: RegistryClient, ref: Reference, desc: Descriptor, diff_id: str,
-               progress: Progress) -> int:
+    def _layer(
+        self,
+        client: RegistryClient,
+        ref: Reference,
+        desc: Descriptor,
+        diff_id: str,
+        progress: Progress,
+    ) -> int:
         short = desc.digest.split(":")[-1][:12]
         if self.store.has_layer(diff_id):
             progress.add_task(f"{short} already exists", total=desc.size, completed=desc.size)
@@ -176,8 +202,9 @@ class Puller:
         if not self.store.has_blob(desc.digest):
             writer = self.store.blob_writer(desc.digest, desc.size)
             try:
-                client.download_blob(ref.name, desc.digest, writer,
-                                     lambda n: progress.advance(task, n))
+                client.download_blob(
+                    ref.name, desc.digest, writer, lambda n: progress.advance(task, n)
+                )
                 writer.commit()
             except BaseException:
                 writer.abort()
@@ -214,8 +241,9 @@ def _parse(data: bytes, media_type: str, what: str) -> Manifest:
         raise RegistryError(f"{what}: invalid manifest: {exc}") from None
 
 
-def ensure_image(store: Store, reference: str, platform: Platform | None = None,
-                 console: Console | None = None) -> ImageRecord:
+def ensure_image(
+    store: Store, reference: str, platform: Platform | None = None, console: Console | None = None
+) -> ImageRecord:
     """The local image for `reference`, pulling it first when it is not there."""
     ref = parse_reference(reference)
     images = ImageIndex(store)

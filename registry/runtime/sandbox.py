@@ -39,14 +39,36 @@ from registry.runtime.spec import ExecUser, resolve_user, with_home
 from registry.runtime.state import Container
 
 FORWARDED_SIGNALS = (
-    signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
-    signal.SIGUSR2, signal.SIGWINCH, signal.SIGALRM, signal.SIGCONT,
+    signal.SIGHUP,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTERM,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+    signal.SIGALRM,
+    signal.SIGCONT,
 )
-_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
-            ("urandom", 1, 9), ("tty", 5, 0))
-_MASKED = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-           "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-           "/sys/firmware")
+_DEVICES = (
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+)
+_MASKED = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+)
 _READONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
 
@@ -152,8 +174,9 @@ def _setup(launch: Launch) -> tuple[ExecUser, list[str]]:
     try:
         os.chdir(c.workdir)
     except OSError as exc:
-        raise StartFailure(f"cannot enter working directory {c.workdir}: {exc.strerror}",
-                           126) from None
+        raise StartFailure(
+            f"cannot enter working directory {c.workdir}: {exc.strerror}", 126
+        ) from None
     return user, env
 
 
@@ -196,8 +219,9 @@ def _bind(root: str, source: str, destination: str, readonly: bool, seed: bool) 
             open(target, "a").close()
     linux.mount(source, target, None, linux.MS_BIND | linux.MS_REC)
     if readonly:
-        linux.mount(None, target, None,
-                    linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_REC)
+        linux.mount(
+            None, target, None, linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_REC
+        )
 
 
 def _etc_files(launch: Launch, root: str) -> None:
@@ -217,8 +241,12 @@ def _mount_proc(root: str) -> None:
         target = os.path.join(root, path.lstrip("/"))
         if os.path.exists(target):
             linux.mount(target, target, None, linux.MS_BIND | linux.MS_REC)
-            linux.mount(None, target, None,
-                        linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_REC)
+            linux.mount(
+                None,
+                target,
+                None,
+                linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | linux.MS_REC,
+            )
 
 
 def _mask(root: str) -> None:
@@ -232,8 +260,9 @@ def _mask(root: str) -> None:
 
 def _mount_dev(root: str) -> None:
     dev = makedirs_in(root, "/dev")
-    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_STRICTATIME,
-                "mode=755,size=65536k")
+    linux.mount(
+        "tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_STRICTATIME, "mode=755,size=65536k"
+    )
     for name, major, minor in _DEVICES:
         path = os.path.join(dev, name)
         try:
@@ -243,19 +272,37 @@ def _mount_dev(root: str) -> None:
             open(path, "a").close()
             linux.mount(f"/dev/{name}", path, None, linux.MS_BIND)
     os.makedirs(os.path.join(dev, "pts"))
-    linux.mount("devpts", os.path.join(dev, "pts"), "devpts",
-                linux.MS_NOSUID | linux.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    linux.mount(
+        "devpts",
+        os.path.join(dev, "pts"),
+        "devpts",
+        linux.MS_NOSUID | linux.MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    )
     os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
     os.makedirs(os.path.join(dev, "shm"))
-    linux.mount("shm", os.path.join(dev, "shm"), "tmpfs",
-                linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, "mode=1777,size=65536k")
+    linux.mount(
+        "shm",
+        os.path.join(dev, "shm"),
+        "tmpfs",
+        linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
+        "mode=1777,size=65536k",
+    )
     os.makedirs(os.path.join(dev, "mqueue"))
     with contextlib.suppress(OSError):
-        linux.mount("mqueue", os.path.join(dev, "mqueue"), "mqueue",
-                    linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
-                         ("core", "/proc/kcore")):
+        linux.mount(
+            "mqueue",
+            os.path.join(dev, "mqueue"),
+            "mqueue",
+            linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
+        )
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+    ):
         os.symlink(target, os.path.join(dev, name))
     _mask(root)
 
@@ -297,8 +344,9 @@ def _lookup(argv0: str, env: list[str]) -> str:
             st = os.stat(argv0)
         except OSError as exc:
             code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
-            raise StartFailure(f'exec: "{argv0}": stat {argv0}: {(exc.strerror or "").lower()}',
-                               code) from None
+            raise StartFailure(
+                f'exec: "{argv0}": stat {argv0}: {(exc.strerror or "").lower()}', code
+            ) from None
         if stat.S_ISDIR(st.st_mode):
             raise StartFailure(f'exec: "{argv0}": is a directory', 126)
         if not st.st_mode & 0o111:
@@ -325,8 +373,9 @@ def _exec(launch: Launch, user: ExecUser, env: list[str]) -> None:
         os.execve(path, argv, dict(e.split("=", 1) for e in env if "=" in e))
     except OSError as exc:
         code = 127 if exc.errno == errno.ENOENT else 126
-        raise StartFailure(f'exec: "{argv[0]}": {os.strerror(exc.errno or 0).lower()}',
-                           code) from None
+        raise StartFailure(
+            f'exec: "{argv[0]}": {os.strerror(exc.errno or 0).lower()}', code
+        ) from None
 
 
 def _run_init(launch: Launch, user: ExecUser, env: list[str]) -> None:

@@ -90,8 +90,7 @@ def build_env(image_env: Sequence[str], user_env: Sequence[str], hostname: str) 
     return replace_or_append([f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"], merged)
 
 
-def build_argv(config: Mapping[str, Any], args: Sequence[str],
-               entrypoint: str | None) -> list[str]:
+def build_argv(config: Mapping[str, Any], args: Sequence[str], entrypoint: str | None) -> list[str]:
     if entrypoint is not None:
         head = [entrypoint] if entrypoint else []
         tail = list(args)
@@ -104,9 +103,16 @@ def build_argv(config: Mapping[str, Any], args: Sequence[str],
     return argv
 
 
-def build_spec(config: Mapping[str, Any], args: Sequence[str], *, entrypoint: str | None,
-               user_env: Sequence[str], user: str | None, workdir: str | None,
-               hostname: str) -> ProcessSpec:
+def build_spec(
+    config: Mapping[str, Any],
+    args: Sequence[str],
+    *,
+    entrypoint: str | None,
+    user_env: Sequence[str],
+    user: str | None,
+    workdir: str | None,
+    hostname: str,
+) -> ProcessSpec:
     """The process to run, from the image's `config` object and the run flags."""
     wd = workdir if workdir else str(config.get("WorkingDir") or "/")
     if not wd.startswith("/"):
@@ -152,8 +158,11 @@ def resolve_user(spec: str, passwd: str | None, group: str | None) -> ExecUser:
         rec_uid = _int(rec[2])
         if rec_uid is None:
             continue
-        if (user_arg == "" and rec_uid == 0) or (uid_arg is not None and uid_arg == rec_uid) \
-                or (uid_arg is None and rec[0] == user_arg):
+        if (
+            (user_arg == "" and rec_uid == 0)
+            or (uid_arg is not None and uid_arg == rec_uid)
+            or (uid_arg is None and rec[0] == user_arg)
+        ):
             users.append(rec)
     matched = ""
     if users:
@@ -175,7 +184,8 @@ def resolve_user(spec: str, passwd: str | None, group: str | None) -> ExecUser:
                 if matched in rec[3].split(","):
                     groups.append(rec_gid)
             elif (gid_arg is not None and gid_arg == rec_gid) or (
-                    gid_arg is None and rec[0] == group_arg):
+                gid_arg is None and rec[0] == group_arg
+            ):
                 groups.append(rec_gid)
         if group_arg:
             if groups:

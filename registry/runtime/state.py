@@ -22,10 +22,43 @@ from typing import Any
 from registry.runtime.errors import ContainerConflict, ContainerNotFound
 from registry.runtime.store import Store, remove_tree
 
-_ADJECTIVES = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid",
-               "merry", "nimble", "proud", "quiet", "sharp", "vivid", "witty", "zealous")
-_NOUNS = ("turing", "hopper", "lovelace", "ritchie", "thompson", "torvalds", "knuth", "dijkstra",
-          "liskov", "hamilton", "kernighan", "pike", "wirth", "backus", "curie", "noether")
+_ADJECTIVES = (
+    "brave",
+    "calm",
+    "eager",
+    "fancy",
+    "gentle",
+    "happy",
+    "jolly",
+    "keen",
+    "lucid",
+    "merry",
+    "nimble",
+    "proud",
+    "quiet",
+    "sharp",
+    "vivid",
+    "witty",
+    "zealous",
+)
+_NOUNS = (
+    "turing",
+    "hopper",
+    "lovelace",
+    "ritchie",
+    "thompson",
+    "torvalds",
+    "knuth",
+    "dijkstra",
+    "liskov",
+    "hamilton",
+    "kernighan",
+    "pike",
+    "wirth",
+    "backus",
+    "curie",
+    "noether",
+)
 
 
 @dataclass

@@ -52,8 +52,9 @@ class Supervisor:
         self.containers = ContainerStore(store)
         self.container = container
         self.dir = self.containers.dir(container.id)
-        self.cgroup = Cgroup(container.id, Limits(container.memory, container.pids_limit,
-                                                  container.cpus))
+        self.cgroup = Cgroup(
+            container.id, Limits(container.memory, container.pids_limit, container.cpus)
+        )
         self.stage1_pid = 0
         self._log_pipes: list[tuple[int, str]] = []
         self._pending: list[int] = []

@@ -273,8 +273,12 @@ class LayerWriter:
                     xattr = key[len("SCHILY.xattr.") :]
                     if not xattr.startswith("trusted.overlay."):
                         with contextlib.suppress(OSError):
-                            os.setxattr(path, xattr, value.encode("utf-8", "surrogateescape"),
-                                        follow_symlinks=False)
+                            os.setxattr(
+                                path,
+                                xattr,
+                                value.encode("utf-8", "surrogateescape"),
+                                follow_symlinks=False,
+                            )
         mode = member.mode & (0o7777 if self.privileged else 0o777)
         if not member.issym():
             os.chmod(path, mode)

@@ -22,6 +22,7 @@ import collections
 import functools
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +38,13 @@ READ_BLOCK = 4 * 1024 * 1024
 READ_AHEAD = 4  # ranged GETs of one read in flight at once
 COPY_OBJECT_MAX = 5 * 1024**3  # CopyObject's limit; above it, UploadPartCopy
 COPY_PART = 512 * 1024 * 1024
+# Sizes of blob keys seen lately. A blob's bytes never change once written, and a HEAD to S3
+# costs ~2 ms of botocore's CPU (several times our whole blob HEAD), so a blob HEAD answers
+# from here. Only `blobs/` keys; dropped on delete and whenever a read finds the object gone
+# or of another size; and kept a minute at most, so that a blob deleted through another
+# process is seen missing by this one's HEADs within that time (its GETs see it at once).
+STAT_TTL_SECONDS = 60.0
+STAT_CACHE_KEYS = 10_000
 _NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
 _TRANSIENT = {
     "SlowDown",
@@ -121,6 +129,7 @@ class S3Driver:
         if settings.kms_key_id:
             self._sse["SSEKMSKeyId"] = settings.kms_key_id
         self.client = client if client is not None else make_client(settings)
+        self._sizes: collections.OrderedDict[str, tuple[float, int]] = collections.OrderedDict()
         self._pool = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix="registry-s3")
         # Parts uploading at once, every writer of this process together: each is a part in
         # memory, and past the pool's size they would only queue.
@@ -141,13 +150,29 @@ class S3Driver:
     # Objects ------------------------------------------------------------------------------
 
     async def stat(self, key: str) -> int | None:
+        full = self._key(key)
+        cached = self._sizes.get(full)
+        if cached is not None and time.monotonic() - cached[0] < STAT_TTL_SECONDS:
+            return cached[1]
         try:
-            head = await self._run(
-                key, self.client.head_object, Bucket=self.bucket, Key=self._key(key)
-            )
+            head = await self._run(key, self.client.head_object, Bucket=self.bucket, Key=full)
         except PathNotFound:
+            self._sizes.pop(full, None)
             return None
-        return int(head["ContentLength"])
+        size = int(head["ContentLength"])
+        self._remember(full, size)
+        return size
+
+    def _remember(self, full: str, size: int) -> None:
+        if full.startswith(self.prefix + "blobs/"):
+            self._sizes[full] = (time.monotonic(), size)
+            self._sizes.move_to_end(full)
+            while len(self._sizes) > STAT_CACHE_KEYS:
+                self._sizes.popitem(last=False)
+
+    def _forget(self, full: str) -> None:
+        for key in [k for k in self._sizes if k == full or k.startswith(full + "/")]:
+            del self._sizes[key]
 
     def _get_range(self, key: str, first: int, last: int) -> tuple[bytes, int]:
         """Bytes `first`..`last` of `key` and the object's size (in a pool thread)."""
@@ -170,10 +195,17 @@ class S3Driver:
         first_last = offset + (READ_BLOCK if length is None else min(length, READ_BLOCK)) - 1
         try:
             data, total = await self._run(key, self._get_range, full, offset, first_last)
+        except PathNotFound:
+            self._forget(full)
+            raise
         except StorageError as exc:
             if "InvalidRange" in str(exc):  # it exists, and `offset` is at or past its end
                 return
             raise
+        cached = self._sizes.get(full)
+        if cached is not None and cached[1] != total:  # replaced or damaged behind our back
+            self._forget(full)
+            raise PathNotFound(f"{key}: {total} bytes, not the {cached[1]} seen before")
         end = total if length is None else min(total, offset + length)
         position = offset + len(data)
         yield data
@@ -205,6 +237,7 @@ class S3Driver:
 
     async def delete(self, key: str) -> None:
         full = self._key(key)
+        self._forget(full)
         mine = (full + "/", full + ".")  # under it, or its upload's tail objects
         keys = [k for k in await self._list_all(full) if k == full or k.startswith(mine)]
         if keys:
@@ -303,6 +336,7 @@ class S3Driver:
 
     async def commit(self, source: str, state: str | None, destination: str) -> None:
         src, dst = self._key(source), self._key(destination)
+        self._forget(dst)
         if state is None:  # a plain object at `source`
             size = await self.stat(source)
             if size is None:
@@ -421,6 +455,7 @@ class S3Driver:
         return str(result["UploadId"])
 
     async def put_object(self, key: str, data: bytes) -> None:
+        self._forget(key)
         await self._run(
             key, self.client.put_object, Bucket=self.bucket, Key=key, Body=data, **self._sse
         )

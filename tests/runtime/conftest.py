@@ -33,8 +33,9 @@ def pusher(registry_server: RegistryServer) -> Iterator[Pusher]:
 
 
 @pytest.fixture(scope="session")
-def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-        tuple[Distribution, TokenServer]]:
+def token_registry(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Distribution, TokenServer]]:
     workdir = tmp_path_factory.mktemp("token-registry")
     tokens = TokenServer(workdir, USERS)
     reg = Distribution(workdir, auth="token", token=tokens.distribution_settings())

@@ -15,8 +15,13 @@ BINARY = "/usr/bin/docker-registry"
 
 
 class Distribution:
-    def __init__(self, workdir: Path, auth: str = "", users: dict[str, str] | None = None,
-                 token: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        auth: str = "",
+        users: dict[str, str] | None = None,
+        token: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -29,20 +34,25 @@ class Distribution:
         ]
         if auth == "htpasswd":
             htpasswd = workdir / "htpasswd"
-            htpasswd.write_text("".join(
-                f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}\n"
-                for u, p in (users or {}).items()))
+            htpasswd.write_text(
+                "".join(
+                    f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}\n"
+                    for u, p in (users or {}).items()
+                )
+            )
             lines.append(f"auth: {{htpasswd: {{realm: test, path: {htpasswd}}}}}")
         elif auth == "token":
             assert token is not None
             lines.append(
                 f"auth: {{token: {{realm: {token['realm']}, service: {token['service']}, "
-                f"issuer: {token['issuer']}, rootcertbundle: {token['cert']}}}}}")
+                f"issuer: {token['issuer']}, rootcertbundle: {token['cert']}}}}}"
+            )
         config = workdir / "config.yml"
         config.write_text("\n".join(lines) + "\n")
         self.log = (workdir / "registry.log").open("wb")
-        self.process = subprocess.Popen([BINARY, "serve", str(config)], stdout=self.log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [BINARY, "serve", str(config)], stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             assert self.process.poll() is None, (workdir / "registry.log").read_text()

@@ -42,8 +42,9 @@ class Entry:
     devminor: int = 0
 
 
-def file(name: str, data: bytes | str = b"", mode: int = 0o644, uid: int = 0,
-         gid: int = 0) -> Entry:
+def file(
+    name: str, data: bytes | str = b"", mode: int = 0o644, uid: int = 0, gid: int = 0
+) -> Entry:
     raw = data.encode() if isinstance(data, str) else data
     return Entry(name, "file", raw, mode=mode, uid=uid, gid=gid)
 
@@ -71,8 +72,11 @@ def tar_bytes(entries: Iterable[Entry]) -> bytes:
                 tar.addfile(info, io.BytesIO(e.data))
                 continue
             info.type = {
-                "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE,
-                "chr": tarfile.CHRTYPE, "fifo": tarfile.FIFOTYPE,
+                "dir": tarfile.DIRTYPE,
+                "symlink": tarfile.SYMTYPE,
+                "hardlink": tarfile.LNKTYPE,
+                "chr": tarfile.CHRTYPE,
+                "fifo": tarfile.FIFOTYPE,
             }[e.kind]
             info.linkname = e.target
             info.devmajor, info.devminor = e.devmajor, e.devminor
@@ -87,12 +91,19 @@ def busybox_entries(extra_applets: Iterable[str] = ()) -> list[Entry]:
     out += [symlink(f"bin/{a}", "busybox") for a in (*APPLETS, *extra_applets)]
     out += [
         directory("etc"),
-        file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"
-                           "app:x:1000:1000:app:/home/app:/bin/sh\n"
-                           "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
-        file("etc/group", "root:x:0:\nwheel:x:10:root,app\napp:x:1000:\nstaff:x:50:app\n"
-                          "nogroup:x:65534:\n"),
-        directory("root", 0o700), directory("home"), directory("home/app", uid=1000, gid=1000),
+        file(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\n"
+            "app:x:1000:1000:app:/home/app:/bin/sh\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        ),
+        file(
+            "etc/group",
+            "root:x:0:\nwheel:x:10:root,app\napp:x:1000:\nstaff:x:50:app\nnogroup:x:65534:\n",
+        ),
+        directory("root", 0o700),
+        directory("home"),
+        directory("home/app", uid=1000, gid=1000),
         directory("tmp", 0o1777),
     ]
     return out
@@ -129,7 +140,8 @@ class Image:
 
     def config_bytes(self) -> bytes:
         doc = {
-            "architecture": self.architecture, "os": self.os,
+            "architecture": self.architecture,
+            "os": self.os,
             "created": "2024-01-01T00:00:00Z",
             "config": self.config,
             "rootfs": {"type": "layers", "diff_ids": [sha256(la.tar) for la in self.layers]},
@@ -140,8 +152,12 @@ class Image:
 class Pusher:
     """Pushes blobs and manifests to a registry with plain HTTP calls."""
 
-    def __init__(self, base_url: str, auth: tuple[str, str] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        auth: tuple[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.http = httpx.Client(base_url=base_url, timeout=30, auth=auth, headers=headers)
 
     def close(self) -> None:
@@ -153,20 +169,25 @@ class Pusher:
         assert start.status_code == 202, start.text
         location = start.headers["Location"]
         sep = "&" if "?" in location else "?"
-        done = self.http.put(f"{location}{sep}digest={digest}", content=data,
-                             headers={"Content-Type": "application/octet-stream"})
+        done = self.http.put(
+            f"{location}{sep}digest={digest}",
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         assert done.status_code == 201, done.text
         return digest
 
     def manifest(self, repo: str, ref: str, doc: dict[str, Any] | bytes, media_type: str) -> str:
         body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-        put = self.http.put(f"/v2/{repo}/manifests/{ref}", content=body,
-                            headers={"Content-Type": media_type})
+        put = self.http.put(
+            f"/v2/{repo}/manifests/{ref}", content=body, headers={"Content-Type": media_type}
+        )
         assert put.status_code == 201, put.text
         return sha256(body)
 
-    def image_manifest(self, repo: str, image: Image,
-                       media_type: str = OCI_MANIFEST) -> tuple[dict[str, Any], bytes]:
+    def image_manifest(
+        self, repo: str, image: Image, media_type: str = OCI_MANIFEST
+    ) -> tuple[dict[str, Any], bytes]:
         config = image.config_bytes()
         self.blob(repo, config)
         layers = []
@@ -177,11 +198,14 @@ class Pusher:
             if media_type == DOCKER_MANIFEST:
                 layer_type = "application/vnd.docker.image.rootfs.diff.tar.gzip"
             layers.append({"mediaType": layer_type, "digest": sha256(blob), "size": len(blob)})
-        config_type = ("application/vnd.docker.container.image.v1+json"
-                       if media_type == DOCKER_MANIFEST
-                       else "application/vnd.oci.image.config.v1+json")
+        config_type = (
+            "application/vnd.docker.container.image.v1+json"
+            if media_type == DOCKER_MANIFEST
+            else "application/vnd.oci.image.config.v1+json"
+        )
         doc = {
-            "schemaVersion": 2, "mediaType": media_type,
+            "schemaVersion": 2,
+            "mediaType": media_type,
             "config": {"mediaType": config_type, "digest": sha256(config), "size": len(config)},
             "layers": layers,
         }
@@ -196,7 +220,13 @@ class Pusher:
         for img in images:
             _, body = self.image_manifest(repo, img)
             digest = self.manifest(repo, sha256(body), body, OCI_MANIFEST)
-            entries.append({"mediaType": OCI_MANIFEST, "digest": digest, "size": len(body),
-                            "platform": {"architecture": img.architecture, "os": img.os}})
+            entries.append(
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": digest,
+                    "size": len(body),
+                    "platform": {"architecture": img.architecture, "os": img.os},
+                }
+            )
         doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
         return self.manifest(repo, tag, doc, OCI_INDEX)

@@ -13,8 +13,16 @@ PROJECT = Path(__file__).resolve().parents[2]
 ROOT = os.geteuid() == 0
 
 
-def cli(*args: str, timeout: float = 60, stdin: str | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          input=stdin, env={**os.environ, **(env or {})}, check=False,
-                          cwd=PROJECT)
+def cli(
+    *args: str, timeout: float = 60, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin,
+        env={**os.environ, **(env or {})},
+        check=False,
+        cwd=PROJECT,
+    )

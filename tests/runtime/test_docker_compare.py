@@ -39,16 +39,17 @@ def docker_images(dockerd: DockerDaemon, registry_server: RegistryServer) -> dic
     return {"base": base, "custom": custom}
 
 
-def both(dockerd: DockerDaemon, flags: list[str], image: str,
-         args: list[str]) -> tuple[tuple[int, str], tuple[int, str]]:
-    theirs = dockerd.docker("run", "--rm", "--network", "none", *flags, image, *args,
-                            check=False)
+def both(
+    dockerd: DockerDaemon, flags: list[str], image: str, args: list[str]
+) -> tuple[tuple[int, str], tuple[int, str]]:
+    theirs = dockerd.docker("run", "--rm", "--network", "none", *flags, image, *args, check=False)
     ours = cli("run", "--rm", "--network", "none", *flags, image, *args, timeout=120)
     return (theirs.returncode, theirs.stdout), (ours.returncode, ours.stdout)
 
 
-def test_docker_built_image_runs_the_same(dockerd: DockerDaemon, docker_images: dict[str, str],
-                                          store: Store) -> None:
+def test_docker_built_image_runs_the_same(
+    dockerd: DockerDaemon, docker_images: dict[str, str], store: Store
+) -> None:
     theirs, ours = both(dockerd, [], docker_images["base"], [])
     assert theirs == ours == (0, BusyboxImagePlan(3).expected_output())
     for path in BusyboxImagePlan(3).deleted:  # the whiteout in the last layer
@@ -66,14 +67,20 @@ def test_docker_built_image_runs_the_same(dockerd: DockerDaemon, docker_images: 
         ([], ["exit 3"]),
     ],
 )
-def test_config_and_flags_match_docker(dockerd: DockerDaemon, docker_images: dict[str, str],
-                                       store: Store, flags: list[str], args: list[str]) -> None:
+def test_config_and_flags_match_docker(
+    dockerd: DockerDaemon,
+    docker_images: dict[str, str],
+    store: Store,
+    flags: list[str],
+    args: list[str],
+) -> None:
     theirs, ours = both(dockerd, flags, docker_images["custom"], args)
     assert ours == theirs
 
 
 @pytest.mark.parametrize("command", [["nosuch"], ["/etc/passwd"], ["/etc"]])
-def test_start_failure_codes_match_docker(dockerd: DockerDaemon, docker_images: dict[str, str],
-                                          store: Store, command: list[str]) -> None:
+def test_start_failure_codes_match_docker(
+    dockerd: DockerDaemon, docker_images: dict[str, str], store: Store, command: list[str]
+) -> None:
     theirs, ours = both(dockerd, ["--entrypoint", command[0]], docker_images["base"], [])
     assert ours[0] == theirs[0]

@@ -48,7 +48,8 @@ def three_layers() -> list[Layer]:
 
 
 def test_pull_records_image_and_unpacks_every_compression(
-        registry_server: RegistryServer, pusher: Pusher, store: Store) -> None:
+    registry_server: RegistryServer, pusher: Pusher, store: Store
+) -> None:
     image = Image(three_layers(), {"Cmd": ["/bin/sh"]})
     digest = pusher.image("pull/basic", "v1", image)
     record = Puller(store).pull(f"{registry_server.host}/pull/basic:v1")
@@ -65,7 +66,8 @@ def test_pull_records_image_and_unpacks_every_compression(
 
 
 def test_layers_in_the_store_are_not_downloaded_again(
-        registry_server: RegistryServer, pusher: Pusher, store: Store) -> None:
+    registry_server: RegistryServer, pusher: Pusher, store: Store
+) -> None:
     layers = three_layers()
     pusher.image("pull/cache-a", "v1", Image(layers, {"Env": ["A=1"]}))
     Puller(store).pull(f"{registry_server.host}/pull/cache-a:v1")
@@ -80,7 +82,8 @@ def test_layers_in_the_store_are_not_downloaded_again(
 
 
 def test_docker_schema2_and_pull_by_digest(
-        registry_server: RegistryServer, pusher: Pusher, store: Store) -> None:
+    registry_server: RegistryServer, pusher: Pusher, store: Store
+) -> None:
     digest = pusher.image("pull/docker", "v1", Image(three_layers()[:1]), DOCKER_MANIFEST)
     record = Puller(store).pull(f"{registry_server.host}/pull/docker@{digest}")
     assert record.manifest_media_type == DOCKER_MANIFEST
@@ -95,7 +98,8 @@ def platform_images() -> list[Image]:
 
 
 def test_index_picks_the_wanted_platform(
-        registry_server: RegistryServer, pusher: Pusher, store: Store) -> None:
+    registry_server: RegistryServer, pusher: Pusher, store: Store
+) -> None:
     index_digest = pusher.index("pull/multi", "v1", platform_images())
     ref = f"{registry_server.host}/pull/multi:v1"
     for arch in ("arm64", "s390x"):
@@ -108,14 +112,16 @@ def test_index_picks_the_wanted_platform(
 
 
 def test_a_single_manifest_for_another_platform_is_refused(
-        registry_server: RegistryServer, pusher: Pusher, store: Store) -> None:
+    registry_server: RegistryServer, pusher: Pusher, store: Store
+) -> None:
     pusher.image("pull/other-arch", "v1", platform_images()[2])
     with pytest.raises(Exception, match="linux/s390x"):
         Puller(store).pull(f"{registry_server.host}/pull/other-arch:v1", Platform("amd64", "linux"))
 
 
 def test_missing_image_and_unreachable_registry(
-        registry_server: RegistryServer, store: Store) -> None:
+    registry_server: RegistryServer, store: Store
+) -> None:
     with pytest.raises(ImageNotFound):
         Puller(store).pull(f"{registry_server.host}/pull/nothing-here:v1")
     with pytest.raises(RegistryUnreachable):
@@ -123,7 +129,8 @@ def test_missing_image_and_unreachable_registry(
 
 
 def test_diff_id_mismatch_is_refused(
-        registry_server: RegistryServer, pusher: Pusher, store: Store) -> None:
+    registry_server: RegistryServer, pusher: Pusher, store: Store
+) -> None:
     image = Image(three_layers()[:1])
     lie = json.loads(image.config_bytes())
     lie["rootfs"]["diff_ids"] = [sha256(b"something else")]
@@ -140,7 +147,8 @@ def test_diff_id_mismatch_is_refused(
 
 @pytest.fixture
 def hostile(
-        registry_server: RegistryServer, pusher: Pusher) -> Iterator[tuple[TamperingProxy, str]]:
+    registry_server: RegistryServer, pusher: Pusher
+) -> Iterator[tuple[TamperingProxy, str]]:
     digest = pusher.image("pull/tampered", "v1", Image(three_layers()[:1]))
 
     def rewrite(path: str, body: bytes) -> bytes:
@@ -156,7 +164,8 @@ def hostile(
 
 
 def test_forged_layer_under_a_genuine_digest_is_refused(
-        hostile: tuple[TamperingProxy, str], store: Store) -> None:
+    hostile: tuple[TamperingProxy, str], store: Store
+) -> None:
     proxy, _ = hostile
     with pytest.raises(ContentInvalid, match="does not match its digest"):
         Puller(store).pull(f"{proxy.host}/pull/tampered:v1")
@@ -164,12 +173,18 @@ def test_forged_layer_under_a_genuine_digest_is_refused(
 
 
 def test_forged_manifest_under_a_genuine_digest_is_refused(
-        hostile: tuple[TamperingProxy, str], store: Store, pusher: Pusher) -> None:
+    hostile: tuple[TamperingProxy, str], store: Store, pusher: Pusher
+) -> None:
     proxy, digest = hostile
+
     # The proxy rewrites manifests asked for as "forged"; ask for a digest it then lies about.
     def rewrite(path: str, body: bytes) -> bytes:
-        return body.replace(b'"schemaVersion": 2', b'"schemaVersion":2') if "manifests" in path \
+        return (
+            body.replace(b'"schemaVersion": 2', b'"schemaVersion":2')
+            if "manifests" in path
             else body
+        )
+
     proxy.rewrite = rewrite
     with pytest.raises(ContentInvalid, match="does not match its digest"):
         Puller(store).pull(f"{proxy.host}/pull/tampered@{digest}")
@@ -178,7 +193,8 @@ def test_forged_manifest_under_a_genuine_digest_is_refused(
 
 
 def test_token_auth_with_login_credentials(
-        token_registry: tuple[Distribution, TokenServer], store: Store) -> None:
+    token_registry: tuple[Distribution, TokenServer], store: Store
+) -> None:
     reg, tokens = token_registry
     token = tokens.token("alice", ["repository:auth/img:pull,push"])
     push = Pusher(reg.url, headers={"Authorization": f"Bearer {token}"})
@@ -199,7 +215,8 @@ def test_token_auth_with_login_credentials(
 
 
 def test_basic_auth_from_docker_config(
-        basic_registry: Distribution, store: Store, tmp_path: Path) -> None:
+    basic_registry: Distribution, store: Store, tmp_path: Path
+) -> None:
     push = Pusher(basic_registry.url, auth=("alice", "wonderland"))
     push.image("auth/basic", "v1", Image(three_layers()[:1]))
     push.close()
@@ -208,6 +225,7 @@ def test_basic_auth_from_docker_config(
     config = credentials.config_path()
     config.parent.mkdir(parents=True, exist_ok=True)
     import base64
+
     auth = base64.b64encode(b"alice:wonderland").decode()
     config.write_text(json.dumps({"auths": {f"http://{basic_registry.host}": {"auth": auth}}}))
     assert Puller(store).pull(f"{basic_registry.host}/auth/basic:v1").diff_ids

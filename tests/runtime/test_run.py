@@ -27,16 +27,31 @@ def image(registry_server: RegistryServer, pusher: Pusher) -> str:
     """Busybox, then a layer deleting a file and making a dir opaque, then config."""
     base = [
         *busybox_entries(),
-        directory("etc/app"), file("etc/app/deleted", "old"), file("etc/app/kept", "kept\n"),
-        directory("opaque"), file("opaque/hidden", "x"),
+        directory("etc/app"),
+        file("etc/app/deleted", "old"),
+        file("etc/app/kept", "kept\n"),
+        directory("opaque"),
+        file("opaque/hidden", "x"),
         file("bin/not-exec", "#!/bin/sh\necho no\n", 0o644),
     ]
-    upper = [directory("etc"), directory("etc/app"), file("etc/app/.wh.deleted"),
-             directory("opaque"), file("opaque/.wh..wh..opq"), file("opaque/new", "new\n")]
-    config = {"Env": ["IMAGE_VAR=from-image", "SHARED=image"], "Cmd": ["sh", "-c", "echo hi"],
-              "WorkingDir": "/srv/work"}
-    pusher.image("rt/busybox", "latest", Image([Layer(tar_bytes(base)),
-                                               Layer(tar_bytes(upper), "zstd")], config))
+    upper = [
+        directory("etc"),
+        directory("etc/app"),
+        file("etc/app/.wh.deleted"),
+        directory("opaque"),
+        file("opaque/.wh..wh..opq"),
+        file("opaque/new", "new\n"),
+    ]
+    config = {
+        "Env": ["IMAGE_VAR=from-image", "SHARED=image"],
+        "Cmd": ["sh", "-c", "echo hi"],
+        "WorkingDir": "/srv/work",
+    }
+    pusher.image(
+        "rt/busybox",
+        "latest",
+        Image([Layer(tar_bytes(base)), Layer(tar_bytes(upper), "zstd")], config),
+    )
     return f"{registry_server.host}/rt/busybox:latest"
 
 
@@ -53,8 +68,13 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def test_output_exit_code_and_layers(image: str) -> None:
-    done = run("--rm", image, "sh", "-c",
-               "cat /etc/app/kept; ls /etc/app; ls /opaque; test -e /etc/app/deleted; exit 3")
+    done = run(
+        "--rm",
+        image,
+        "sh",
+        "-c",
+        "cat /etc/app/kept; ls /etc/app; ls /opaque; test -e /etc/app/deleted; exit 3",
+    )
     assert done.returncode == 3
     assert done.stdout == "kept\nkept\nnew\n"
     assert cli("ps", "-aq").stdout == ""  # --rm
@@ -63,8 +83,9 @@ def test_output_exit_code_and_layers(image: str) -> None:
 def test_image_config_and_overrides(image: str, tmp_path: Path) -> None:
     env_file = tmp_path / "env"
     env_file.write_text('# comment\nFROM_FILE="quoted"\nSHARED=file\n')
-    done = run("--rm", "--env-file", str(env_file), "-e", "SHARED=flag", image,
-               "sh", "-c", "pwd; env")
+    done = run(
+        "--rm", "--env-file", str(env_file), "-e", "SHARED=flag", image, "sh", "-c", "pwd; env"
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "/srv/work"  # WorkingDir, created because missing
@@ -82,8 +103,7 @@ def test_image_config_and_overrides(image: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("user", "expected"),
     [
-        ("app", "uid=1000(app) gid=1000(app) groups=10(wheel),50(staff),1000(app)\n"
-                "/home/app\n"),
+        ("app", "uid=1000(app) gid=1000(app) groups=10(wheel),50(staff),1000(app)\n/home/app\n"),
         ("1000:50", "uid=1000(app) gid=50(staff) groups=50(staff)\n/home/app\n"),
         ("4242", "uid=4242 gid=0(root) groups=0(root)\n/\n"),
     ],
@@ -95,10 +115,12 @@ def test_users(image: str, user: str, expected: str) -> None:
 
 def test_start_failures_are_one_line_with_docker_codes(image: str) -> None:
     assert cli("pull", image).returncode == 0
-    cases = [(["nosuch"], 127, 'exec: "nosuch": executable file not found in $PATH'),
-             (["/bin/not-exec"], 126, "permission denied"),
-             (["/etc"], 126, "is a directory"),
-             (["/missing/tool"], 127, "no such file or directory")]
+    cases = [
+        (["nosuch"], 127, 'exec: "nosuch": executable file not found in $PATH'),
+        (["/bin/not-exec"], 126, "permission denied"),
+        (["/etc"], 126, "is a directory"),
+        (["/missing/tool"], 127, "no such file or directory"),
+    ]
     for argv, code, message in cases:
         done = run("--rm", image, *argv)
         assert done.returncode == code, done.stderr
@@ -108,16 +130,27 @@ def test_start_failures_are_one_line_with_docker_codes(image: str) -> None:
 
 
 def test_isolation(image: str) -> None:
-    script = ("echo pid=$$; hostname; ls /sys/class/net; touch /sys/x 2>/dev/null || echo sys-ro;"
-              "ls /dev | tr '\\n' ' '; echo; chown 1000 /tmp && echo chown-ok;"
-              "mkdir -p /mnt && mount -t tmpfs tmpfs /mnt 2>/dev/null || echo no-mount;"
-              "grep CapEff /proc/self/status")
+    script = (
+        "echo pid=$$; hostname; ls /sys/class/net; touch /sys/x 2>/dev/null || echo sys-ro;"
+        "ls /dev | tr '\\n' ' '; echo; chown 1000 /tmp && echo chown-ok;"
+        "mkdir -p /mnt && mount -t tmpfs tmpfs /mnt 2>/dev/null || echo no-mount;"
+        "grep CapEff /proc/self/status"
+    )
     done = run("--rm", "--network", "none", "--hostname", "box1", image, "sh", "-c", script)
     assert done.returncode == 0, done.stderr
     out = done.stdout.splitlines()
     assert out[0:4] == ["pid=1", "box1", "lo", "sys-ro"]
-    assert set(out[4].split()) >= {"null", "zero", "full", "random", "urandom", "tty", "pts",
-                                   "shm", "ptmx"}
+    assert set(out[4].split()) >= {
+        "null",
+        "zero",
+        "full",
+        "random",
+        "urandom",
+        "tty",
+        "pts",
+        "shm",
+        "ptmx",
+    }
     assert out[5:7] == ["chown-ok", "no-mount"]
     assert out[7].split() == ["CapEff:", "00000000a80425fb"]  # Docker's default set
     host_net = run("--rm", image, "ls", "/sys/class/net").stdout.split()
@@ -125,13 +158,21 @@ def test_isolation(image: str) -> None:
 
 
 def test_copy_fallback_when_overlay_is_unavailable(image: str) -> None:
-    done = cli("run", "--rm", image, "sh", "-c", "ls /etc/app; ls /opaque; echo x > /etc/app/w",
-               env={"POCKET_RUNTIME_STORAGE": "copy"})
+    done = cli(
+        "run",
+        "--rm",
+        image,
+        "sh",
+        "-c",
+        "ls /etc/app; ls /opaque; echo x > /etc/app/w",
+        env={"POCKET_RUNTIME_STORAGE": "copy"},
+    )
     assert (done.returncode, done.stdout) == (0, "kept\nnew\n"), done.stderr
 
 
-def test_named_volume_outlives_containers_and_bind_ro(image: str, tmp_path: Path,
-                                                      store: Store) -> None:
+def test_named_volume_outlives_containers_and_bind_ro(
+    image: str, tmp_path: Path, store: Store
+) -> None:
     saved = run("--rm", "-v", "data1:/data", image, "sh", "-c", "echo saved > /data/f")
     assert saved.returncode == 0
     done = run("--rm", "-v", "data1:/data", image, "cat", "/data/f")
@@ -153,7 +194,8 @@ def test_memory_limit_stops_a_hog(image: str) -> None:
     assert state["OOMKilled"] is True and state["ExitCode"] == 137
     assert not any(Path("/sys/fs/cgroup").glob("*/pocket/*/cgroup.procs")) or all(
         p.parent.name != json.loads(cli("inspect", "hog").stdout)[0]["Id"]
-        for p in Path("/sys/fs/cgroup").glob("*/pocket/*/cgroup.procs"))
+        for p in Path("/sys/fs/cgroup").glob("*/pocket/*/cgroup.procs")
+    )
 
 
 def test_pids_limit(image: str) -> None:
@@ -164,8 +206,7 @@ def test_pids_limit(image: str) -> None:
 
 
 def test_detached_logs_stop_rm_inspect(image: str) -> None:
-    started = run("-d", "--name", "web", image, "sh", "-c",
-                  "echo out; echo err >&2; sleep 100")
+    started = run("-d", "--name", "web", image, "sh", "-c", "echo out; echo err >&2; sleep 100")
     assert started.returncode == 0, started.stderr
     cid = started.stdout.strip()
     assert len(cid) == 64
@@ -193,8 +234,7 @@ def test_detached_logs_stop_rm_inspect(image: str) -> None:
 def test_init_forwards_signals_and_logs_follow(image: str) -> None:
     script = 'trap "echo term; exit 7" TERM; echo ready; while true; do sleep 0.1; done'
     assert run("-d", "--init", "--name", "trapper", image, "sh", "-c", script).returncode == 0
-    follower = subprocess.Popen([*CLI, "logs", "-f", "trapper"], stdout=subprocess.PIPE,
-                                text=True)
+    follower = subprocess.Popen([*CLI, "logs", "-f", "trapper"], stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)
     assert cli("stop", "trapper").returncode == 0
     out, _ = follower.communicate(timeout=20)
@@ -204,8 +244,11 @@ def test_init_forwards_signals_and_logs_follow(image: str) -> None:
 
 def test_sigterm_to_foreground_run_reaches_the_container(image: str) -> None:
     script = 'trap "echo got-term; exit 9" TERM; echo ready; while true; do sleep 0.1; done'
-    proc = subprocess.Popen([*CLI, "run", "--rm", "--init", image, "sh", "-c", script],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "run", "--rm", "--init", image, "sh", "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"
     proc.send_signal(signal.SIGTERM)
@@ -237,8 +280,14 @@ def test_images_rmi_and_errors(image: str, registry_server: RegistryServer) -> N
 def test_not_root_is_a_clear_error(image: str) -> None:
     # A new user namespace makes us uid 65534 without root's powers, while files stay as
     # readable as they were (the project may sit in a folder only root can open).
-    done = subprocess.run(["unshare", "--user", *CLI, "run", image, "true"],
-                          capture_output=True, text=True, timeout=60, env={**os.environ})
+    done = subprocess.run(
+        ["unshare", "--user", *CLI, "run", image, "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
     assert done.returncode != 0
-    assert done.stderr.strip() == "Error: running containers needs root (namespaces, mounts, " \
-                                  "cgroups)"
+    assert (
+        done.stderr.strip() == "Error: running containers needs root (namespaces, mounts, cgroups)"
+    )

@@ -40,7 +40,11 @@ def test_env_order_and_precedence() -> None:
 def test_env_file_lines_are_literal() -> None:
     text = '# comment\n\nQUOTED="kept as is"\n  SPACED=a b \nFROM_HOST\nMISSING\nEMPTY=\n'
     assert read_env_file(text, {"FROM_HOST": "h"}) == [
-        'QUOTED="kept as is"', "SPACED=a b ", "FROM_HOST=h", "MISSING", "EMPTY=",
+        'QUOTED="kept as is"',
+        "SPACED=a b ",
+        "FROM_HOST=h",
+        "MISSING",
+        "EMPTY=",
     ]
     assert cli_env(["A=1", "HOSTVAR", "NOPE"], {"HOSTVAR": "v"}) == ["A=1", "HOSTVAR=v", "NOPE"]
 
@@ -72,5 +76,6 @@ def test_unknown_names_are_refused() -> None:
 
 def test_relative_workdir_is_refused() -> None:
     with pytest.raises(StartFailure, match="absolute path"):
-        build_spec({"Cmd": ["x"]}, [], entrypoint=None, user_env=[], user=None,
-                   workdir="rel", hostname="h")
+        build_spec(
+            {"Cmd": ["x"]}, [], entrypoint=None, user_env=[], user=None, workdir="rel", hostname="h"
+        )

@@ -26,8 +26,9 @@ from runtime.imaging import (
 ROOT = os.geteuid() == 0
 
 
-def unpack(tmp_path: Path, entries: list[Entry], compression: str = "none",
-           privileged: bool | None = None) -> Path:
+def unpack(
+    tmp_path: Path, entries: list[Entry], compression: str = "none", privileged: bool | None = None
+) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     layer = Layer(tar_bytes(entries), compression)
     blob = tmp_path / "blob"
@@ -45,12 +46,18 @@ def test_compressions_unpack_to_the_same_tree_and_diff_id(tmp_path: Path, compre
 
 
 def test_modes_links_and_metadata(tmp_path: Path) -> None:
-    dest = unpack(tmp_path, [
-        directory("bin", 0o755), file("bin/tool", b"#!x", 0o4755, uid=12, gid=34),
-        hardlink("bin/tool2", "bin/tool"), symlink("bin/sh", "/bin/tool"),
-        directory("ro", 0o555), file("ro/inside", "x", 0o400),
-        Entry("pipe", "fifo", mode=0o600),
-    ])
+    dest = unpack(
+        tmp_path,
+        [
+            directory("bin", 0o755),
+            file("bin/tool", b"#!x", 0o4755, uid=12, gid=34),
+            hardlink("bin/tool2", "bin/tool"),
+            symlink("bin/sh", "/bin/tool"),
+            directory("ro", 0o555),
+            file("ro/inside", "x", 0o400),
+            Entry("pipe", "fifo", mode=0o600),
+        ],
+    )
     fs = dest / "fs"
     st = os.lstat(fs / "bin/tool")
     assert os.readlink(fs / "bin/sh") == "/bin/tool"
@@ -76,10 +83,17 @@ def test_devices_only_when_privileged(tmp_path: Path) -> None:
 
 
 def test_whiteouts_and_opaque_dirs_are_recorded(tmp_path: Path) -> None:
-    dest = unpack(tmp_path, [
-        directory("etc"), file("etc/.wh.gone"), directory("var"), file("var/.wh..wh..opq"),
-        file("var/kept", "k"), file(".wh..wh.plnk"),
-    ])
+    dest = unpack(
+        tmp_path,
+        [
+            directory("etc"),
+            file("etc/.wh.gone"),
+            directory("var"),
+            file("var/.wh..wh..opq"),
+            file("var/kept", "k"),
+            file(".wh..wh.plnk"),
+        ],
+    )
     info = read_layer_info(dest)
     assert info.whiteouts == ["etc/gone"]
     assert info.opaque_dirs == ["var"]
@@ -93,8 +107,10 @@ def test_whiteouts_and_opaque_dirs_are_recorded(tmp_path: Path) -> None:
 
 
 def test_later_entries_replace_earlier_ones(tmp_path: Path) -> None:
-    dest = unpack(tmp_path, [file("a", "one"), file("a", "two"), directory("d"),
-                             file("d/x"), file("d", "now a file")])
+    dest = unpack(
+        tmp_path,
+        [file("a", "one"), file("a", "two"), directory("d"), file("d/x"), file("d", "now a file")],
+    )
     assert (dest / "fs/a").read_text() == "two"
     assert (dest / "fs/d").read_text() == "now a file"
 
@@ -116,14 +132,22 @@ def test_later_entries_replace_earlier_ones(tmp_path: Path) -> None:
     ],
 )
 def test_crafted_layers_are_refused_and_write_nothing_outside(
-        tmp_path: Path, entries: list[Entry], message: str) -> None:
+    tmp_path: Path, entries: list[Entry], message: str
+) -> None:
     outside = tmp_path / "OUTSIDE"
     outside.mkdir()
     (outside / "target").write_text("precious")
     # Relative names resolve from the layer dir; the absolute ones point at OUTSIDE too.
-    fixed = [Entry(e.name.replace("/OUTSIDE", str(outside)), e.kind, e.data,
-                   e.target.replace("/OUTSIDE", str(outside)) if e.target.startswith("/")
-                   else e.target, e.mode) for e in entries]
+    fixed = [
+        Entry(
+            e.name.replace("/OUTSIDE", str(outside)),
+            e.kind,
+            e.data,
+            e.target.replace("/OUTSIDE", str(outside)) if e.target.startswith("/") else e.target,
+            e.mode,
+        )
+        for e in entries
+    ]
     workdir = tmp_path / "deep" / "er"
     workdir.mkdir(parents=True)
     with pytest.raises(LayerRejected, match=message):

