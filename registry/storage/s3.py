@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -248,6 +249,32 @@ class S3Driver:
             name = upload["Key"]
             if name == full or name.startswith(mine):
                 await self.abort_multipart(name, upload["UploadId"])
+
+    async def abort_abandoned(self, older_than: datetime) -> int:
+        """Abort the multipart uploads at blob keys started before `older_than`: a monolithic
+        push writes at its blob's key for one request only, so these are left by a process
+        that died mid-push (an upload's own multipart upload goes with its session)."""
+        prefix = self.prefix + "blobs/"
+        aborted = 0
+        token: dict[str, str] = {}
+        while True:
+            page = await self._run(
+                prefix,
+                self.client.list_multipart_uploads,
+                Bucket=self.bucket,
+                Prefix=prefix,
+                **token,
+            )
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] < older_than:
+                    await self.abort_multipart(upload["Key"], upload["UploadId"])
+                    aborted += 1
+            if not page.get("IsTruncated"):
+                return aborted
+            token = {
+                "KeyMarker": page["NextKeyMarker"],
+                "UploadIdMarker": page["NextUploadIdMarker"],
+            }
 
     async def _list_all(self, prefix: str) -> list[str]:
         keys: list[str] = []

@@ -217,3 +217,27 @@ def test_commit_cut_midway_is_retried_whole(
         assert_error(c.get(f"/v2/{repo}/blobs/{digest_of(data)}"), 404, "BLOB_UNKNOWN")
         assert c.put(location, params={"digest": digest_of(data)}).status_code == 201
         assert_blob(c, repo, data)
+
+
+def test_throttling_is_retried_then_answered_503(
+    behind_proxy: RegistryServer, s3_proxy: TcpProxy
+) -> None:
+    """S3 answering SlowDown: a few times, and the registry's retries (with backoff) carry
+    the push through; all the time, and the client gets 503 with Retry-After, the upload as
+    it was."""
+    repo = unique_repo("s3faults")
+    data = os.urandom(7 * MiB + 1)
+    with httpx.Client(base_url=behind_proxy.url, timeout=120) as c:
+        location = start_upload(c, repo)
+        s3_proxy.throttle(2)
+        assert patch_chunk(c, location, data[: 6 * MiB], 0).status_code == 202
+        assert s3_proxy.throttled_answers == 2
+        s3_proxy.throttle(1000)
+        try:
+            assert_unavailable(patch_chunk(c, location, data[6 * MiB :], 6 * MiB))
+        finally:
+            s3_proxy.throttle(0)
+        assert upload_range(c, location) == f"0-{6 * MiB - 1}"
+        assert patch_chunk(c, location, data[6 * MiB :], 6 * MiB).status_code == 202
+        assert c.put(location, params={"digest": digest_of(data)}).status_code == 201
+        assert_blob(c, repo, data)

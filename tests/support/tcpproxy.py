@@ -1,5 +1,7 @@
 """A small TCP proxy on loopback, for tests: counts the bytes each way, and can be cut
-(every connection dropped, new ones refused) and restored, to play a network failure."""
+(every connection dropped, new ones refused) and restored, to play a network failure, or
+answer the next connections with an S3 throttling error (503 SlowDown) instead of passing
+them on."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._throttled = 0  # connections still to answer with 503 SlowDown
+        self.throttled_answers = 0
 
     @property
     def url(self) -> str:
@@ -44,6 +48,12 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            with self._lock:
+                throttle = self._throttled > 0
+                self._throttled -= throttle
+            if throttle:
+                threading.Thread(target=self._slow_down, args=(client,), daemon=True).start()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=10)
             except OSError:
@@ -73,6 +83,38 @@ class TcpProxy:
                 sock.close()
                 with self._lock:
                     self._sockets.discard(sock)
+
+    def throttle(self, connections: int) -> None:
+        """Drop the open connections; answer the next `connections` with 503 SlowDown."""
+        with self._lock:
+            self._throttled = connections
+            open_sockets = list(self._sockets)
+        for sock in open_sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _slow_down(self, client: socket.socket) -> None:
+        body = (
+            b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+            b"<Message>Please reduce your request rate.</Message></Error>"
+        )
+        answer = (
+            b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        with client:
+            client.settimeout(10)
+            received = b""
+            with contextlib.suppress(OSError):
+                while b"\r\n\r\n" not in received:
+                    chunk = client.recv(65536)
+                    if not chunk:
+                        break
+                    received += chunk
+                client.sendall(answer)
+                with self._lock:
+                    self.throttled_answers += 1
+                client.shutdown(socket.SHUT_WR)
 
     def cut(self) -> None:
         """Refuse new connections and drop the open ones (with a reset)."""
