@@ -105,9 +105,15 @@ class SeaweedFS:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=1024",
-            "-volume.max=0",
+            "-volume.max=1000",
         ]
-        env = {**os.environ, "WEED_S3_SSE_KEK": os.urandom(32).hex()}
+        env = {
+            **os.environ,
+            "WEED_S3_SSE_KEK": os.urandom(32).hex(),
+            # One volume per bucket to start with, not seven: a test session makes many
+            # buckets, and `-volume.max` bounds the volumes of all of them together.
+            "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1",
+        }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env

@@ -25,6 +25,13 @@ def registry_server(make_server: ServerFactory) -> Iterator[RegistryServer]:
 
 
 @pytest.fixture(scope="session")
+def registry_url(registry_server: RegistryServer) -> str:
+    # Its own, not tests/conftest.py's: a session fixture of that name made for another
+    # directory's server would otherwise be reused here.
+    return registry_server.url
+
+
+@pytest.fixture(scope="session")
 def shared_client(registry_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=registry_url, timeout=30) as c:
         yield c

@@ -136,6 +136,13 @@ def registry_server(
 
 
 @pytest.fixture(scope="session")
+def registry_url(registry_server: Any) -> str:
+    # Its own, not tests/conftest.py's: a session fixture of that name made for another
+    # directory's server would otherwise be reused here.
+    return str(registry_server.url)
+
+
+@pytest.fixture(scope="session")
 def repo_prefix() -> str:
     """Repositories of this session live under it, so reruns against one registry never meet."""
     return f"clients/{uuid.uuid4().hex[:8]}"

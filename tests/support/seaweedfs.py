@@ -97,10 +97,16 @@ class SeaweedFS:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=512",
-            "-volume.max=0",
+            "-volume.max=1000",
         ]
         # A key-encryption key turns on SSE-S3 (server-side encryption with its own keys).
-        env = {**os.environ, "WEED_S3_SSE_KEK": os.urandom(32).hex()}
+        env = {
+            **os.environ,
+            "WEED_S3_SSE_KEK": os.urandom(32).hex(),
+            # One volume per bucket to start with, not seven: a test session makes many
+            # buckets, and `-volume.max` bounds the volumes of all of them together.
+            "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1",
+        }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
@@ -169,6 +175,10 @@ class SeaweedFS:
             self.process.wait()
             self.process = None
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def weed_available() -> bool:
+    return _weed() is not None
 
 
 @pytest.fixture(scope="session")
