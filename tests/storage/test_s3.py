@@ -204,3 +204,31 @@ async def test_blob_sizes_are_remembered_until_a_read_finds_them_changed(
         assert proxy.upstream_bytes > sent
     finally:
         proxy.stop()
+
+
+async def test_a_monolithic_push_is_written_where_it_ends(
+    driver: S3Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob pushed whole, its digest known, goes into a multipart upload at its own key,
+    completed once the digest checks: no copy."""
+    from registry.oci.digest import Digest
+    from registry.storage.blobstore import BlobStore
+
+    copies: list[object] = []
+    copy = driver._copy
+
+    async def noted(*args: object) -> None:
+        copies.append(args)
+        await copy(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(driver, "_copy", noted)
+    data = os.urandom(9 * MiB + 1)
+
+    async def body():  # type: ignore[no-untyped-def]
+        for start in range(0, len(data), MiB):
+            yield data[start : start + MiB]
+
+    store = BlobStore(driver)
+    assert await store.store_stream("a" * 32, body(), Digest.of(data), None) == len(data)
+    assert copies == []
+    assert await store.read_all(Digest.of(data)) == data
