@@ -99,6 +99,21 @@ def pull_blob(conn: Connection, repo: str, digest: str) -> int:
     return response.body_bytes
 
 
+def pull_blob_redirected(conn: Connection, repo: str, digest: str) -> int:
+    """GET a blob that the registry redirects (307) to storage, and follow the redirect on a
+    connection to that host; return how many bytes arrived."""
+    from urllib.parse import urlsplit
+
+    response = expect(conn.request("GET", f"/v2/{repo}/blobs/{digest}"), 307, what="redirect")
+    target = urlsplit(response.header("location"))
+    if target.scheme != "http" or not target.netloc:
+        raise RuntimeError(f"unexpected redirect {target.geturl()[:200]}")
+    with Connection(target.netloc) as storage:
+        path = f"{target.path}?{target.query}" if target.query else target.path
+        pulled = expect(storage.request("GET", path, discard_body=True), 200, what="from storage")
+    return pulled.body_bytes
+
+
 def put_manifest(conn: Connection, repo: str, reference: str, body: bytes) -> str:
     response = expect(
         conn.request(

@@ -63,6 +63,10 @@ CEILING_NAMES = {
     "loopback_tcp_mbps": "loopback",
     "loopback_sendfile_mbps": "loopback sendfile",
     "push_pipeline_mbps": "push pipeline",
+    "s3_put_mbps": "S3 put",
+    "s3_multipart_put_mbps": "S3 multipart put",
+    "s3_get_mbps": "S3 get",
+    "s3_ranged_get_mbps": "S3 4 ranged gets",
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from bench import procstat
 from bench.profiling import Recording
 from bench.report import SIDES, Metric, Results
-from bench.servers import make_server
+from bench.servers import S3Target, make_server
 from bench.workloads import MIB, Context, Workload
 
 RESOURCE_METRICS = (
@@ -65,7 +65,8 @@ def _one(
     profile_mode: str = "cpu",
     settings: dict[str, str] | None = None,
 ) -> tuple[dict[str, float], list[str]]:
-    server = make_server(side, ctx.folder, workers if side == "ours" else None, settings)
+    s3 = S3Target(ctx.seaweed, workload.redirect) if ctx.seaweed is not None else None
+    server = make_server(side, ctx.folder, workers if side == "ours" else None, settings, s3)
     with server:
         state = workload.prepare(server, ctx)
         recording = None

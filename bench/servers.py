@@ -1,9 +1,12 @@
 """The two registries under test, started with equivalent settings on loopback.
 
-Both get filesystem storage in a fresh temporary folder, no auth, deletes enabled, logs at
-error level without access logs, and the defaults a user would run otherwise: ours with its
-default worker count (`registry serve`), Distribution with Debian's packaged config minus
-auth (it keeps `cache.blobdescriptor: inmemory`, as that file has it).
+Both get filesystem storage in a fresh temporary folder, or in S3 mode a fresh bucket of the
+same SeaweedFS (ours: `storage.driver: s3`; Distribution: its `s3` driver with
+`regionendpoint`), no auth, deletes enabled, logs at error level without access logs, and the
+defaults a user would run otherwise: ours with its default worker count (`registry serve`),
+Distribution with Debian's packaged config minus auth (it keeps `cache.blobdescriptor:
+inmemory`, as that file has it). On S3 both redirect blob GETs to presigned URLs, or both
+stream them, as the workload asks.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import rawhttp
+from bench.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
 from registry.config import environment_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +37,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class S3Target:
+    """S3 storage for a server: a new bucket of `seaweed` each time; GETs redirected or not."""
+
+    seaweed: SeaweedFS
+    redirect: bool = False
 
 
 class ServerError(RuntimeError):
@@ -111,6 +124,9 @@ class Server:
     def stop(self) -> None:
         self._terminate()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        s3: S3Target | None = getattr(self, "s3", None)
+        if s3 is not None:
+            s3.seaweed.drop_bucket(getattr(self, "bucket", ""))
 
     def _terminate(self) -> None:
         if self.process is None:
@@ -150,11 +166,17 @@ class OursServer(Server):
     label = "pocket-registry"
 
     def __init__(
-        self, workdir: Path, workers: int | None = None, settings: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        workers: int | None = None,
+        settings: dict[str, str] | None = None,
+        s3: S3Target | None = None,
     ) -> None:
         super().__init__(workdir)
         self.workers = workers
         self.settings = settings or {}  # e.g. {"storage.fsync": "false"}, from --setting
+        self.s3 = s3
+        self.bucket = s3.seaweed.new_bucket("ours") if s3 is not None else ""
 
     def command(self) -> list[str]:
         command = [
@@ -171,6 +193,9 @@ class OursServer(Server):
         env["REGISTRY_SERVER_LOG_LEVEL"] = "error"
         env["REGISTRY_SERVER_ACCESS_LOG"] = "false"
         env["PYTHONPATH"] = str(REPO_ROOT)
+        if self.s3 is not None:
+            env.update(self.s3.seaweed.settings(self.bucket))
+            env["REGISTRY_STORAGE_S3_REDIRECT"] = str(self.s3.redirect).lower()
         for key, value in self.settings.items():
             env[environment_name(key)] = value
         return env
@@ -180,17 +205,30 @@ class DistributionServer(Server):
     name = "distribution"
     label = "CNCF Distribution"
 
-    def __init__(self, workdir: Path, binary: str = DISTRIBUTION_BINARY) -> None:
+    def __init__(
+        self, workdir: Path, binary: str = DISTRIBUTION_BINARY, s3: S3Target | None = None
+    ) -> None:
         super().__init__(workdir)
         self.binary = binary
+        self.s3 = s3
+        self.bucket = s3.seaweed.new_bucket("distribution") if s3 is not None else ""
 
     def command(self) -> list[str]:
         config = self.workdir / "config.yml"
+        if self.s3 is None:
+            storage = f"  filesystem: {{rootdirectory: {self.workdir / 'data'}}}\n"
+        else:
+            storage = (
+                f"  s3: {{region: us-east-1, regionendpoint: '{self.s3.seaweed.endpoint}', "
+                f"bucket: {self.bucket}, accesskey: {ACCESS_KEY}, secretkey: {SECRET_KEY}, "
+                "secure: false, v4auth: true}\n"
+                f"  redirect: {{disable: {str(not self.s3.redirect).lower()}}}\n"
+            )
         config.write_text(
             "version: 0.1\n"
             "log: {level: error, accesslog: {disabled: true}}\n"
             "storage:\n"
-            f"  filesystem: {{rootdirectory: {self.workdir / 'data'}}}\n"
+            f"{storage}"
             "  delete: {enabled: true}\n"
             "  cache: {blobdescriptor: inmemory}\n"
             f"http: {{addr: '{self.host}', secret: bench-secret}}\n"
@@ -199,6 +237,8 @@ class DistributionServer(Server):
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        # With AWS_CA_BUNDLE set (this machine sets it), Distribution's AWS SDK panics at start.
+        env.pop("AWS_CA_BUNDLE", None)
         return env
 
 
@@ -213,11 +253,15 @@ def distribution_version(binary: str = DISTRIBUTION_BINARY) -> str:
 
 
 def make_server(
-    side: str, base: Path, workers: int | None = None, settings: dict[str, str] | None = None
+    side: str,
+    base: Path,
+    workers: int | None = None,
+    settings: dict[str, str] | None = None,
+    s3: S3Target | None = None,
 ) -> Server:
     workdir = Path(tempfile.mkdtemp(prefix=f"{side}-", dir=base))
     if side == "ours":
-        return OursServer(workdir, workers=workers, settings=settings)
+        return OursServer(workdir, workers=workers, settings=settings, s3=s3)
     if side == "distribution":
-        return DistributionServer(workdir)
+        return DistributionServer(workdir, s3=s3)
     raise ValueError(f"unknown server {side!r}")

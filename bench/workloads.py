@@ -17,6 +17,7 @@ from bench import loadgen, oci
 from bench.asyncraw import AsyncConnection
 from bench.rawhttp import Connection, FileBody
 from bench.report import Metric
+from bench.seaweed import SeaweedFS
 from bench.servers import Server
 
 MIB = 1024 * 1024
@@ -68,6 +69,7 @@ class Payload:
 class Context:
     settings: Settings
     folder: Path
+    seaweed: SeaweedFS | None = None  # S3 mode: every server gets a bucket of this S3 server
     _payloads: dict[tuple[str, int], Payload] = field(default_factory=dict)
 
     def payload(self, name: str, size: int) -> Payload:
@@ -105,6 +107,7 @@ class Workload:
     title = ""
     metrics: tuple[Metric, ...] = ()
     repeatable = True  # False: run once per server whatever --repeat says
+    redirect = False  # S3 mode: both servers answer blob GETs with a redirect to S3
     min_rounds = 1  # rounds run even when --repeat asks for fewer (noisy workloads)
     tracks_rss_growth = False
 
@@ -133,7 +136,20 @@ def _timed(fn: Any, *args: Any) -> tuple[float, float]:
 
 # A push is hashed (one core per stream) and, for us, made durable on disk before it counts;
 # the push pipeline is the same work without HTTP, sharing the machine's cores the same way.
-PUSH_CEILINGS = ("sha256_one_core_mbps", "disk_write_fsync_mbps", "push_pipeline_mbps")
+# In S3 mode the machine's ceilings are not measured: S3's own (boto3 with no registry) are.
+PUSH_CEILINGS = (
+    "sha256_one_core_mbps",
+    "disk_write_fsync_mbps",
+    "push_pipeline_mbps",
+    "s3_put_mbps",
+    "s3_multipart_put_mbps",
+)
+PULL_CEILINGS = (
+    "loopback_sendfile_mbps",
+    "loopback_tcp_mbps",
+    "s3_get_mbps",
+    "s3_ranged_get_mbps",
+)
 
 
 class PushMonolithic(Workload):
@@ -175,17 +191,14 @@ class PushChunked(PushMonolithic):
 class Pull(PushMonolithic):
     name = "pull"
     title = "GET of the large blob, sequentially, bytes discarded by the client"
-    metrics = (
-        Metric(
-            "mbps", "throughput", "MB/s", ceiling=("loopback_sendfile_mbps", "loopback_tcp_mbps")
-        ),
-    )
+    metrics = (Metric("mbps", "throughput", "MB/s", ceiling=PULL_CEILINGS),)
 
     def prepare(self, server: Server, ctx: Context) -> Any:
         payload = ctx.payload("big", self.size(ctx))
         with payload.open() as file, Connection(server.host) as conn:
             oci.push_blob(conn, "bench/pull", payload.digest, FileBody(file, 0, payload.size))
-            oci.pull_blob(conn, "bench/pull", payload.digest)  # warm both page caches alike
+            pull = oci.pull_blob_redirected if self.redirect else oci.pull_blob
+            pull(conn, "bench/pull", payload.digest)  # warm both page caches alike
         return payload
 
     def run(self, server: Server, ctx: Context, state: Any) -> Outcome:
@@ -196,6 +209,30 @@ class Pull(PushMonolithic):
             with Connection(server.host) as conn:
                 for _ in range(ctx.settings.pulls):
                     moved[0] += oci.pull_blob(conn, "bench/pull", payload.digest)
+
+        elapsed, cpu = _timed(pulls)
+        expected = payload.size * ctx.settings.pulls
+        if moved[0] != expected:
+            raise RuntimeError(f"pulled {moved[0]} bytes, expected {expected}")
+        return Outcome({"mbps": moved[0] / elapsed / MB}, moved[0], cpu)
+
+
+class PullRedirected(Pull):
+    name = "pull-redirect"
+    title = "GET of the large blob answered with a redirect to S3, followed (S3 mode only)"
+    redirect = True
+
+    def available(self, ctx: Context) -> str | None:
+        return None if ctx.seaweed is not None else "only with --storage s3"
+
+    def run(self, server: Server, ctx: Context, state: Any) -> Outcome:
+        payload: Payload = state
+        moved = [0]
+
+        def pulls() -> None:
+            with Connection(server.host) as conn:
+                for _ in range(ctx.settings.pulls):
+                    moved[0] += oci.pull_blob_redirected(conn, "bench/pull", payload.digest)
 
         elapsed, cpu = _timed(pulls)
         expected = payload.size * ctx.settings.pulls
@@ -370,6 +407,6 @@ def all_workloads() -> list[Workload]:
     from bench.scale import Scale
 
     return [
-        PushMonolithic(), PushChunked(), Pull(), HeadBlob(), GetManifest(), SmallPushes(),
-        ParallelPushes(), Memory(), DockerPushPull(), Scale(),
+        PushMonolithic(), PushChunked(), Pull(), PullRedirected(), HeadBlob(), GetManifest(),
+        SmallPushes(), ParallelPushes(), Memory(), DockerPushPull(), Scale(),
     ]  # fmt: skip

@@ -20,14 +20,14 @@ from registry.api.context import Services
 from registry.api.routes import ROUTES
 from registry.auth import AccessController, AllowAll
 from registry.auth.routes import access_controller, auth_routes, with_audit_trail
-from registry.config import Config
+from registry.config import Config, ConfigError
 from registry.errors import DiskFull, NameUnknown, RegistryError, Unsupported
 from registry.http_protocol import API_VERSION_HEADER
 from registry.maintenance import run_periodically
 from registry.metadata.db import Database
 from registry.metadata.store import MetadataStore
 from registry.storage.blobstore import BlobStore
-from registry.storage.driver import StorageError, StorageFull
+from registry.storage.driver import StorageDriver, StorageError, StorageFull, StorageUnavailable
 from registry.storage.filesystem import FilesystemDriver
 
 log = logging.getLogger("registry")
@@ -134,7 +134,16 @@ async def _disk_full(request: Request, exc: Exception) -> Response:
 
 async def _storage_error(request: Request, exc: Exception) -> Response:
     log.error("storage failure on %s %s: %s", request.method, request.url.path, exc)
-    error = RegistryError("storage failure; nothing was stored", status=503)
+    if isinstance(exc, StorageUnavailable):
+        # Transient (storage unreachable or throttling): worth the client's retry.
+        seconds = str(exc.retry_after_seconds)
+        error = RegistryError(
+            "storage is unavailable; nothing was stored, try again later",
+            status=503,
+            headers={"Retry-After": seconds},
+        )
+    else:
+        error = RegistryError("storage failure; nothing was stored", status=503)
     return await error_response(request, error)
 
 
@@ -176,11 +185,27 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)
 
 
+def build_driver(config: Config) -> StorageDriver:
+    """The storage driver `storage.driver` names; an unknown name is refused, never guessed."""
+    config.check()
+    if config.storage.driver == "filesystem":
+        return FilesystemDriver(config.storage_root, fsync=config.storage.fsync)
+    if config.storage.driver == "s3":
+        try:
+            from registry.storage.s3 import S3Driver
+        except ImportError as exc:  # boto3 is an extra
+            raise ConfigError(
+                f"storage.driver s3 needs boto3 (pip install '.[s3]'): {exc}"
+            ) from None
+        return S3Driver(config.storage.s3)
+    raise ConfigError(f"unknown storage.driver {config.storage.driver!r}")
+
+
 def build_services(
     config: Config, access: AccessController | None = None
 ) -> tuple[Services, Database]:
     db = Database(config.database_url, pool_size=config.database.pool_size)
-    driver = FilesystemDriver(config.storage_root, fsync=config.storage.fsync)
+    driver = build_driver(config)
     blobs = BlobStore(driver, buffer_bytes=config.limits.upload_buffer_bytes)
     if access is None:  # token auth when auth.enabled, else none (loopback only)
         access = access_controller(config, db)

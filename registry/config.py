@@ -39,12 +39,34 @@ class ServerConfig:
     max_connections: int = 1024  # per worker; beyond: 503
 
 
+# The S3 driver's settings (`storage.s3.*`, REGISTRY_STORAGE_S3_*), used with driver "s3".
+@dataclass
+class S3Config:
+    bucket: str = ""
+    prefix: str = ""  # keys go under this folder of the bucket; empty: the bucket's root
+    region: str = ""  # empty: boto3's default (AWS_REGION, ~/.aws/config), else us-east-1
+    endpoint_url: str = ""  # MinIO, Ceph, SeaweedFS...; empty: AWS
+    access_key: str = ""  # empty: boto3's default chain (environment, profile, instance role)
+    secret_key: str = ""
+    addressing: str = "auto"  # auto, path or virtual
+    part_size: int = 8 * 1024 * 1024  # multipart part size (at least 5 MiB)
+    encryption: str = ""  # server-side encryption: "", AES256 (SSE-S3) or aws:kms (SSE-KMS)
+    kms_key_id: str = ""  # SSE-KMS key; empty: the account's default key
+    redirect: bool = False  # answer blob GETs with a 307 to a presigned URL
+    redirect_seconds: int = 600  # lifetime of a presigned URL
+    max_concurrency: int = 32  # threads (and connections) talking to S3 at once, per worker
+
+
+STORAGE_DRIVERS = ("filesystem", "s3")
+
+
 @dataclass
 class StorageConfig:
-    driver: str = "filesystem"
+    driver: str = "filesystem"  # filesystem or s3
     root: str = ""  # filesystem driver: where blobs live; empty: <data_dir>/storage
     delete_enabled: bool = True
     fsync: bool = True  # flush a blob's bytes to disk before it becomes visible
+    s3: S3Config = field(default_factory=S3Config)
 
 
 @dataclass
@@ -103,6 +125,38 @@ class Config:
             return self.database.url
         return f"sqlite+aiosqlite:///{Path(self.data_dir).resolve() / 'registry.db'}"
 
+    def check(self) -> None:
+        """Refuse settings that cannot work together, before anything starts."""
+        if self.storage.driver not in STORAGE_DRIVERS:
+            raise ConfigError(
+                f"storage.driver {self.storage.driver!r} is not one this registry knows: "
+                f"use one of {', '.join(STORAGE_DRIVERS)}"
+            )
+        s3 = self.storage.s3
+        if self.storage.driver == "s3":
+            if not s3.bucket:
+                raise ConfigError("storage.driver s3 needs storage.s3.bucket")
+            if bool(s3.access_key) != bool(s3.secret_key):
+                raise ConfigError("storage.s3.access_key and secret_key go together")
+        if s3.addressing not in ("auto", "path", "virtual"):
+            raise ConfigError(
+                f"storage.s3.addressing must be auto, path or virtual: {s3.addressing!r}"
+            )
+        if s3.part_size < 5 * 1024 * 1024 or s3.part_size > 5 * 1024**3:
+            raise ConfigError("storage.s3.part_size must be between 5 MiB and 5 GiB")
+        if s3.encryption not in ("", "AES256", "aws:kms"):
+            raise ConfigError(
+                f"storage.s3.encryption must be empty, AES256 or aws:kms: {s3.encryption!r}"
+            )
+        if s3.kms_key_id and s3.encryption != "aws:kms":
+            raise ConfigError("storage.s3.kms_key_id needs storage.s3.encryption: aws:kms")
+        if not 1 <= s3.redirect_seconds <= 7 * 86400:
+            raise ConfigError("storage.s3.redirect_seconds must be between 1 and 604800")
+        if s3.max_concurrency < 1:
+            raise ConfigError("storage.s3.max_concurrency must be at least 1")
+        if s3.prefix.startswith("/") or ".." in s3.prefix.split("/"):
+            raise ConfigError(f"storage.s3.prefix must be a relative folder: {s3.prefix!r}")
+
     @property
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.server.addr.rpartition(":")
@@ -133,13 +187,12 @@ def load_config(
     return config
 
 
-def _apply_mapping(config: Config, doc: dict[str, Any], where: str) -> None:
+def _apply_mapping(config: Config, doc: dict[str, Any], where: str, prefix: str = "") -> None:
     for key, value in doc.items():
         if isinstance(value, dict):
-            for sub, subvalue in value.items():
-                _set(config, f"{key}.{sub}", subvalue)
+            _apply_mapping(config, value, where, f"{prefix}{key}.")
         else:
-            _set(config, str(key), value)
+            _set(config, f"{prefix}{key}", value)
 
 
 def environment_name(dotted: str) -> str:
@@ -155,19 +208,17 @@ def _environment_settings(environ: Mapping[str, str]) -> list[tuple[str, str]]:
 def settings(config: Config | None = None) -> dict[str, Any]:
     """Every setting as `section.key` (or `key` at top level), with its value in `config`
     (the defaults when None)."""
-    config = config if config is not None else Config()
+    return _flatten(config if config is not None else Config(), "")
+
+
+def _flatten(section: Any, prefix: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
         if dataclasses.is_dataclass(value):
-            out.update(
-                {
-                    f"{f.name}.{sub.name}": getattr(value, sub.name)
-                    for sub in dataclasses.fields(value)
-                }
-            )
+            out.update(_flatten(value, f"{prefix}{f.name}."))
         else:
-            out[f.name] = value
+            out[f"{prefix}{f.name}"] = value
     return out
 
 
@@ -189,6 +240,8 @@ def _set(config: Config, dotted: str, value: Any, from_text: bool = False) -> No
     }:
         raise ConfigError(f"unknown setting {dotted!r}")
     current = getattr(target, name)
+    if dataclasses.is_dataclass(current):
+        raise ConfigError(f"{dotted} is a section: give its keys ({dotted}.KEY)")
     setattr(target, name, _coerce(dotted, current, value, from_text))
 
 

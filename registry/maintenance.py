@@ -1,4 +1,6 @@
-"""Background upkeep: uploads abandoned by their clients are dropped with their bytes.
+"""Background upkeep: uploads abandoned by their clients are dropped with their bytes (on S3,
+their multipart uploads are aborted), and so are S3 multipart uploads that a process which
+died mid-push left at a blob's key.
 
 Safe with several replicas: each step is idempotent, and a session is removed from the
 database before its bytes, so no replica can resume an upload whose bytes are going.
@@ -25,6 +27,11 @@ async def purge_stale_uploads(services: Services) -> int:
         await services.blobs.delete_upload(upload_id)
     if stale:
         log.info("dropped %d abandoned upload(s)", len(stale))
+    abort_abandoned = getattr(services.blobs.driver, "abort_abandoned", None)
+    if abort_abandoned is not None:
+        aborted = await abort_abandoned(cutoff)
+        if aborted:
+            log.info("aborted %d multipart upload(s) left at blob keys", aborted)
     return len(stale)
 
 

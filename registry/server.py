@@ -33,6 +33,7 @@ def app_factory() -> object:
 
 def serve(config: Config, workers: int | None = None) -> int:
     host, port = config.host_port
+    config.check()  # an unknown storage driver, or S3 without a bucket: refused up front
     secure_data(config)  # owner-only files from here on, whatever the umask
     limits = HttpLimits.from_config(config.server)
     preflight(config)  # no auth off loopback unless insecure; auth settings and keys

@@ -9,7 +9,9 @@ import pytest
 
 from support.server import RegistryServer, free_port
 
-pytest_plugins = ["support.ci", "support.dockerd", "support.postgres"]
+pytest_plugins = [
+    "support.ci", "support.dockerd", "support.postgres", "support.seaweedfs", "support.backends",
+]
 
 __all__ = ["RegistryServer", "free_port"]
 

@@ -199,3 +199,56 @@ def test_a_default_server_runs_one_worker_per_core(tmp_path: Path) -> None:
         assert len(workers) == (cores if cores > 1 else 0)  # one worker: no child at all
     finally:
         server.stop()
+
+
+def test_s3_settings_nest_under_storage(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "storage:\n  driver: s3\n  s3:\n    bucket: blobs\n    redirect: true\n"
+        "    part_size: 8388608\n",
+    )
+    config = load_config(path, environ={"REGISTRY_STORAGE_S3_REGION": "eu-west-1"})
+    assert config.storage.s3.bucket == "blobs"
+    assert config.storage.s3.redirect is True
+    assert config.storage.s3.part_size == 8 * 1024 * 1024
+    assert config.storage.s3.region == "eu-west-1"
+    config.check()
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, "storage:\n  s3:\n    nope: 1\n"), environ={})
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, "storage:\n  s3: blobs\n"), environ={})
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        ({"storage.driver": "s4"}, "storage.driver 's4' is not one this registry knows"),
+        ({"storage.driver": "S3"}, "is not one this registry knows"),
+        ({"storage.driver": "s3"}, "needs storage.s3.bucket"),
+        (
+            {"storage.driver": "s3", "storage.s3.bucket": "b", "storage.s3.access_key": "k"},
+            "go together",
+        ),
+        ({"storage.s3.part_size": 1024}, "part_size"),
+        ({"storage.s3.addressing": "dns"}, "addressing"),
+        ({"storage.s3.encryption": "rot13"}, "encryption"),
+        ({"storage.s3.kms_key_id": "k"}, "kms_key_id"),
+        ({"storage.s3.prefix": "../x"}, "prefix"),
+        ({"storage.s3.redirect_seconds": 0}, "redirect_seconds"),
+    ],
+)
+def test_bad_storage_settings_are_refused(settings: dict[str, object], complaint: str) -> None:
+    config = load_config(environ={}, overrides=settings)
+    with pytest.raises(ConfigError, match=complaint):
+        config.check()
+
+
+def test_serve_refuses_an_unknown_storage_driver(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`storage.driver: s3`-like typos used to run on local disk without a word."""
+    path = write(tmp_path, "storage:\n  driver: gcs\n")
+    code = cli_main(["serve", "--config", str(path), "--data", str(tmp_path / "d")])
+    assert code != 0
+    assert "storage.driver 'gcs' is not one this registry knows" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -228,13 +228,22 @@ def _chunk_length(request: Request, name: str, upload: Upload, expected: int | N
 async def _append(
     svc: Services, upload: Upload, body: AsyncIterator[bytes], claim: Claim | None
 ) -> int:
-    size = await svc.blobs.append_upload(upload.id, upload.size, body)
+    progress = await svc.blobs.append_upload(
+        upload.id, upload.size, body, upload.hash_state, upload.storage_state
+    )
     writer = claim.writer if claim is not None else None
-    if size != upload.size and not await svc.metadata.advance_upload(
-        upload.id, upload.size, size, writer
+    # The size and the states that go with it move together: the next request, on any
+    # process or replica, carries on from exactly here.
+    if progress.size != upload.size and not await svc.metadata.advance_upload(
+        upload.id,
+        upload.size,
+        progress.size,
+        writer,
+        progress.hash_state,
+        progress.storage_state,
     ):
         raise BlobUploadInvalid("the upload changed during this request", status=416)
-    return size
+    return progress.size
 
 
 async def finish_upload(request: Request) -> Response:
@@ -264,12 +273,25 @@ async def _finish(
             await svc.blobs.store(body, digest)
             await svc.blobs.delete_upload(upload.id)  # any file an empty PATCH left
             size = len(body)
+        elif upload.size == 0 and expected != 0:
+            # The whole blob in one large body: streamed to where it ends, verified on the way.
+            body_stream = _checked_body(request, expected, claim)
+            size = await svc.blobs.store_stream(upload.id, body_stream, digest, expected)
+            await svc.blobs.delete_upload(upload.id)  # any file an empty PATCH left
         else:
+            hash_state, storage_state = upload.hash_state, upload.storage_state
             if expected != 0:
                 # The session ends here either way, so its recorded size need not move first.
                 body_stream = _checked_body(request, expected, claim)
-                size = await svc.blobs.append_upload(upload.id, upload.size, body_stream)
-            await svc.blobs.commit_upload(upload.id, size, digest)
+                progress = await svc.blobs.append_upload(
+                    upload.id, upload.size, body_stream, hash_state, storage_state
+                )
+                size, hash_state, storage_state = (
+                    progress.size,
+                    progress.hash_state,
+                    progress.storage_state,
+                )
+            await svc.blobs.commit_upload(upload.id, size, digest, hash_state, storage_state)
     except DigestInvalid:
         await svc.blobs.delete_upload(upload.id)
         await svc.metadata.delete_upload(upload.id)

@@ -38,6 +38,8 @@ class Upload:
     repository_id: int
     size: int
     created_at: datetime
+    hash_state: bytes | None = None
+    storage_state: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,14 @@ _BLOB_SIZE_IN_REPOSITORY = (
         repository_blobs.c.digest == bindparam("digest"),
     )
 )
-_UPLOAD_COLUMNS = (uploads.c.id, uploads.c.repository_id, uploads.c.size, uploads.c.created_at)
+_UPLOAD_COLUMNS = (
+    uploads.c.id,
+    uploads.c.repository_id,
+    uploads.c.size,
+    uploads.c.created_at,
+    uploads.c.hash_state,
+    uploads.c.storage_state,
+)
 _UPLOAD = (
     select(*_UPLOAD_COLUMNS)
     .select_from(uploads.join(repositories, repositories.c.id == uploads.c.repository_id))
@@ -84,7 +93,12 @@ _CLAIM_UPLOAD = (
 _ADVANCE_UPLOAD = (
     update(uploads)
     .where(uploads.c.id == bindparam("upload"), uploads.c.size == bindparam("old_size"))
-    .values(size=bindparam("new_size"), updated_at=bindparam("stamp"))
+    .values(
+        size=bindparam("new_size"),
+        updated_at=bindparam("stamp"),
+        hash_state=bindparam("hash_state"),
+        storage_state=bindparam("storage_state"),
+    )
 )
 _ADVANCE_CLAIMED_UPLOAD = _ADVANCE_UPLOAD.where(uploads.c.writer == bindparam("claimant"))
 _INSERT_UPLOAD = insert(uploads)
@@ -265,11 +279,25 @@ class MetadataStore:
             await conn.execute(_RELEASE_UPLOAD, {"upload": upload_id, "claimant": writer})
 
     async def advance_upload(
-        self, upload_id: str, old_size: int, new_size: int, writer: str | None = None
+        self,
+        upload_id: str,
+        old_size: int,
+        new_size: int,
+        writer: str | None = None,
+        hash_state: bytes | None = None,
+        storage_state: str | None = None,
     ) -> bool:
-        """Move the upload's recorded size from `old_size`; False if someone else moved it
-        (or, given a `writer`, if that writer no longer holds the upload)."""
-        params = {"upload": upload_id, "old_size": old_size, "new_size": new_size, "stamp": now()}
+        """Move the upload's recorded size from `old_size`, with the states that go with the
+        new size; False if someone else moved it (or, given a `writer`, if that writer no
+        longer holds the upload)."""
+        params: dict[str, Any] = {
+            "upload": upload_id,
+            "old_size": old_size,
+            "new_size": new_size,
+            "stamp": now(),
+            "hash_state": hash_state,
+            "storage_state": storage_state,
+        }
         statement = _ADVANCE_UPLOAD
         if writer is not None:
             statement = _ADVANCE_CLAIMED_UPLOAD

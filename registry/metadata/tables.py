@@ -130,6 +130,11 @@ uploads = Table(
     # The one request (of any process) writing to the upload now, and until when it may.
     Column("writer", String(32), nullable=True),
     Column("writer_until", DateTime(timezone=True), nullable=True),
+    # What the next request (on any replica) needs to go on without reading the bytes back:
+    # the hash state at the upload's end, and the storage driver's own state (S3: the
+    # multipart upload's id and parts). Saved with `size`, in the same statement.
+    Column("hash_state", LargeBinary, nullable=True),
+    Column("storage_state", Text, nullable=True),
 )
 
 

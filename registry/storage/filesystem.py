@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -15,10 +14,9 @@ import aiofiles.os
 from aiofiles.threadpool.binary import AsyncFileIO
 
 from registry.filemodes import FILE_MODE, make_private_folder
-from registry.storage.driver import PathNotFound, StorageError, storage_error
+from registry.storage.driver import PathNotFound, StorageError, check_key, storage_error
 from registry.storage.writeback import WriteBehind
 
-_SAFE_KEY = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*\Z")
 READ_BLOCK = 4 * 1024 * 1024
 WRITES_IN_FLIGHT = 2  # positional writes of one upload running at once (page-cache latency)
 _IOV_MAX = 1024  # buffers per pwritev (Linux's limit)
@@ -34,10 +32,7 @@ class FilesystemDriver:
         self.fsync = fsync
 
     def _path(self, key: str) -> Path:
-        # Keys come from layout.py, but refuse anything that could leave the root all the same.
-        if not _SAFE_KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
-            raise StorageError(f"unsafe storage key {key!r}")
-        return self.root / key
+        return self.root / check_key(key)
 
     async def stat(self, key: str) -> int | None:
         # A stat of a local file costs microseconds, far less than a hop to a worker thread,
@@ -77,7 +72,10 @@ class FilesystemDriver:
         except OSError as exc:
             raise storage_error(exc, f"put {key}") from exc
 
-    async def append(self, key: str, offset: int) -> FileAppendWriter:
+    async def append(
+        self, key: str, offset: int, state: str | None = None, destination: str | None = None
+    ) -> FileAppendWriter:
+        # The file is the whole state; a partly written file must never sit at `destination`.
         path = self._path(key)
         try:
             await asyncio.to_thread(_create_empty, path)
@@ -100,8 +98,12 @@ class FilesystemDriver:
             raise
         return FileAppendWriter(fh, offset, write_behind=self.fsync)
 
-    async def move(self, source: str, destination: str) -> None:
+    async def commit(self, source: str, state: str | None, destination: str) -> None:
         src, dst = self._path(source), self._path(destination)
+        if src == dst:
+            if not await asyncio.to_thread(src.is_file):
+                raise PathNotFound(source)
+            return
         try:
             await asyncio.to_thread(_durable_rename, src, dst, self.fsync)
         except FileNotFoundError:
@@ -123,6 +125,9 @@ class FilesystemDriver:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+    async def redirect_url(self, key: str) -> str | None:
+        return None
 
 
 class FileAppendWriter:
@@ -171,15 +176,16 @@ class FileAppendWriter:
             await asyncio.wait(self._in_flight)
         return self._take_finished()
 
-    async def close(self) -> None:
+    async def close(self) -> str | None:
         # No flush here: every block's writeback has started, and the blob's bytes are made
-        # durable once, before they become visible (`move`). A power cut can therefore take
+        # durable once, before they become visible (`commit`). A power cut can therefore take
         # the tail of an unfinished upload (its file is then shorter than its session says,
         # and `append` refuses to resume it), never bytes of a finished blob; waiting for
         # the disk after every chunk halved chunked pushes. On failure the file stays open
         # for the caller's `abort`.
         _raise(await self._drain())
         await self._fh.close()
+        return None
 
     async def abort(self) -> None:
         try:

@@ -130,3 +130,26 @@ def test_an_unknown_setting_is_refused(tmp_path: Path) -> None:
     done = _run_bench(tmp_path, "--setting", "storage.fsinc=false", "--no-limits")
     assert done.returncode != 0
     assert "storage.fsinc" in done.stderr
+
+
+def test_tiny_run_on_s3(tmp_path: Path) -> None:
+    """The S3 mode: both registries on one SeaweedFS, S3's own throughput as the ceilings,
+    streamed and redirected pulls."""
+    _require_distribution()
+    from support.seaweedfs import weed_available
+
+    if not weed_available():
+        pytest.skip("SeaweedFS (weed) is not installed")
+    out = tmp_path / "report.json"
+    only = "push-chunked,pull,pull-redirect"
+    done = _run_bench(tmp_path, *TINY, "--storage", "s3", "--only", only, "--json", str(out))
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    report = json.loads(out.read_text())
+    assert report["settings"]["storage"] == "s3"
+    for key in ("s3_put_mbps", "s3_multipart_put_mbps", "s3_get_mbps", "s3_ranged_get_mbps"):
+        assert report["limits"][key] > 0
+    assert "sha256_one_core_mbps" not in report["limits"]
+    for name in only.split(","):
+        mbps = report["workloads"][name]["metrics"]["mbps"]
+        assert mbps["ours"]["median"] > 0 and mbps["distribution"]["median"] > 0, name
+        assert mbps["ceiling"]["name"].startswith("s3_"), name
