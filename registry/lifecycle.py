@@ -123,9 +123,24 @@ class GracefulSupervisor(Multiprocess):
         self._exit = _DelayedExit(draining, delay)
 
     def handle_term(self) -> None:
-        if self._exit.begin(signal.SIGTERM, super().handle_term):
-            super().handle_term()
+        if self._exit.begin(signal.SIGTERM, self._stop_term):
+            self._stop_term()
 
     def handle_int(self) -> None:
-        if self._exit.begin(signal.SIGINT, super().handle_int):
-            super().handle_int()
+        if self._exit.begin(signal.SIGINT, self._stop_int):
+            self._stop_int()
+
+    def _stop_term(self) -> None:
+        self._close_listeners()
+        super().handle_term()
+
+    def _stop_int(self) -> None:
+        self._close_listeners()
+        super().handle_int()
+
+    def _close_listeners(self) -> None:
+        """The supervisor's copy of the listening socket: while it is open the kernel keeps
+        accepting connections that no worker will ever take, once the workers stop."""
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()

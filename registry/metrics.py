@@ -78,7 +78,7 @@ class Metrics:
             disable_created_metrics,
         )
 
-        disable_created_metrics()  # `_created` series double the page and say little
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created`: noise
 
         # A registry of our own: several apps in one process (tests) do not collide, and
         # prometheus-client's default process metrics (not multiprocess-safe) stay out.
