@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from api.helpers import digest_of, unique_repo
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.helpers import digest_of, unique_repo
 from support.server import RegistryServer
 
 

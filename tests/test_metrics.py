@@ -11,27 +11,29 @@ from pathlib import Path
 
 import httpx
 import pytest
+from api.helpers import digest_of, push_blob, put_manifest, unique_repo
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.helpers import digest_of, push_blob, put_manifest, unique_repo
 from registry.oci import mediatypes as mt
+
 from support.server import RegistryServer, free_port
 
 BLOB_ROUTE = "/v2/{name:path}/blobs/{digest}"
 UPLOAD_ROUTE = "/v2/{name:path}/blobs/uploads/"
 MANIFEST_ROUTE = "/v2/{name:path}/manifests/{reference}"
+Page = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def samples(text: str) -> Page:
     """Every sample of the page, keyed by name and labels."""
-    found = {}
+    found: Page = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             found[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return found
 
 
-def value(page: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+def value(page: Page, name: str, **labels: str) -> float:
     return page.get((name, frozenset(labels.items())), 0.0)
 
 

@@ -11,10 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-
 from api.helpers import encode, push_manifest, unique_repo
 from api.helpers import image_doc as pushed_image_doc
+
 from registry.observe import JsonFormatter, RequestIds, client_request_id, current_request_id
+
 from support.server import RegistryServer
 
 
@@ -117,7 +118,7 @@ def test_text_request_lines_name_the_request(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while "text-line-1" not in server.log_path.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
-        [line] = [l for l in server.log_path.read_text().splitlines() if "text-line-1" in l]
+        [line] = [x for x in server.log_path.read_text().splitlines() if "text-line-1" in x]
         assert f'"GET /v2/{repo}/tags/list" 200' in line
     finally:
         server.stop()
