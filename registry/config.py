@@ -22,6 +22,14 @@ class ConfigError(ValueError):
     """A setting that is missing, unknown or of the wrong type."""
 
 
+# TLS on the server's own listener (registry/tls.py), `server.tls.*`.
+@dataclass
+class TlsConfig:
+    certificate: str = ""  # PEM: the server's certificate, then its chain; empty: plain HTTP
+    key: str = ""  # PEM: its private key
+    client_ca: str = ""  # PEM: CA(s) whose client certificates are required; empty: none
+
+
 @dataclass
 class ServerConfig:
     addr: str = "127.0.0.1:5000"
@@ -43,6 +51,7 @@ class ServerConfig:
     ready_timeout: int = 2  # seconds the database and the storage each have to answer /readyz
     shutdown_delay: int = 0  # seconds between readiness turning false and the listener closing
     shutdown_timeout: int = 30  # seconds requests in flight may take to finish at shutdown
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
 
 @dataclass
@@ -145,13 +154,12 @@ def load_config(
     return config
 
 
-def _apply_mapping(config: Config, doc: dict[str, Any], where: str) -> None:
+def _apply_mapping(config: Config, doc: dict[str, Any], where: str, prefix: str = "") -> None:
     for key, value in doc.items():
         if isinstance(value, dict):
-            for sub, subvalue in value.items():
-                _set(config, f"{key}.{sub}", subvalue)
+            _apply_mapping(config, value, where, f"{prefix}{key}.")
         else:
-            _set(config, str(key), value)
+            _set(config, f"{prefix}{key}", value)
 
 
 def environment_name(dotted: str) -> str:
@@ -196,19 +204,17 @@ def _read_setting_file(variable: str, path: str) -> str:
 def settings(config: Config | None = None) -> dict[str, Any]:
     """Every setting as `section.key` (or `key` at top level), with its value in `config`
     (the defaults when None)."""
-    config = config if config is not None else Config()
+    return _flatten(config if config is not None else Config(), "")
+
+
+def _flatten(section: Any, prefix: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
         if dataclasses.is_dataclass(value):
-            out.update(
-                {
-                    f"{f.name}.{sub.name}": getattr(value, sub.name)
-                    for sub in dataclasses.fields(value)
-                }
-            )
+            out.update(_flatten(value, f"{prefix}{f.name}."))
         else:
-            out[f.name] = value
+            out[f"{prefix}{f.name}"] = value
     return out
 
 
@@ -230,6 +236,8 @@ def _set(config: Config, dotted: str, value: Any, from_text: bool = False) -> No
     }:
         raise ConfigError(f"unknown setting {dotted!r}")
     current = getattr(target, name)
+    if dataclasses.is_dataclass(current):
+        raise ConfigError(f"{dotted} is a section: give its keys ({dotted}.KEY)")
     setattr(target, name, _coerce(dotted, current, value, from_text))
 
 

@@ -121,8 +121,10 @@ def serve(config: Config, workers: int | None = None) -> int:
 
 def tls_files(config: Config) -> TlsFiles | None:
     """The TLS files of `server.tls.*`, or None when TLS is off (no certificate given)."""
-    tls = getattr(config.server, "tls", None)
-    if tls is None or not tls.certificate:
+    tls = config.server.tls
+    if not tls.certificate:
+        if tls.key or tls.client_ca:
+            raise ConfigError("server.tls.key and server.tls.client_ca need server.tls.certificate")
         return None
     if not tls.key:
         raise ConfigError("server.tls.certificate needs server.tls.key")
