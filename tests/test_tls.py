@@ -18,6 +18,7 @@ import pytest
 from cryptography import x509
 
 from registry.tls import TlsFiles, build_context
+
 from support.pki import CertificateAuthority, Issued
 from support.server import RegistryServer
 
@@ -35,9 +36,9 @@ def tls_env(issued: Issued, client_ca: Path | None = None) -> dict[str, str]:
 def served_serial(port: int, ca: Path) -> int:
     """The serial of the certificate a new connection to the server is given."""
     context = ssl.create_default_context(cafile=str(ca))
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            der = tls.getpeercert(binary_form=True)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
 
