@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from registry.api.context import Services
+from registry.config import Config
 from registry.lifecycle import Draining
 from registry.metrics import Metrics, content_type
 from registry.oci.digest import Digest
@@ -141,3 +142,31 @@ async def start_metrics_listener(addr: str, probes: Probes, services: Services) 
         port=int(port),
         reuse_port=True,
     )
+
+
+def probe_self(config: Config, path: str = "/healthz", timeout: float = 5.0) -> int:
+    """`registry healthcheck`: GET `path` of the server these settings describe, on loopback
+    when it listens on every address; 0 when it answers 200, else 1 (a container HEALTHCHECK).
+    Over TLS the certificate is not checked: this only asks whether our own process lives."""
+    import http.client
+    import ssl
+
+    host, port = config.host_port
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1" if host != "::" else "::1"
+    if config.server.tls.certificate:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, port, timeout=timeout, context=context
+        )
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        return 0 if connection.getresponse().status == 200 else 1
+    except OSError:
+        return 1
+    finally:
+        connection.close()

@@ -9,7 +9,13 @@ import pytest
 
 from support.server import RegistryServer, free_port
 
-pytest_plugins = ["support.ci", "support.dockerd", "support.postgres"]
+pytest_plugins = [
+    "support.ci",
+    "support.dockerd",
+    "support.postgres",
+    "support.baseimage",
+    "support.images",
+]
 
 __all__ = ["RegistryServer", "free_port"]
 
