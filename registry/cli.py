@@ -31,7 +31,10 @@ def _load(args: argparse.Namespace) -> Config:
 def _serve(args: argparse.Namespace) -> int:
     from registry.server import serve
 
-    return serve(_load(args), workers=args.workers)
+    config = _load(args)
+    if args.workers is not None:
+        config.server.workers = args.workers
+    return serve(config)
 
 
 def _healthcheck(args: argparse.Namespace) -> int:
@@ -60,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--addr", metavar="HOST:PORT", help="listen address (default 127.0.0.1:5000)"
     )
-    serve.add_argument("--workers", type=int, default=None, help="worker processes")
+    serve.add_argument(
+        "--workers", default=None, help="worker processes: auto (one per core, the default) or N"
+    )
     serve.set_defaults(func=_serve)
 
     health = commands.add_parser(

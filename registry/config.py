@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ class TlsConfig:
 class ServerConfig:
     addr: str = "127.0.0.1:5000"
     public_url: str = ""  # absolute URL clients reach us at; empty: relative Locations
-    workers: int = 1
+    workers: str = "auto"  # worker processes: "auto" (one per core) or a number
     log_level: str = "info"
     access_log: bool = False
     # What one connection may hold of a worker (registry/http_limits.py); timeouts in seconds.
@@ -151,6 +152,7 @@ def load_config(
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set(config, dotted, value)
+    worker_count(config.server.workers)  # a bad value is an error now, not at start
     return config
 
 
@@ -241,6 +243,19 @@ def _set(config: Config, dotted: str, value: Any, from_text: bool = False) -> No
     setattr(target, name, _coerce(dotted, current, value, from_text))
 
 
+_INTEGER = re.compile(r"^[+-]?[0-9]{1,18}\Z")  # ASCII digits only ("²".isdigit() is True)
+
+
+def worker_count(value: str) -> int:
+    """`server.workers`: "auto" is one worker per core (as Go uses every core by default)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return max(1, os.cpu_count() or 1)
+    if _INTEGER.match(text) and 1 <= int(text) <= 1024:
+        return int(text)
+    raise ConfigError(f"server.workers must be auto or a number from 1 to 1024, got {value!r}")
+
+
 def _coerce(dotted: str, current: Any, value: Any, from_text: bool) -> Any:
     if isinstance(current, bool):
         if isinstance(value, bool):
@@ -254,7 +269,7 @@ def _coerce(dotted: str, current: Any, value: Any, from_text: bool) -> Any:
     if isinstance(current, int):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        if isinstance(value, str) and _INTEGER.match(value.strip()):
             return int(value)
         raise ConfigError(f"{dotted} must be an integer, got {value!r}")
     if isinstance(current, str):

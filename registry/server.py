@@ -12,7 +12,7 @@ import uvicorn
 from registry.allocator import keep_freed_buffers
 from registry.app import create_app
 from registry.auth.services import preflight
-from registry.config import Config, ConfigError, settings
+from registry.config import Config, ConfigError, settings, worker_count
 from registry.filemodes import secure_data
 from registry.http_limits import OTHER_FILES, HttpLimits, raise_open_file_limit
 from registry.http_protocol import RegistryHttpProtocol
@@ -75,7 +75,7 @@ def serve(config: Config, workers: int | None = None) -> int:
         )
     if config.database.auto_migrate:
         upgrade_schema(config.database_url)
-    count = workers or config.server.workers
+    count = workers or worker_count(config.server.workers)
     scheme = "https" if tls is not None else "http"
     log.info("registry listening on %s://%s:%d (data in %s)", scheme, host, port, config.data_dir)
     common: dict[str, Any] = dict(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from registry.cli import _load, build_parser
 from registry.cli import main as cli_main
-from registry.config import Config, ConfigError, load_config
+from registry.config import Config, ConfigError, load_config, worker_count
+
+from support.server import RegistryServer
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -70,7 +73,7 @@ def test_environment_overrides_yaml(tmp_path: Path) -> None:
     }
     config = load_config(path, environ=environ)
     assert config.server.addr == "127.0.0.1:7000"
-    assert config.server.workers == 2  # from YAML, not overridden
+    assert config.server.workers == "2"  # from YAML, not overridden
     assert config.data_dir == "/from/env"
     assert config.storage.delete_enabled is False
     assert config.limits.page_size_max == 50
@@ -99,7 +102,7 @@ def test_command_line_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     config = _load(args)
     assert config.server.addr == "127.0.0.1:8000"
     assert config.data_dir == "/flag"
-    assert config.server.workers == 4
+    assert config.server.workers == "4"
     args = build_parser().parse_args(["serve", "--config", str(path)])
     config = _load(args)
     assert (config.server.addr, config.data_dir) == ("127.0.0.1:7000", "/env")
@@ -172,4 +175,27 @@ def test_cli_reports_configuration_errors(
 ) -> None:
     path = write(tmp_path, "server:\n  workers: many\n")
     assert cli_main(["serve", "--config", str(path)]) == 2
-    assert "server.workers must be an integer" in capsys.readouterr().err
+    assert "server.workers must be auto or a number" in capsys.readouterr().err
+
+
+def test_workers_default_to_one_per_core(tmp_path: Path) -> None:
+    assert Config().server.workers == "auto"
+    assert worker_count("auto") == (os.cpu_count() or 1)
+    assert worker_count("3") == worker_count(" 3 ") == 3
+    for bad in ("0", "-1", "²", "\u0661", "2.5", "1025", ""):  # U+0661: an Arabic-Indic 1
+        with pytest.raises(ConfigError):
+            worker_count(bad)
+
+
+def test_a_default_server_runs_one_worker_per_core(tmp_path: Path) -> None:
+    server = RegistryServer(tmp_path / "data", workers=None)
+    server.start()
+    try:
+        assert server.process is not None
+        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+        workers = [pid for pid in children.read_text().split()
+                   if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        cores = os.cpu_count() or 1
+        assert len(workers) == (cores if cores > 1 else 0)  # one worker: no child at all
+    finally:
+        server.stop()

@@ -15,9 +15,10 @@ def test_a_setting_comes_from_the_file_its_variable_names(tmp_path: Path) -> Non
     secret.write_text("s3cr3t value\n")  # the trailing newline of `echo` or an editor
     config = load_config(environ={"REGISTRY_DATABASE_PASSWORD_FILE": str(secret)})
     assert config.database.password == "s3cr3t value"
-    workers = tmp_path / "workers"
-    workers.write_text("3")
-    assert load_config(environ={"REGISTRY_SERVER_WORKERS_FILE": str(workers)}).server.workers == 3
+    headers = tmp_path / "headers"
+    headers.write_text("30")
+    config = load_config(environ={"REGISTRY_SERVER_MAX_HEADERS_FILE": str(headers)})
+    assert config.server.max_headers == 30
 
 
 def test_a_value_and_a_file_for_one_setting_are_refused(tmp_path: Path) -> None:

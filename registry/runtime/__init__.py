@@ -12,6 +12,10 @@ Modules, one job each:
 - `spec`: turning image config plus flags into the process to run (argv, env, user).
 - `linux`, `capabilities`, `cgroups`, `rootfs`, `sandbox`: the Linux parts of running.
 - `state`, `supervisor`, `volumes`: containers' records, their lifetimes and volumes.
+- `networks`, `netns`, `endpoints`, `ports`: user-defined networks (a namespace with a
+  bridge each), namespaces and `ip` run inside them, containers on networks (addresses,
+  veth pairs, /etc/hosts, cleanup after crashes), and published ports (`-p`, the relay).
 - `commands`: the subcommands, a module per group (`images`: login, pull, images, rmi;
-  `run`; `containers`: ps, logs, stop, rm, inspect); `cli` runs them on their own.
+  `run`; `containers`: ps, logs, stop, rm, inspect; `network`: network create, ls, rm,
+  inspect); `cli` runs them on their own.
 """

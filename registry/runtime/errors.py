@@ -12,6 +12,8 @@
     ├── LocalImageNotFound         an image not in the local store
     ├── ContainerNotFound          no container by that id or name
     ├── ContainerConflict          a name in use, a running container removed, ...
+    ├── NetworkNotFound            no network by that name
+    ├── NetworkConflict            a network name or subnet in use, a network still used
     ├── NotPrivileged              not root, or namespaces unavailable
     ├── StartFailure               the container's command could not start (126/127)
     └── Interrupted                Ctrl-C: work in threads stops at its next step (130)
@@ -76,6 +78,14 @@ class ContainerNotFound(RuntimeFailure):
 
 class ContainerConflict(RuntimeFailure):
     """An operation that conflicts with a container's state or name."""
+
+
+class NetworkNotFound(RuntimeFailure):
+    """No network by that name (or id prefix)."""
+
+
+class NetworkConflict(RuntimeFailure):
+    """A network name in use, an overlapping subnet, a network its containers still use."""
 
 
 class NotPrivileged(RuntimeFailure):

@@ -27,13 +27,18 @@ class RegistryServer:
         data_dir: Path,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        workers: int | None = 1,
         ca: Path | None = None,
     ) -> None:
+        """`workers`: one by default (many servers share this machine's cores in a test
+        run); None leaves the server's own default (one per core)."""
         self.data_dir = data_dir
         self.ca = ca  # a CA file: the server speaks TLS (settings in `env`), verified with it
         self.port = free_port()
         self.extra_args = extra_args or []
         self.env = {**os.environ, **(env or {})}
+        if workers is not None:
+            self.env.setdefault("REGISTRY_SERVER_WORKERS", str(workers))
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
 
