@@ -22,34 +22,18 @@ from registry.auth import AccessController, AllowAll
 from registry.auth.routes import access_controller, auth_routes, with_audit_trail
 from registry.config import Config, ConfigError
 from registry.errors import DiskFull, NameUnknown, RegistryError, Unsupported
-from registry.http_protocol import API_VERSION_HEADER
+from registry.health import Probes, start_metrics_listener
+from registry.lifecycle import Draining, run_dir_from_environment
 from registry.maintenance import run_periodically
 from registry.metadata.db import Database
 from registry.metadata.store import MetadataStore
+from registry.metrics import Metrics
+from registry.observe import RequestObserver
 from registry.storage.blobstore import BlobStore
 from registry.storage.driver import StorageDriver, StorageError, StorageFull, StorageUnavailable
 from registry.storage.filesystem import FilesystemDriver
 
 log = logging.getLogger("registry")
-
-
-class ApiVersionHeader:
-    """Adds `Docker-Distribution-API-Version` to every answer (clients probe for it)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), API_VERSION_HEADER]
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)
 
 
 BODY_DONE = "registry.request_body_done"
@@ -215,7 +199,14 @@ def build_services(
     return services, db
 
 
-def create_app(config: Config, access: AccessController | None = None) -> ASGIApp:
+def create_app(
+    config: Config, access: AccessController | None = None, draining: Draining | None = None
+) -> ASGIApp:
+    metrics = Metrics()
+    draining = draining or Draining(run_dir_from_environment())
+    probes = Probes(draining, metrics, float(config.server.ready_timeout))
+    metrics_addr = config.server.metrics_addr
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services, db = build_services(config, access)
@@ -225,19 +216,28 @@ def create_app(config: Config, access: AccessController | None = None) -> ASGIAp
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=64, thread_name_prefix="registry-io")
         )
-        upkeep = asyncio.create_task(run_periodically(services))
+        tasks = [
+            asyncio.create_task(run_periodically(services)),
+            asyncio.create_task(metrics.sample_pool(db)),
+        ]
+        side = None
+        if metrics_addr:
+            side = await start_metrics_listener(metrics_addr, probes, services)
         # Everything built so far lives as long as the process: keep the cyclic garbage
         # collector from walking it again and again under load.
         gc.freeze()
         try:
             yield
         finally:
-            upkeep.cancel()
-            await asyncio.gather(upkeep, return_exceptions=True)
+            if side is not None:
+                side.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await db.dispose()
 
     app = Starlette(
-        routes=[*ROUTES, *auth_routes(config)],
+        routes=[*probes.routes(with_metrics=not metrics_addr), *ROUTES, *auth_routes(config)],
         lifespan=lifespan,
         exception_handlers={
             RegistryError: _registry_error,
@@ -251,4 +251,9 @@ def create_app(config: Config, access: AccessController | None = None) -> ASGIAp
     )
     # `/v2/x/tags/list/` is not an endpoint: a 404 in the spec's format, not a redirect.
     app.router.redirect_slashes = False
-    return ApiVersionHeader(RequestBodyTracker(with_audit_trail(config, app)))
+    return RequestObserver(
+        RequestBodyTracker(with_audit_trail(config, app)),
+        metrics,
+        log_requests=config.server.access_log,
+        json_lines=config.server.log_format == "json",
+    )

@@ -37,6 +37,12 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(config)
 
 
+def _healthcheck(args: argparse.Namespace) -> int:
+    from registry.health import probe_self
+
+    return probe_self(_load(args), path=args.path)
+
+
 def _migrate(args: argparse.Namespace) -> int:
     from registry.filemodes import secure_data
     from registry.metadata.db import upgrade_schema
@@ -61,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", default=None, help="worker processes: auto (one per core, the default) or N"
     )
     serve.set_defaults(func=_serve)
+
+    health = commands.add_parser(
+        "healthcheck", help="exit 0 when the server of these settings answers /healthz"
+    )
+    _add_config_flags(health)
+    health.add_argument("--path", default="/healthz", help="probe path (default /healthz)")
+    health.set_defaults(func=_healthcheck)
 
     migrate = commands.add_parser("migrate", help="bring the metadata schema up to date")
     _add_config_flags(migrate)

@@ -1,7 +1,8 @@
 """Settings: defaults, then the YAML file, then `REGISTRY_*` environment variables, then flags.
 
 Every key is `section.key` in YAML and `REGISTRY_SECTION_KEY` in the environment
-(`server.addr` is `REGISTRY_SERVER_ADDR`). `config.example.yaml` documents each one.
+(`server.addr` is `REGISTRY_SERVER_ADDR`), or `REGISTRY_SECTION_KEY_FILE` naming a file that
+holds the value (a mounted secret). `config.example.yaml` documents each one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ class ConfigError(ValueError):
     """A setting that is missing, unknown or of the wrong type."""
 
 
+# TLS on the server's own listener (registry/tls.py), `server.tls.*`.
+@dataclass
+class TlsConfig:
+    certificate: str = ""  # PEM: the server's certificate, then its chain; empty: plain HTTP
+    key: str = ""  # PEM: its private key
+    client_ca: str = ""  # PEM: CA(s) whose client certificates are required; empty: none
+
+
 @dataclass
 class ServerConfig:
     addr: str = "127.0.0.1:5000"
@@ -37,6 +46,13 @@ class ServerConfig:
     body_idle_timeout: int = 60  # longest pause within a request body
     keep_alive_timeout: int = 5  # an idle connection between requests
     max_connections: int = 1024  # per worker; beyond: 503
+    # Operations (registry/health.py, metrics.py, observe.py, lifecycle.py).
+    log_format: str = "text"  # text, or json: one JSON object per line
+    metrics_addr: str = ""  # HOST:PORT serving /metrics alone; empty: /metrics on `addr`
+    ready_timeout: int = 2  # seconds the database and the storage each have to answer /readyz
+    shutdown_delay: int = 0  # seconds between readiness turning false and the listener closing
+    shutdown_timeout: int = 30  # seconds requests in flight may take to finish at shutdown
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
 
 # The S3 driver's settings (`storage.s3.*`, REGISTRY_STORAGE_S3_*), used with driver "s3".
@@ -72,6 +88,7 @@ class StorageConfig:
 @dataclass
 class DatabaseConfig:
     url: str = ""  # SQLAlchemy async URL; empty: SQLite in <data_dir>/registry.db
+    password: str = ""  # put into `url` when it has none (REGISTRY_DATABASE_PASSWORD_FILE)
     pool_size: int = 10
     auto_migrate: bool = True
 
@@ -122,6 +139,12 @@ class Config:
     @property
     def database_url(self) -> str:
         if self.database.url:
+            if self.database.password:
+                from sqlalchemy.engine import make_url
+
+                url = make_url(self.database.url)
+                if url.password is None:
+                    return url.set(password=self.database.password).render_as_string(False)
             return self.database.url
         return f"sqlite+aiosqlite:///{Path(self.data_dir).resolve() / 'registry.db'}"
 
@@ -200,9 +223,38 @@ def environment_name(dotted: str) -> str:
     return f"REGISTRY_{dotted.replace('.', '_').upper()}"
 
 
+FILE_SUFFIX = "_FILE"
+MAX_SETTING_FILE_BYTES = 64 * 1024
+
+
 def _environment_settings(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The settings the environment gives: `REGISTRY_X=value`, or `REGISTRY_X_FILE=path` for
+    a value kept in a file (a mounted secret; one trailing newline is dropped)."""
     names = {environment_name(d): d for d in all_keys()}
-    return [(names[k], v) for k, v in environ.items() if k in names]
+    found = [(names[k], v) for k, v in environ.items() if k in names]
+    for key, path in environ.items():
+        base = key[: -len(FILE_SUFFIX)]
+        if not key.endswith(FILE_SUFFIX) or base not in names or key in names:
+            continue
+        if base in environ:
+            raise ConfigError(f"{base} and {key} are both set: give one")
+        found.append((names[base], _read_setting_file(key, path)))
+    return found
+
+
+def _read_setting_file(variable: str, path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SETTING_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_SETTING_FILE_BYTES:
+        raise ConfigError(f"{variable}: {path} is larger than {MAX_SETTING_FILE_BYTES} bytes")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{variable}: {path} is not UTF-8 text") from None
+    return text[:-1] if text.endswith("\n") else text
 
 
 def settings(config: Config | None = None) -> dict[str, Any]:

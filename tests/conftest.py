@@ -10,7 +10,13 @@ import pytest
 from support.server import RegistryServer, free_port
 
 pytest_plugins = [
-    "support.ci", "support.dockerd", "support.postgres", "support.seaweedfs", "support.backends",
+    "support.ci",
+    "support.dockerd",
+    "support.postgres",
+    "support.seaweedfs",
+    "support.backends",
+    "support.baseimage",
+    "support.images",
 ]
 
 __all__ = ["RegistryServer", "free_port"]

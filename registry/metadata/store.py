@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 
 from registry.metadata.db import Database, SQLConnection
 from registry.metadata.tables import (
@@ -103,6 +103,8 @@ _ADVANCE_UPLOAD = (
 _ADVANCE_CLAIMED_UPLOAD = _ADVANCE_UPLOAD.where(uploads.c.writer == bindparam("claimant"))
 _INSERT_UPLOAD = insert(uploads)
 _DELETE_UPLOAD = delete(uploads).where(uploads.c.id == bindparam("upload"))
+_BLOB_TOTALS = select(func.count(), func.coalesce(func.sum(blobs.c.size), 0)).select_from(blobs)
+_UPLOAD_COUNT = select(func.count()).select_from(uploads)
 _RELEASE_UPLOAD = (
     update(uploads)
     .where(uploads.c.id == bindparam("upload"), uploads.c.writer == bindparam("claimant"))
@@ -320,6 +322,13 @@ class MetadataStore:
             query = select(uploads.c.id).where(uploads.c.updated_at < older_than)
             return list((await conn.execute(query)).scalars())
 
+    async def totals(self) -> tuple[int, int, int]:
+        """(blobs stored, their bytes, upload sessions open), for the metrics."""
+        async with self.db.read() as conn:
+            count, size = (await conn.execute(_BLOB_TOTALS)).one()
+            sessions = (await conn.execute(_UPLOAD_COUNT)).scalar_one()
+        return int(count), int(size or 0), int(sessions)
+
     # Manifests and tags -------------------------------------------------------------------
 
     async def get_manifest(self, repository: str, reference: str) -> StoredManifest | None:
@@ -465,3 +474,4 @@ class MetadataStore:
             )
             for r in rows
         ]
+
