@@ -1,7 +1,9 @@
 """A small TCP proxy on loopback, for tests: counts the bytes each way, and can be cut
 (every connection dropped, new ones refused) and restored, to play a network failure, or
 answer the next connections with an S3 throttling error (503 SlowDown) instead of passing
-them on."""
+them on. Given several targets it is a round-robin load balancer: each new connection goes
+to the next target that accepts it (one that refuses is skipped, as a load balancer's health
+check would), and `connections` counts them per target."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ from support.server import free_port
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
+    def __init__(self, target_host: str, target_port: int, *more: tuple[str, int]) -> None:
+        self.targets = [(target_host, target_port), *more]
+        self.connections = [0] * len(self.targets)  # connections passed to each target
+        self._next = 0
         self.port = free_port()
         self.upstream_bytes = 0  # client to target
         self.downstream_bytes = 0  # target to client
@@ -54,9 +58,8 @@ class TcpProxy:
             if throttle:
                 threading.Thread(target=self._slow_down, args=(client,), daemon=True).start()
                 continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=10)
-            except OSError:
+            upstream = self._connect()
+            if upstream is None:
                 client.close()
                 continue
             upstream.settimeout(None)
@@ -64,6 +67,21 @@ class TcpProxy:
                 self._sockets.update((client, upstream))
             for source, sink, up in ((client, upstream, True), (upstream, client, False)):
                 threading.Thread(target=self._pipe, args=(source, sink, up), daemon=True).start()
+
+    def _connect(self) -> socket.socket | None:
+        """A connection to the next target in turn that accepts one, or None."""
+        for _ in self.targets:
+            with self._lock:
+                index = self._next
+                self._next = (self._next + 1) % len(self.targets)
+            try:
+                upstream = socket.create_connection(self.targets[index], timeout=10)
+            except OSError:
+                continue
+            with self._lock:
+                self.connections[index] += 1
+            return upstream
+        return None
 
     def _pipe(self, source: socket.socket, sink: socket.socket, up: bool) -> None:
         try:
