@@ -88,6 +88,22 @@ def test_grant_is_the_intersection() -> None:
     ]
 
 
+def test_a_star_scope_grants_only_what_the_caller_has() -> None:
+    """`*` asks for every action; it must not become every action where the caller has fewer."""
+    alice = for_user("alice", False, [Grant("shared/*", parse_actions("pull"))], ["library/*"])
+    wanted = [
+        Scope("repository", "bob/app", ("*",)),
+        Scope("repository", "shared/lib", ("*",)),
+        Scope("repository", "library/busybox", ("*",)),
+    ]
+    assert alice.grant(wanted) == [
+        Scope("repository", "shared/lib", ("pull",)),
+        Scope("repository", "library/busybox", ("pull",)),
+    ]
+    robot = for_robot([Grant("*", parse_actions("*"))], alice, [])
+    assert robot.grant([Scope("repository", "bob/app", ("*",))]) == []
+
+
 def test_admins_may_do_everything() -> None:
     root = for_user("root", True, [], [])
     assert root.actions_on("anyone/anything") == {"pull", "push", "delete"}
