@@ -16,6 +16,11 @@ from auth.helpers import SERVICE, assert_error, get_token, token_for, unique
 from support.server import RegistryServer
 
 
+def ask(client: httpx.Client, url: str, credentials: tuple[str, str]) -> httpx.Response:
+    """GET /auth/token with Basic credentials, from the client's address."""
+    return client.get(f"{url}/auth/token", params={"service": SERVICE}, auth=credentials)
+
+
 @pytest.fixture(scope="module")
 def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     server = start_auth_server(
@@ -57,26 +62,26 @@ def test_failed_logins_lock_the_account(strict_server: RegistryServer) -> None:
     add_user(url, other, password)
     with from_address("127.0.0.11") as client:
         for _ in range(3):
-            answer = client.get(f"{url}/auth/token", auth=(name, "wrong-password"))
+            answer = ask(client, url, (name, "wrong-password"))
             assert_error(answer, 401, "UNAUTHORIZED")
         # Now even the right password waits, through every way of logging in...
-        assert_limited(client.get(f"{url}/auth/token", auth=(name, password)))
+        assert_limited(ask(client, url, (name, password)))
         assert_limited(client.get(f"{url}/v2/", auth=(name, password)))
         form = {"grant_type": "password", "username": name, "password": password}
         assert_limited(client.post(f"{url}/auth/token", data={**form, "service": SERVICE}))
         # ...while other accounts are not held up.
-        assert client.get(f"{url}/auth/token", auth=(other, password)).status_code == 200
+        assert ask(client, url, (other, password)).status_code == 200
     # From another address too: the lock is on the account.
     with from_address("127.0.0.12") as client:
-        assert_limited(client.get(f"{url}/auth/token", auth=(name, password)))
+        assert_limited(ask(client, url, (name, password)))
 
 
 def test_unknown_accounts_are_limited_like_real_ones(strict_server: RegistryServer) -> None:
     ghost = unique("ghost")
     with from_address("127.0.0.13") as client:
         for _ in range(3):
-            assert_error(client.get(f"{strict_server.url}/auth/token", auth=(ghost, "x")), 401)
-        assert_limited(client.get(f"{strict_server.url}/auth/token", auth=(ghost, "x")))
+            assert_error(ask(client, strict_server.url, (ghost, "x")), 401)
+        assert_limited(ask(client, strict_server.url, (ghost, "x")))
 
 
 def test_failed_logins_lock_the_address(strict_server: RegistryServer) -> None:
@@ -85,12 +90,12 @@ def test_failed_logins_lock_the_address(strict_server: RegistryServer) -> None:
     add_user(url, name, password)
     with from_address("127.0.0.14") as client:
         for _ in range(8):  # spread over many account names, each below its own limit
-            assert_error(client.get(f"{url}/auth/token", auth=(unique(), "guess")), 401)
-        assert_limited(client.get(f"{url}/auth/token", auth=(name, password)))
+            assert_error(ask(client, url, (unique(), "guess")), 401)
+        assert_limited(ask(client, url, (name, password)))
         anonymous = client.get(f"{url}/auth/token", params={"service": SERVICE})
         assert anonymous.status_code == 200  # no credentials, nothing to limit
     with from_address("127.0.0.15") as client:
-        assert client.get(f"{url}/auth/token", auth=(name, password)).status_code == 200
+        assert ask(client, url, (name, password)).status_code == 200
 
 
 def test_a_right_password_resets_the_account_count(strict_server: RegistryServer) -> None:
@@ -99,11 +104,11 @@ def test_a_right_password_resets_the_account_count(strict_server: RegistryServer
     add_user(url, name, password)
     with from_address("127.0.0.16") as client:
         for _ in range(2):
-            assert_error(client.get(f"{url}/auth/token", auth=(name, "wrong")), 401)
-        assert client.get(f"{url}/auth/token", auth=(name, password)).status_code == 200
+            assert_error(ask(client, url, (name, "wrong")), 401)
+        assert ask(client, url, (name, password)).status_code == 200
         for _ in range(2):
-            assert_error(client.get(f"{url}/auth/token", auth=(name, "wrong")), 401)
-        assert client.get(f"{url}/auth/token", auth=(name, password)).status_code == 200
+            assert_error(ask(client, url, (name, "wrong")), 401)
+        assert ask(client, url, (name, password)).status_code == 200
 
 
 def test_the_window_ends(tmp_path: Path) -> None:
