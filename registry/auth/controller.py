@@ -13,9 +13,10 @@
 Anonymous tokens lacking an action always get 401: logging in may help. For an external
 issuer's token we cannot tell what it would grant, so it gets 401 too.
 
-A token signed by us stops working as soon as its account is removed (its `sub` is looked
-up on each request); one from a trusted external issuer is good for what its `access`
-claim says until it expires.
+A token signed by us names its account by id and stops working once that account is
+removed (see `bearer`: at once through this process, within `auth.revocation_delay_seconds`
+otherwise); one from a trusted external issuer is good for what its `access` claim says
+until it expires, and acts under `external:<issuer>:<sub>`, never as one of our accounts.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from starlette.requests import Request
 from registry.auth import Access
 from registry.auth.accounts import ANONYMOUS, Principal
 from registry.auth.audit import ACTOR_KEY, Actor
+from registry.auth.bearer import AccountGone
 from registry.auth.permissions import Permissions, pattern_matches
 from registry.auth.scopes import Scope, covers
 from registry.auth.services import AuthServices
@@ -213,20 +215,17 @@ class TokenAccessController:
 
     async def _bearer(self, request: Request, scopes: list[Scope], token: str) -> AuthContext:
         try:
-            verified = await self.verifier.verify(token)
+            verified, principal = await self.auth.bearer.authenticate(token)
         except InvalidToken as exc:
             raise Unauthorized(
                 f"invalid token: {exc}",
                 headers=self.challenge(request, scopes, error="invalid_token", why=str(exc)),
             ) from None
-        if not verified.builtin:
-            return AuthContext(Principal("external", verified.subject), token=verified)
-        principal = await self.accounts.principal_for_subject(verified.subject)
-        if principal is None:
+        except AccountGone:
             raise Unauthorized(
                 "invalid token: its account no longer exists",
                 headers=self.challenge(request, scopes, error="invalid_token"),
-            )
+            ) from None
         return AuthContext(principal, token=verified)
 
     def _basic(self, request: Request, scopes: list[Scope], value: str) -> tuple[str, str]:

@@ -74,7 +74,7 @@ async def _grant(
     auth: AuthServices, principal: Principal, wanted: list[Scope]
 ) -> tuple[str, list[Scope], float, int]:
     granted = (await auth.accounts.permissions(principal)).grant(wanted)
-    issued = auth.issuer.issue(principal.subject, granted)
+    issued = auth.issuer.issue(principal.subject, granted, principal.account)
     return issued.token, granted, issued.issued_at, issued.expires_in
 
 

@@ -152,6 +152,44 @@ def test_revoked_and_expired_tokens(auth_server: AuthRegistry, client: httpx.Cli
     assert_error(get_token(auth_server.url, [], (short, short_secret)), 401)
 
 
+def test_a_name_used_again_does_not_revive_old_tokens(
+    auth_server: AuthRegistry, client: httpx.Client
+) -> None:
+    """Tokens name their account by id: a robot or user made again under a removed one's
+    name is another account, and the removed one's tokens stay dead."""
+    owner = auth_server.new_user()
+    short, repo = unique("ci"), f"{owner[0]}/app"
+
+    def make_robot() -> tuple[str, str]:
+        answer = httpx.post(
+            f"{auth_server.url}/auth/admin/tokens",
+            json={"name": short, "scopes": [f"{owner[0]}/*:pull"]},
+            auth=owner,
+        )
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["name"]), str(answer.json()["token"])
+
+    name, secret = make_robot()
+    old = token_for(auth_server.url, [scope(repo, "pull")], (name, secret))
+    assert_error(client.get(f"/v2/{repo}/tags/list", headers=bearer(old)), 404, "NAME_UNKNOWN")
+    revoked = httpx.delete(f"{auth_server.url}/auth/admin/tokens/{name}", auth=owner)
+    assert revoked.status_code == 204
+    again, new_secret = make_robot()
+    assert again == name
+    answer = client.get(f"/v2/{repo}/tags/list", headers=bearer(old))
+    assert "no longer exists" in assert_error(answer, 401)["message"]
+    new = token_for(auth_server.url, [scope(repo, "pull")], (again, new_secret))
+    assert_error(client.get(f"/v2/{repo}/tags/list", headers=bearer(new)), 404, "NAME_UNKNOWN")
+
+    user, password = auth_server.new_user()
+    theirs = token_for(auth_server.url, [scope(f"{user}/app", "pull")], (user, password))
+    assert auth_server.admin_api("DELETE", f"/users/{user}").status_code == 204
+    made = auth_server.admin_api("POST", "/users", json={"name": user, "password": password})
+    assert made.status_code == 201
+    answer = client.get(f"/v2/{user}/app/tags/list", headers=bearer(theirs))
+    assert "no longer exists" in assert_error(answer, 401)["message"]
+
+
 def test_basic_auth_on_v2(auth_server: AuthRegistry, client: httpx.Client) -> None:
     owner, other = auth_server.new_user(), auth_server.new_user()
     repo = f"{owner[0]}/scripted"

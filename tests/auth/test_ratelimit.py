@@ -153,3 +153,70 @@ def test_replicas_share_limits_and_keys(tmp_path: Path, postgres: object) -> Non
     finally:
         first.stop()
         second.stop()
+
+
+def make_robot(url: str, owner: tuple[str, str], short: str) -> tuple[str, str]:
+    """A robot token a non-admin makes for themself: (its login name, its secret)."""
+    answer = httpx.post(
+        f"{url}/auth/admin/tokens", json={"name": short, "scopes": ["*:pull"]}, auth=owner
+    )
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["name"]), str(answer.json()["token"])
+
+
+def test_a_robot_cannot_reset_a_users_count(strict_server: RegistryServer) -> None:
+    """Robots have their own namespace: Mallory's robot named `alice` is not Alice, and its
+    logins clear no one's failed-login count but (were there one) its own."""
+    url = strict_server.url
+    alice, mallory = unique("alice"), (unique("mallory"), "mallory-password")
+    add_user(url, alice, "alice-password")
+    add_user(url, *mallory)
+    robot, secret = make_robot(url, mallory, alice)
+    assert robot == f"robot${mallory[0]}+{alice}" and robot != alice
+    with from_address("127.0.0.21") as client:
+        assert_error(ask(client, url, (alice, secret)), 401)  # not Alice's name for it
+        for _ in range(2):  # two guesses, a robot login, two more: over Alice's limit of 3
+            assert_error(ask(client, url, (alice, "guess-one")), 401)
+            assert ask(client, url, (robot, secret)).status_code == 200
+    with from_address("127.0.0.22") as client:
+        assert_limited(ask(client, url, (alice, "alice-password")))
+
+
+def test_strangers_cannot_lock_out_a_robot(strict_server: RegistryServer) -> None:
+    url = strict_server.url
+    owner = (unique("owner"), "owner-password")
+    add_user(url, *owner)
+    robot, secret = make_robot(url, owner, "ci")
+    with from_address("127.0.0.23") as client:
+        for _ in range(4):  # 8 failures: far over the per-account limit, at the address's
+            assert_error(ask(client, url, (robot, "pkr_" + unique() * 4)), 401)
+            assert_error(ask(client, url, (robot, "a-password")), 401)
+    with from_address("127.0.0.24") as client:
+        assert ask(client, url, (robot, secret)).status_code == 200
+    with from_address("127.0.0.23") as client:  # that address is over its own limit
+        assert_limited(ask(client, url, (robot, secret)))
+
+
+def refresh(client: httpx.Client, url: str, secret: str) -> httpx.Response:
+    form = {"grant_type": "refresh_token", "refresh_token": secret, "service": SERVICE}
+    return client.post(f"{url}/auth/token", data=form)
+
+
+def test_bogus_refresh_tokens_lock_out_only_their_address(strict_server: RegistryServer) -> None:
+    url = strict_server.url
+    name, password = unique(), "right-password"
+    add_user(url, name, password)
+    with from_address("127.0.0.25") as client:
+        answer = client.get(
+            f"{url}/auth/token",
+            params={"service": SERVICE, "offline_token": "true"},
+            auth=(name, password),
+        )
+        valid = answer.json()["refresh_token"]
+    with from_address("127.0.0.26") as client:
+        for _ in range(8):  # the per-address limit
+            assert_error(refresh(client, url, "pkrt_" + unique() * 4), 401)
+        assert_limited(refresh(client, url, valid))
+    with from_address("127.0.0.27") as client:  # anyone else's refresh still works
+        assert refresh(client, url, valid).status_code == 200
+        assert ask(client, url, (name, password)).status_code == 200

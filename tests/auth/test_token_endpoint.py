@@ -33,9 +33,9 @@ def test_answer_shape_and_claims(auth_server: AuthRegistry) -> None:
     header = jwt.get_unverified_header(body["token"])
     assert header["alg"] == "ES256" and header["kid"]
     claims = claims_of(body["token"])
-    assert set(claims) == {"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "access"}
+    assert set(claims) == {"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "access", "account"}
     assert claims["iss"] == "pocket-registry" and claims["aud"] == SERVICE
-    assert claims["sub"] == name
+    assert claims["sub"] == name and str(claims["account"]).startswith("user:")
     assert claims["access"] == [
         {"type": "repository", "name": f"{name}/app", "actions": ["pull", "push"]}
     ]
