@@ -81,7 +81,8 @@ def mount_source(request: Request, scopes: list[Scope]) -> list[Scope]:
     """Pull on the `from` repository of a cross-repository mount, for the challenge.
 
     As in Distribution, a client that answers the challenge then holds a token the mount
-    can use; a token without it still gets an ordinary upload session instead.
+    can use. A token lacking it gets a challenge naming both when its account may pull the
+    source (`ask_for_wider_token`), an ordinary upload session when it may not.
     """
     if request.method != "POST" or not request.url.path.rstrip("/").endswith("/blobs/uploads"):
         return []
@@ -142,6 +143,28 @@ class TokenAccessController:
         rights = await self.accounts.permissions(context.principal)
         return all(covers(rights.grant([scope]), scope) for scope in missing)
 
+    async def ask_for_wider_token(self, request: Request, wanted: list[Access]) -> None:
+        """401 when one of our tokens lacks an access its account has (see the protocol).
+
+        Basic credentials carry the account's rights already, and what an external issuer
+        would grant we cannot tell: for those, and when the account may not, return.
+        """
+        scopes = [Scope(a.type, a.name, a.actions) for a in wanted]
+        try:
+            context = await self.context(request, scopes)
+        except RegistryError:
+            return
+        if context.token is None or not context.token.builtin:
+            return
+        missing = [scope for scope in scopes if not context.allows(scope)]
+        if not missing or not await self._retry_may_help(context, missing):
+            return
+        raise Unauthorized(
+            "insufficient scope: ask for a token with this access",
+            detail=[s.claim() for s in missing],
+            headers=self.challenge(request, scopes, error="insufficient_scope"),
+        )
+
     async def can(self, request: Request, access: Access) -> bool:
         try:
             context = await self.context(request, [])
@@ -150,7 +173,8 @@ class TokenAccessController:
         return context.allows(Scope(access.type, access.name, access.actions))
 
     async def pullable(self, request: Request, names: Sequence[str]) -> list[str]:
-        """Which of `names` the caller may pull (to filter the catalog and mounts).
+        """Which of `names` the caller may pull (to filter the catalog; mounts need more:
+        pull in the token itself, see `can`).
 
         For our own tokens and for Basic credentials this is what the account may pull
         now, as a new token would carry; for an external token, what its claims list.

@@ -316,18 +316,61 @@ def test_the_challenge_of_a_mount_names_its_source(
     wide = token_for(auth_server.url, [asked["scope"]], owner)
     answer = client.post(f"/v2/{target}/blobs/uploads/", params=params, headers=bearer(wide))
     assert answer.status_code == 201
-    # A token naming only the target gets an ordinary upload session, not a second 401.
-    narrow = token_for(auth_server.url, [scope(f"{owner[0]}/other")], owner)
+    # A token naming only the target, of an account that may pull the source: 401 again,
+    # naming both, so the client widens its token instead of uploading the layer again.
+    other_target = f"{owner[0]}/other"
+    narrow = token_for(auth_server.url, [scope(other_target)], owner)
     answer = client.post(
-        f"/v2/{owner[0]}/other/blobs/uploads/", params=params, headers=bearer(narrow)
+        f"/v2/{other_target}/blobs/uploads/", params=params, headers=bearer(narrow)
     )
-    assert answer.status_code == 202
+    error = assert_error(answer, 401, "UNAUTHORIZED")
+    assert error["detail"] == [{"type": "repository", "name": source, "actions": ["pull"]}]
+    asked = challenge(answer)
+    assert asked["error"] == "insufficient_scope"
+    assert asked["scope"] == f"repository:{other_target}:pull,push repository:{source}:pull"
+    wide = token_for(auth_server.url, [asked["scope"]], owner)
+    answer = client.post(f"/v2/{other_target}/blobs/uploads/", params=params, headers=bearer(wide))
+    assert answer.status_code == 201
+    # Basic credentials carry the account's rights: no challenge, the mount just happens.
+    with httpx.Client(base_url=auth_server.url, auth=owner, timeout=30) as basic:
+        answer = basic.post(f"/v2/{owner[0]}/third/blobs/uploads/", params=params)
+        assert answer.status_code == 201
     # Nor can someone who may not read the source get it by answering the challenge.
-    theirs = token_for(auth_server.url, [asked["scope"].replace(target, f"{other[0]}/copy")], other)
+    theirs = token_for(
+        auth_server.url, [scope(f"{other[0]}/copy"), f"repository:{source}:pull"], other
+    )
     answer = client.post(
         f"/v2/{other[0]}/copy/blobs/uploads/", params=params, headers=bearer(theirs)
     )
     assert answer.status_code == 202
+
+
+def test_a_down_scoped_token_mounts_nothing_beyond_its_scopes(
+    auth_server: AuthRegistry, client: httpx.Client
+) -> None:
+    """A CI token for one repository, leaked: its account may read more, the token may not."""
+    owner = auth_server.new_user()
+    secret_repo, ci_repo = f"{owner[0]}/secret", f"{owner[0]}/ci"
+    full = token_for(auth_server.url, [scope(secret_repo), scope(ci_repo)], owner)
+    blob = b"a layer only the secret repository has " + unique().encode()
+    assert push_blob(client, secret_repo, blob, bearer(full)).status_code == 201
+    leaked = token_for(auth_server.url, [scope(ci_repo)], owner)
+    uploads = f"/v2/{ci_repo}/blobs/uploads/"
+    # Without `from`: the blob is in no repository the token may pull, so no mount.
+    answer = client.post(uploads, params={"mount": digest_of(blob)}, headers=bearer(leaked))
+    assert answer.status_code == 202
+    answer = client.get(f"/v2/{ci_repo}/blobs/{digest_of(blob)}", headers=bearer(leaked))
+    assert_error(answer, 404, "BLOB_UNKNOWN")
+    # With `from`: not with this token either; the challenge says what a token would need.
+    params = {"mount": digest_of(blob), "from": secret_repo}
+    answer = client.post(uploads, params=params, headers=bearer(leaked))
+    assert challenge(assert_response(answer, 401))["error"] == "insufficient_scope"
+    answer = client.get(f"/v2/{ci_repo}/blobs/{digest_of(blob)}", headers=bearer(leaked))
+    assert_error(answer, 404, "BLOB_UNKNOWN")
+    # A token that carries pull on the source mounts, with or without `from`.
+    both = token_for(auth_server.url, [scope(ci_repo), scope(secret_repo, "pull")], owner)
+    answer = client.post(uploads, params={"mount": digest_of(blob)}, headers=bearer(both))
+    assert answer.status_code == 201
 
 
 def assert_response(answer: httpx.Response, status: int) -> httpx.Response:
