@@ -213,7 +213,7 @@ class TokenAccessController:
             request.scope[CONTEXT_KEY] = exc
             raise
         request.scope[CONTEXT_KEY] = context
-        if context.credentials:
+        if context.credentials and ACTOR_KEY in request.scope:  # the audit trail wants one
             request.scope[ACTOR_KEY] = Actor(
                 context.principal.subject, client_address(request), self.audit
             )
