@@ -1,7 +1,9 @@
 """`python -m bench [--quick] [--only W,...] [--repeat N] [--json FILE]`; `python -m bench limits`.
 
-Workloads: push-monolithic, push-chunked, pull, head-blob, get-manifest, small-pushes,
-push-parallel, memory, docker, scale. Progress goes to stderr, the table to stdout.
+Workloads: push-monolithic, push-chunked, pull, head-blob, head-blob-token, get-manifest,
+get-manifest-token, get-small-blob, get-small-blob-token, small-pushes, push-parallel, memory,
+docker, scale (the -token ones with token auth on both servers). Progress goes to stderr,
+the table to stdout.
 """
 
 from __future__ import annotations
