@@ -305,6 +305,7 @@ def token_json(robot: RobotRecord) -> dict[str, Any]:
         "created_at": _stamp(robot.created_at),
         "expires_at": _stamp(robot.expires_at),
         "last_used_at": _stamp(robot.last_used_at),
+        "old_name": robot.legacy_name,  # a login alias, for robots from before robot$ names
     }
 
 

@@ -297,6 +297,7 @@ async def token_list(identity: IdentityStore, args: argparse.Namespace) -> int:
             "admin": r.admin,
             "expires": r.expires_at,
             "last_used": r.last_used_at,
+            "old_name": r.legacy_name,  # still accepted at login (robots from before robot$)
         }
         for r in await identity.list_robots(args.owner)
     ]

@@ -83,6 +83,7 @@ def test_tokens_are_shown_once_and_stored_hashed(auth_server: AuthRegistry) -> N
     secret, full = body["token"], body["name"]
     assert secret.startswith("pkr_") and body["scopes"] == ["ci/*:pull"] and body["expires_at"]
     assert full == f"robot${name}" and body["owner"] is None  # an admin's token, no owner
+    assert body["old_name"] is None
     listed = api(auth_server, "GET", "/tokens", auth_server.admin).text
     assert full in listed and secret not in listed
     assert get_token(auth_server.url, [], (full, secret)).status_code == 200
