@@ -18,11 +18,14 @@ dropped sooner when:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from registry.auth.accounts import Accounts, Principal
+from registry.auth import Access
+from registry.auth.accounts import ANONYMOUS, Accounts, Principal
 from registry.auth.cache import VerifiedCache
+from registry.auth.permissions import Permissions
+from registry.auth.scopes import Scope, covers
 from registry.auth.tokens import TokenVerifier, VerifiedToken
 
 
@@ -31,9 +34,36 @@ class AccountGone(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class KnownToken:
-    verified: VerifiedToken
+class AuthContext:
+    """What one request authenticated as: a token, or Basic credentials and their rights.
+    A token's is kept in the cache and shared by every request that presents the token."""
+
     principal: Principal
+    token: VerifiedToken | None = None
+    permissions: Permissions | None = None
+    credentials: bool = True  # False: the request carried none
+
+    def allows(self, wanted: Scope) -> bool:
+        if self.token is not None:
+            return self.token.permits(wanted.type, wanted.name, wanted.actions)
+        if self.permissions is not None:
+            return covers(self.permissions.grant([wanted]), wanted)
+        return False
+
+    def permits(self, wanted: Iterable[Access]) -> bool:
+        """Whether every access is allowed (`allows` for each, without making Scopes)."""
+        if self.token is not None:
+            return all(self.token.permits(a.type, a.name, a.actions) for a in wanted)
+        return all(self.allows(Scope(a.type, a.name, a.actions)) for a in wanted)
+
+
+NO_CREDENTIALS = AuthContext(ANONYMOUS, credentials=False)
+
+
+@dataclass(frozen=True, slots=True)
+class KnownToken:
+    context: AuthContext  # with the token's claims and its account
+    verified: VerifiedToken
     checked_at: float  # when the account was last found live
 
 
@@ -51,20 +81,20 @@ class BearerTokens:
         self.recheck, self.leeway, self.clock = recheck_seconds, leeway_seconds, clock
         self.cache: VerifiedCache[KnownToken] = VerifiedCache(size, clock)
 
-    async def authenticate(self, token: str) -> tuple[VerifiedToken, Principal]:
+    async def authenticate(self, token: str) -> AuthContext:
         """The token's claims and its live account; InvalidToken or AccountGone if not."""
         now = self.clock()
         known = self.cache.get(token)
         if known is not None:
             if self.verifier.still_trusted(known.verified):
                 if now - known.checked_at < self.recheck:
-                    return known.verified, known.principal
-                return known.verified, await self._checked(token, known.verified, now)
+                    return known.context
+                return await self._checked(token, known.verified, now)
             self.cache.discard(token)
         verified = await self.verifier.verify(token)
-        return verified, await self._checked(token, verified, now)
+        return await self._checked(token, verified, now)
 
-    async def _checked(self, token: str, verified: VerifiedToken, now: float) -> Principal:
+    async def _checked(self, token: str, verified: VerifiedToken, now: float) -> AuthContext:
         principal = await self._principal(verified)
         if principal is None:
             self.cache.discard(token)
@@ -72,8 +102,9 @@ class BearerTokens:
         until = verified.expires_at + self.leeway
         if principal.expires_at is not None:
             until = min(until, principal.expires_at.timestamp())
-        self.cache.put(KnownToken(verified, principal, now), until, token)
-        return principal
+        context = AuthContext(principal, token=verified)
+        self.cache.put(KnownToken(context, verified, now), until, token)
+        return context
 
     async def _principal(self, verified: VerifiedToken) -> Principal | None:
         if not verified.builtin:

@@ -5,9 +5,10 @@ check: a slow password hash (Basic auth on every request of a script), a token's
 One mechanism for both: a bounded map, least recently used entries dropped first, each entry
 good until its own deadline. Keys are keyed BLAKE2b hashes (a MAC, one pass, cheaper than
 HMAC-SHA256 on every request) of the credential under a random key made per process, so
-the cache never holds a secret, and its keys say nothing about one outside the process. What an entry is worth is the caller's to check as well (a password's entry
-counts only while the database holds the same hash; a token's only while its signing key
-verifies and its account lives, looked up again every so often).
+the cache never holds a secret, and its keys say nothing about one outside the process.
+What an entry is worth is the caller's to check as well (a password's entry counts only
+while the database holds the same hash; a token's only while its signing key verifies and
+its account lives, looked up again every so often).
 """
 
 from __future__ import annotations

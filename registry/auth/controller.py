@@ -25,44 +25,22 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from starlette.requests import Request
 
 from registry.auth import Access
-from registry.auth.accounts import ANONYMOUS, Principal
 from registry.auth.audit import ACTOR_KEY, Actor
-from registry.auth.bearer import AccountGone
-from registry.auth.permissions import Permissions, pattern_matches
+from registry.auth.bearer import NO_CREDENTIALS, AccountGone, AuthContext
+from registry.auth.permissions import pattern_matches
 from registry.auth.scopes import Scope, covers
 from registry.auth.services import AuthServices
-from registry.auth.tokens import InvalidToken, VerifiedToken
+from registry.auth.tokens import InvalidToken
 from registry.errors import Denied, RegistryError, Unauthorized
 from registry.oci.names import is_repository_name
 
 CONTEXT_KEY = "registry.auth.context"
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?\Z|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?\Z")
 MAX_HEADER = 16 * 1024 + 16
-
-
-@dataclass(frozen=True, slots=True)
-class AuthContext:
-    """What one request authenticated as: a token, or Basic credentials and their rights."""
-
-    principal: Principal
-    token: VerifiedToken | None = None
-    permissions: Permissions | None = None
-    credentials: bool = True  # False: the request carried none
-
-    def allows(self, wanted: Scope) -> bool:
-        if self.token is not None:
-            return covers(self.token.access, wanted)
-        if self.permissions is not None:
-            return covers(self.permissions.grant([wanted]), wanted)
-        return False
-
-
-NO_CREDENTIALS = AuthContext(ANONYMOUS, credentials=False)
 
 
 def parse_basic(value: str) -> tuple[str, str] | None:
@@ -93,6 +71,22 @@ def mount_source(request: Request, scopes: list[Scope]) -> list[Scope]:
     return [] if covers(scopes, wanted) or not scopes else [wanted]
 
 
+Resource = Access | Scope  # the same three fields: type, name, actions
+
+
+def as_scopes(wanted: Sequence[Resource]) -> list[Scope]:
+    return [Scope(w.type, w.name, w.actions) for w in wanted]
+
+
+def authorization_header(request: Request) -> str | None:
+    """The first Authorization header, read from the raw ASGI list: this runs on every
+    request, and building Starlette's Headers for one lookup costs more than the scan."""
+    for key, value in request.scope["headers"]:
+        if key == b"authorization":
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return None
+
+
 def client_address(request: Request) -> str:
     return request.client.host if request.client else ""
 
@@ -108,13 +102,13 @@ class TokenAccessController:
     # -- the AccessController protocol ------------------------------------------------------
 
     async def authorize(self, request: Request, wanted: list[Access]) -> None:
-        scopes = [Scope(a.type, a.name, a.actions) for a in wanted]
-        context = await self.context(request, scopes)
+        context = await self.context(request, wanted)
         if not context.credentials:
-            raise Unauthorized(headers=self.challenge(request, scopes))
-        missing = [scope for scope in scopes if not context.allows(scope)]
-        if not missing:
+            raise Unauthorized(headers=self.challenge(request, wanted))
+        if context.permits(wanted):  # every request with credentials: no more work than this
             return
+        scopes = as_scopes(wanted)
+        missing = [scope for scope in scopes if not context.allows(scope)]
         await self.audit.record(
             context.principal.subject,
             client_address(request),
@@ -200,7 +194,7 @@ class TokenAccessController:
 
     # -- authentication --------------------------------------------------------------------
 
-    async def context(self, request: Request, scopes: list[Scope]) -> AuthContext:
+    async def context(self, request: Request, scopes: Sequence[Resource]) -> AuthContext:
         """Authenticate the request once; later calls in the same request reuse the answer."""
         cached = request.scope.get(CONTEXT_KEY)
         if isinstance(cached, AuthContext):
@@ -219,8 +213,8 @@ class TokenAccessController:
             )
         return context
 
-    async def _authenticate(self, request: Request, scopes: list[Scope]) -> AuthContext:
-        header = request.headers.get("authorization")
+    async def _authenticate(self, request: Request, scopes: Sequence[Resource]) -> AuthContext:
+        header = authorization_header(request)
         if header is None:
             return NO_CREDENTIALS
         if len(header) > MAX_HEADER:
@@ -237,9 +231,11 @@ class TokenAccessController:
             return AuthContext(principal, permissions=await self.accounts.permissions(principal))
         raise self._malformed(request, scopes, "unsupported or malformed Authorization header")
 
-    async def _bearer(self, request: Request, scopes: list[Scope], token: str) -> AuthContext:
+    async def _bearer(
+        self, request: Request, scopes: Sequence[Resource], token: str
+    ) -> AuthContext:
         try:
-            verified, principal = await self.auth.bearer.authenticate(token)
+            return await self.auth.bearer.authenticate(token)
         except InvalidToken as exc:
             raise Unauthorized(
                 f"invalid token: {exc}",
@@ -250,15 +246,14 @@ class TokenAccessController:
                 "invalid token: its account no longer exists",
                 headers=self.challenge(request, scopes, error="invalid_token"),
             ) from None
-        return AuthContext(principal, token=verified)
 
-    def _basic(self, request: Request, scopes: list[Scope], value: str) -> tuple[str, str]:
+    def _basic(self, request: Request, scopes: Sequence[Resource], value: str) -> tuple[str, str]:
         credentials = parse_basic(value)
         if credentials is None:
             raise self._malformed(request, scopes, "malformed Basic credentials")
         return credentials
 
-    def _malformed(self, request: Request, scopes: list[Scope], why: str) -> Unauthorized:
+    def _malformed(self, request: Request, scopes: Sequence[Resource], why: str) -> Unauthorized:
         return Unauthorized(
             why, headers=self.challenge(request, scopes, error="invalid_request", why=why)
         )
@@ -278,11 +273,12 @@ class TokenAccessController:
     def challenge(
         self,
         request: Request,
-        scopes: list[Scope],
+        wanted: Sequence[Resource],
         error: str | None = None,
         why: str | None = None,
     ) -> dict[str, str]:
         parts = [f'realm="{self.realm(request)}"', f'service="{self.config.auth.service}"']
+        scopes = as_scopes(wanted)
         scopes = [*scopes, *mount_source(request, scopes)]
         if scopes:
             parts.append(f'scope="{" ".join(str(s) for s in scopes)}"')

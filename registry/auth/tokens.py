@@ -97,6 +97,21 @@ class VerifiedToken:
     account: str | None = None  # ours: `user:<id>` or `robot:<id>`
     kid: str | None = None  # the key it was verified with
     expires_at: float = 0.0  # its `exp`
+    # `access` by resource, as every request with the token asks (see `permits`).
+    _index: dict[tuple[str, str], frozenset[str]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        index: dict[tuple[str, str], set[str]] = {}
+        for scope in self.access:
+            index.setdefault((scope.type, scope.name), set()).update(scope.actions)
+        object.__setattr__(self, "_index", {k: frozenset(v) for k, v in index.items()})
+
+    def permits(self, resource_type: str, name: str, actions: Iterable[str]) -> bool:
+        """Whether `access` allows every one of `actions` on the resource (as `covers`)."""
+        have = self._index.get((resource_type, name), frozenset())
+        return "*" in have or have.issuperset(actions)
 
 
 class TokenIssuer:
@@ -318,9 +333,7 @@ class TokenVerifier:
         except ScopeError:
             raise InvalidToken("malformed access claim") from None
         expires = claims["exp"]
-        return VerifiedToken(
-            subject, issuer, access, builtin, jti, account, kid, float(expires)
-        )
+        return VerifiedToken(subject, issuer, access, builtin, jti, account, kid, float(expires))
 
     def still_trusted(self, verified: VerifiedToken) -> bool:
         """Whether the key that verified this token still verifies tokens (without reading

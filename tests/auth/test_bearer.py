@@ -75,11 +75,12 @@ async def test_a_removed_account_is_seen_within_the_delay(
 ) -> None:
     world = World(identity, tmp_path / "keys", recheck=10)
     name, token = await world.robot_token()
-    verified, principal = await world.bearer.authenticate(token)
-    assert principal.name == name and verified.account == principal.account
+    context = await world.bearer.authenticate(token)
+    assert context.token is not None and context.principal.name == name
+    assert context.token.account == context.principal.account
     await identity.delete_robot(name)  # as the CLI or another replica would
     world.clock.now += 9
-    assert (await world.bearer.authenticate(token))[1].name == name  # cached: not looked up
+    assert (await world.bearer.authenticate(token)).principal.name == name  # cached, no look-up
     world.clock.now += 1
     with pytest.raises(AccountGone):
         await world.bearer.authenticate(token)
