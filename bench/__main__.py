@@ -1,9 +1,10 @@
 """`python -m bench [--quick] [--only W,...] [--repeat N] [--json FILE]`; `python -m bench limits`.
 
 Workloads: push-monolithic, push-chunked, pull, pull-redirect (S3 only), head-blob,
-get-manifest, small-pushes, push-parallel, memory, docker, scale. Progress goes to stderr,
-the table to stdout. `--storage s3` runs both registries on one SeaweedFS, with S3's own
-throughput (boto3, no registry) as the ceiling.
+head-blob-token, get-manifest, get-manifest-token, get-small-blob, get-small-blob-token,
+small-pushes, push-parallel, memory, docker, scale (the -token ones with token auth on both
+servers). Progress goes to stderr, the table to stdout. `--storage s3` runs both registries
+on one SeaweedFS, with S3's own throughput (boto3, no registry) as the ceiling.
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ class Results:
     metrics: dict[str, list[Metric]] = field(default_factory=dict)
     titles: dict[str, str] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)
+    # workload -> the same workload without auth, to show what auth costs each server
+    baselines: dict[str, str] = field(default_factory=dict)
 
     def add(self, workload: str, side: str, values: dict[str, float]) -> None:
         per_metric = self.samples.setdefault(workload, {})
@@ -131,6 +133,9 @@ def summarize(results: Results) -> dict[str, Any]:
             "metrics": out,
             "notes": results.notes.get(workload, []),
         }
+        against = _versus_baseline(results, workload)
+        if against is not None:
+            workloads[workload]["versus_baseline"] = against
     overall: dict[str, Any] = {}
     for side in SIDES:
         peaks = [
@@ -147,6 +152,29 @@ def summarize(results: Results) -> dict[str, Any]:
         "limits": results.limits,
         "workloads": workloads,
     }
+
+
+# With token auth on, requests/s at least this fraction of the same workload without auth.
+AUTH_TARGET = 0.85
+BASELINE_METRICS = ("rps", "cpu_us_per_request")
+
+
+def _versus_baseline(results: Results, workload: str) -> dict[str, Any] | None:
+    """Each side's median with auth over its median without, for `BASELINE_METRICS`."""
+    baseline = results.baselines.get(workload)
+    if baseline is None or baseline not in results.samples:
+        return None
+    out: dict[str, Any] = {"baseline": baseline}
+    for key in BASELINE_METRICS:
+        with_auth = results.samples[workload].get(key, {})
+        without = results.samples[baseline].get(key, {})
+        out[key] = {
+            side: ratio(median(with_auth.get(side, [])), median(without.get(side, [])))
+            for side in SIDES
+        }
+    ours_rps = out["rps"]["ours"]
+    out["meets_target"] = None if ours_rps is None else ours_rps >= AUTH_TARGET
+    return out
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
@@ -202,6 +230,19 @@ def table(summary: dict[str, Any]) -> str:
             f"{side} {_fmt(overall[side]['peak_rss_mib'])} MiB" for side in SIDES if side in overall
         )
         lines += ["", f"peak RSS over every workload: {peaks}"]
+    costs = [
+        f"  {name} / {w['versus_baseline']['baseline']}: requests/s ours "
+        f"{_ratio_text(w['versus_baseline']['rps']['ours'])}, Distribution "
+        f"{_ratio_text(w['versus_baseline']['rps']['distribution'])}; CPU per request ours "
+        f"{_ratio_text(w['versus_baseline']['cpu_us_per_request']['ours'])}, Distribution "
+        f"{_ratio_text(w['versus_baseline']['cpu_us_per_request']['distribution'])}"
+        f" (target: ours requests/s >= {AUTH_TARGET:.2f}x: "
+        f"{ {True: 'yes', False: 'NO', None: '-'}[w['versus_baseline']['meets_target']] })"
+        for name, w in summary["workloads"].items()
+        if "versus_baseline" in w
+    ]
+    if costs:
+        lines += ["", "with token auth / without, each server against itself:", *costs]
     notes = [
         f"  {name}: {text}"
         for name, workload in summary["workloads"].items()
@@ -210,6 +251,10 @@ def table(summary: dict[str, Any]) -> str:
     if notes:
         lines += ["", "notes:", *notes]
     return "\n".join(lines)
+
+
+def _ratio_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def write_json(summary: dict[str, Any], path: Path) -> None:

@@ -110,6 +110,8 @@ class Workload:
     redirect = False  # S3 mode: both servers answer blob GETs with a redirect to S3
     min_rounds = 1  # rounds run even when --repeat asks for fewer (noisy workloads)
     tracks_rss_growth = False
+    auth = False  # both servers with token auth (servers.py), each request with a token
+    baseline: str | None = None  # the same workload without auth, to show what auth costs
 
     def available(self, ctx: Context) -> str | None:
         """None when this workload can run here, else why not."""
@@ -307,6 +309,11 @@ class Memory(PushMonolithic):
         return ctx.settings.memory_mib * MIB
 
 
+FLOOD_REPOSITORY = "bench/flood"
+PUSH_SCOPE = f"repository:{FLOOD_REPOSITORY}:pull,push"
+PULL_SCOPE = f"repository:{FLOOD_REPOSITORY}:pull"
+
+
 class HeadBlob(Workload):
     name = "head-blob"
     title = "HEAD of one blob, keep-alive connections, closed loop"
@@ -316,16 +323,23 @@ class HeadBlob(Workload):
         Metric("rps", "requests/s", "req/s"),
         Metric("p50_ms", "p50 latency", "ms", better="lower"),
         Metric("p99_ms", "p99 latency", "ms", better="lower"),
+        Metric("cpu_us_per_request", "server CPU per request", "µs", better="lower", target=False),
         Metric("rss_growth_mib", "RSS growth over the run", "MiB", better="lower", target=False),
         Metric("requests", "requests in the run", "", target=False),
     )
+    blob_bytes = 1024 * 1024
+
+    def target(self, server: Server) -> tuple[str, dict[str, str]]:
+        """Push what the flood asks for (unmeasured); its path and headers."""
+        layer = random.Random(self.name.removesuffix("-token")).randbytes(self.blob_bytes)
+        with Connection(server.host) as conn:
+            oci.push_image(conn, FLOOD_REPOSITORY, "latest", layer, server.bearer([PUSH_SCOPE]))
+        return f"/v2/{FLOOD_REPOSITORY}/blobs/{oci.sha256_digest(layer)}", {}
 
     def prepare(self, server: Server, ctx: Context) -> Any:
-        layer = random.Random("head").randbytes(1024 * 1024)
-        with Connection(server.host) as conn:
-            oci.push_image(conn, "bench/flood", "latest", layer)
-        path = f"/v2/bench/flood/blobs/{oci.sha256_digest(layer)}"
-        headers: dict[str, str] = {}
+        path, headers = self.target(server)
+        # As `docker pull` does: one pull token, sent with every request.
+        headers = {**headers, **server.bearer([PULL_SCOPE])}
         # A short flood first, so the measured one starts with warm caches and pools.
         loadgen.flood(server.url + path, self.method, headers, ctx.settings.flood_connections,
                       1.0, client=ctx.settings.client)  # fmt: skip
@@ -351,16 +365,36 @@ class GetManifest(HeadBlob):
     name = "get-manifest"
     title = "GET of a manifest by tag, keep-alive connections, closed loop"
     method = "GET"
+    blob_bytes = 64 * 1024
 
-    def prepare(self, server: Server, ctx: Context) -> Any:
-        layer = random.Random("manifest").randbytes(64 * 1024)
-        with Connection(server.host) as conn:
-            oci.push_image(conn, "bench/flood", "latest", layer)
-        path = "/v2/bench/flood/manifests/latest"
-        headers = {"Accept": oci.OCI_MANIFEST}
-        loadgen.flood(server.url + path, self.method, headers, ctx.settings.flood_connections,
-                      1.0, client=ctx.settings.client)  # fmt: skip
-        return path, headers
+    def target(self, server: Server) -> tuple[str, dict[str, str]]:
+        super().target(server)
+        return f"/v2/{FLOOD_REPOSITORY}/manifests/latest", {"Accept": oci.OCI_MANIFEST}
+
+
+class GetSmallBlob(HeadBlob):
+    name = "get-small-blob"
+    title = "GET of a 4 KiB blob, keep-alive connections, closed loop"
+    method = "GET"
+    blob_bytes = 4096
+
+
+class HeadBlobToken(HeadBlob):
+    name = "head-blob-token"
+    title = "head-blob with token auth: a pull token (ES256) on every request"
+    auth, baseline = True, "head-blob"
+
+
+class GetManifestToken(GetManifest):
+    name = "get-manifest-token"
+    title = "get-manifest with token auth: a pull token (ES256) on every request"
+    auth, baseline = True, "get-manifest"
+
+
+class GetSmallBlobToken(GetSmallBlob):
+    name = "get-small-blob-token"
+    title = "get-small-blob with token auth: a pull token (ES256) on every request"
+    auth, baseline = True, "get-small-blob"
 
 
 class SmallPushes(Workload):
@@ -406,7 +440,9 @@ def all_workloads() -> list[Workload]:
     from bench.dockerflow import DockerPushPull
     from bench.scale import Scale
 
+    # Each token workload right after its baseline, so drift on the machine hits both alike.
     return [
-        PushMonolithic(), PushChunked(), Pull(), PullRedirected(), HeadBlob(), GetManifest(),
-        SmallPushes(), ParallelPushes(), Memory(), DockerPushPull(), Scale(),
+        PushMonolithic(), PushChunked(), Pull(), PullRedirected(), HeadBlob(), HeadBlobToken(),
+        GetManifest(), GetManifestToken(), GetSmallBlob(), GetSmallBlobToken(), SmallPushes(),
+        ParallelPushes(), Memory(), DockerPushPull(), Scale(),
     ]  # fmt: skip

@@ -121,6 +121,8 @@ class AuthConfig:
     login_failures_per_account: int = 5
     login_failures_per_address: int = 50
     login_failure_window_seconds: int = 300
+    token_cache_size: int = 10000  # verified bearer tokens kept per process; 0: none
+    revocation_delay_seconds: int = 10  # a cached token's account is looked up this often
 
 
 @dataclass

@@ -162,20 +162,29 @@ async def start_upload(request: Request) -> Response:
 async def _try_mount(
     request: Request, svc: Services, name: str, digest: Digest, source: str | None
 ) -> Response | None:
-    """Link an existing blob into `name`; None when it cannot (the caller starts an upload)."""
+    """Link an existing blob into `name`; None when it cannot (the caller starts an upload).
+
+    The source must be pullable with the credentials of this very request: with a token,
+    by its `access` claim, so a token scoped to one repository reaches no blob elsewhere
+    even when its account could. A token lacking pull on `from` whose account has it gets
+    a 401 whose challenge names both repositories (the client widens its token and mounts).
+    """
     if source is not None:
         checked_name(source)
-        if not await svc.access.can(request, Access("repository", source, ("pull",))):
+        pull = Access("repository", source, ("pull",))
+        if not await svc.access.can(request, pull):
+            target = Access("repository", name, ("pull", "push"))
+            await svc.access.ask_for_wider_token(request, [target, pull])
             return None
         size = await svc.metadata.blob_size_in_repository(source, str(digest))
     else:
         # Spec 1.1: without `from`, mount any copy the caller could read anyway: the blob
-        # must be in some repository the caller may pull.
-        holders = await svc.metadata.repositories_with_blob(str(digest))
-        readable = await svc.access.pullable(request, holders)
+        # must be in some repository these credentials may pull.
         size = None
-        if readable:
-            size = await svc.metadata.blob_size_in_repository(readable[0], str(digest))
+        for holder in await svc.metadata.repositories_with_blob(str(digest)):
+            if await svc.access.can(request, Access("repository", holder, ("pull",))):
+                size = await svc.metadata.blob_size_in_repository(holder, str(digest))
+                break
     if size is None or await svc.blobs.stat(digest) != size:
         return None
     await svc.metadata.link_blob(name, str(digest), size)

@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import stat
@@ -122,6 +123,7 @@ class KeyRing:
         self.overlap_seconds = overlap_seconds
         self.clock = clock
         self._keys: list[SigningKey] = []
+        self._by_kid: dict[str, tuple[SigningKey, float]] = {}  # kid -> (key, verifies until)
         self._scanned_at = 0.0
 
     # -- what callers ask ------------------------------------------------------------------
@@ -166,7 +168,20 @@ class KeyRing:
         return self.rotation_seconds > 0 and self.clock() - newest.created >= self.rotation_seconds
 
     def _find(self, kid: str) -> SigningKey | None:
-        return next((k for k in self._verifying() if k.kid == kid), None)
+        # Asked on every request with a token (cached ones too), so a lookup, not a scan.
+        entry = self._by_kid.get(kid)
+        return entry[0] if entry is not None and entry[1] > self.clock() else None
+
+    def _set_keys(self, keys: list[SigningKey]) -> None:
+        """The keys, oldest first; each verifies until its successor is `overlap` old."""
+        self._keys = keys
+        self._by_kid = {
+            key.kid: (
+                key,
+                keys[i + 1].created + self.overlap_seconds if i + 1 < len(keys) else math.inf,
+            )
+            for i, key in enumerate(keys)
+        }
 
     def _verifying(self) -> list[SigningKey]:
         now = self.clock()
@@ -199,7 +214,7 @@ class KeyRing:
                     if key is not None:
                         keys.append(key)
         keys.sort(key=lambda k: (k.created, k.kid))
-        self._keys = keys
+        self._set_keys(keys)
         self._scanned_at = self.clock()
 
     def _load(self, path: Path, created: float) -> SigningKey | None:
@@ -254,4 +269,4 @@ class KeyRing:
                 with contextlib.suppress(FileNotFoundError):
                     key.path.unlink()
                     log.info("retired token signing key %s", key.kid)
-        self._keys = [k for k in self._keys if k.path is None or k.path.exists()]
+        self._set_keys([k for k in self._keys if k.path is None or k.path.exists()])

@@ -26,6 +26,7 @@ from registry.auth.permissions import (
     format_actions,
     is_account_name,
     parse_actions,
+    robot_name,
     validate_pattern,
 )
 from registry.metadata.identity import IdentityConflict, IdentityStore, now
@@ -147,7 +148,7 @@ def parse_actions_or_fail(actions: str) -> frozenset[str]:
 
 @dataclass(frozen=True, slots=True)
 class NewToken:
-    name: str
+    name: str  # the full name, robot$<owner>+<name> or robot$<name>: the login user name
     secret: str  # shown once, never stored
     expires_at: datetime | None
 
@@ -160,15 +161,20 @@ async def create_token(
     owner: str | None = None,
     admin: bool = False,
 ) -> NewToken:
+    """A robot named `robot$<owner>+<name>` (`robot$<name>` without owner), from the short
+    `name`, so no robot can take a user's name or another owner's robot's."""
     check_name("token", name)
+    if owner is not None:
+        check_name("user", owner)
+    full = robot_name(name, owner)
     parsed = [parse_token_scope(s) for s in scopes]
     if not parsed and not admin:
         raise ManagementError("a token needs at least one scope, e.g. 'ci/*:pull'")
     lifetime = parse_duration(expires)
     expires_at = now() + lifetime if lifetime is not None else None
     secret = new_secret(ROBOT_PREFIX)
-    await identity.create_robot(name, owner, secret_digest(secret), parsed, admin, expires_at)
-    return NewToken(name, secret, expires_at)
+    await identity.create_robot(full, owner, secret_digest(secret), parsed, admin, expires_at)
+    return NewToken(full, secret, expires_at)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from registry.auth.accounts import Accounts
 from registry.auth.audit import AuditLog
+from registry.auth.bearer import BearerTokens
 from registry.auth.keys import SIGNING_ALGORITHMS, KeyFolderError, KeyRing
 from registry.auth.ratelimit import LoginLimiter, LoginLimits
 from registry.auth.tokens import (
@@ -36,6 +37,7 @@ class AuthServices:
     keys: KeyRing
     issuer: TokenIssuer
     verifier: TokenVerifier
+    bearer: BearerTokens
 
     @property
     def settings(self) -> AuthConfig:
@@ -61,6 +63,10 @@ def validate(config: Config) -> None:
         raise ConfigError("auth.token_ttl_seconds must be between 1 and 86400")
     if auth.leeway_seconds < 0 or auth.leeway_seconds > 300:
         raise ConfigError("auth.leeway_seconds must be between 0 and 300")
+    if auth.token_cache_size < 0 or auth.token_cache_size > 1_000_000:
+        raise ConfigError("auth.token_cache_size must be between 0 and 1000000")
+    if auth.revocation_delay_seconds < 0 or auth.revocation_delay_seconds > 3600:
+        raise ConfigError("auth.revocation_delay_seconds must be between 0 and 3600")
     if not auth.service or not auth.issuer:
         raise ConfigError("auth.service and auth.issuer must not be empty")
     for value in (auth.service, auth.realm):
@@ -98,14 +104,22 @@ def build_auth(config: Config, db: Database) -> AuthServices:
         )
     except TrustConfigError as exc:
         raise ConfigError(f"auth: {exc}") from None
+    accounts = Accounts(identity, limiter, audit, auth.refresh_token_ttl_seconds)
     return AuthServices(
         config=config,
         identity=identity,
-        accounts=Accounts(identity, limiter, audit, auth.refresh_token_ttl_seconds),
+        accounts=accounts,
         audit=audit,
         keys=keys,
         issuer=TokenIssuer(keys, auth.issuer, auth.service, auth.token_ttl_seconds),
         verifier=verifier,
+        bearer=BearerTokens(
+            verifier,
+            accounts,
+            auth.token_cache_size,
+            auth.revocation_delay_seconds,
+            auth.leeway_seconds,
+        ),
     )
 
 

@@ -140,6 +140,8 @@ uploads = Table(
 
 # Identity and access control (registry/auth/; the SQL is in registry/metadata/identity.py) --
 
+# Account ids are never reused (AUTOINCREMENT on SQLite, a sequence on PostgreSQL): tokens
+# name their account by id, so a removed account's tokens cannot come back with a new one.
 users = Table(
     "users",
     metadata,
@@ -149,6 +151,7 @@ users = Table(
     Column("admin", Boolean, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("password_changed_at", DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
 )
 
 teams = Table(
@@ -189,12 +192,15 @@ public_repositories = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
-# CI tokens: the secret is shown once; only its SHA-256 is kept.
+# CI tokens: the secret is shown once; only its SHA-256 is kept. Named `robot$<owner>+<name>`
+# or `robot$<name>` (registry/auth/permissions.py); robots made before that naming keep their
+# old name as `legacy_name`, still accepted at login with their secret.
 robot_tokens = Table(
     "robot_tokens",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(64), nullable=False, unique=True),
+    Column("name", String(160), nullable=False, unique=True),
+    Column("legacy_name", String(64), nullable=True),
     Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
     Column("secret_hash", String(64), nullable=False, unique=True),
     Column("scopes", Text, nullable=False),  # JSON [[pattern, "pull,push"], ...]
@@ -202,6 +208,7 @@ robot_tokens = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=True),
     Column("last_used_at", DateTime(timezone=True), nullable=True),
+    sqlite_autoincrement=True,
 )
 
 # Identity tokens (`docker login` keeps one instead of the password): hashed like robots'.
@@ -222,7 +229,8 @@ audit_log = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", DateTime(timezone=True), nullable=False),
-    Column("actor", String(128), nullable=False),  # user, "robot:<name>", or "" (anonymous)
+    # A user, a robot (`robot$...`), `external:<issuer>:<subject>`, or "" (anonymous).
+    Column("actor", String(128), nullable=False),
     Column("address", String(64), nullable=False),
     Column("action", String(32), nullable=False),  # login, login_failed, push, delete, denied...
     Column("target", String(512), nullable=False),
@@ -231,8 +239,8 @@ audit_log = Table(
     Index("ix_audit_log_actor", "actor"),
 )
 
-# Failed logins per key ("account:<name>" or "address:<ip>") in a fixed window, shared by
-# every replica through the database.
+# Failed logins per key in a fixed window, shared by every replica through the database:
+# "account:user:<id>" (a user), "account:name:<name>" (a name no user has), "address:<ip>".
 login_failures = Table(
     "login_failures",
     metadata,

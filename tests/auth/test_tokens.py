@@ -227,3 +227,28 @@ def test_symmetric_algorithms_are_never_allowed() -> None:
     for algorithms in (["HS256"], ["ES256", "none"], ["RS256", "HS512"]):
         with pytest.raises(TrustConfigError):
             allowed_algorithms(algorithms)
+
+
+def test_permits_agrees_with_covers() -> None:
+    """The per-request check of a verified token (an index built once) says what `covers`,
+    the reference, says, for every resource and action asked."""
+    from registry.auth.scopes import Scope, covers
+    from registry.auth.tokens import VerifiedToken
+
+    access = [
+        Scope("repository", "a/b", ("pull",)),
+        Scope("repository", "a/b", ("push",)),
+        Scope("repository", "c", ("*",)),
+        Scope("registry", "catalog", ("*",)),
+    ]
+    token = VerifiedToken("alice", "us", access, True, "jti")
+    for resource_type, name in [
+        ("repository", "a/b"),
+        ("repository", "c"),
+        ("repository", "d"),
+        ("registry", "catalog"),
+        ("x", "a/b"),
+    ]:
+        for actions in [("pull",), ("push",), ("pull", "push"), ("delete",), ("*",), ()]:
+            wanted = Scope(resource_type, name, actions)
+            assert token.permits(resource_type, name, actions) == covers(access, wanted), wanted

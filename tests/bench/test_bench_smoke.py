@@ -153,3 +153,58 @@ def test_tiny_run_on_s3(tmp_path: Path) -> None:
         mbps = report["workloads"][name]["metrics"]["mbps"]
         assert mbps["ours"]["median"] > 0 and mbps["distribution"]["median"] > 0, name
         assert mbps["ceiling"]["name"].startswith("s3_"), name
+
+
+def test_token_auth_workloads(tmp_path: Path) -> None:
+    """Both servers in token mode (ours with its own token endpoint, Distribution with the
+    bench's token server): every request of the flood is answered 2xx, so each verified a
+    token, and the report compares each server with itself without auth."""
+    _require_distribution()
+    out = tmp_path / "report.json"
+    only = "head-blob,head-blob-token,get-manifest-token"
+    done = _run_bench(
+        tmp_path, *TINY, "--only", only, "--no-limits", "--client", "python", "--json", str(out)
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(out.read_text())
+    for name in ("head-blob-token", "get-manifest-token"):
+        workload = report["workloads"][name]
+        assert not [n for n in workload["notes"] if "errors" in n], workload["notes"]
+        for side in ("ours", "distribution"):
+            assert workload["metrics"]["rps"][side]["median"] > 0
+            assert workload["metrics"]["cpu_us_per_request"][side]["median"] > 0
+    against = report["workloads"]["head-blob-token"]["versus_baseline"]
+    assert against["baseline"] == "head-blob"
+    for key in ("rps", "cpu_us_per_request"):
+        assert all(_is_number(against[key][side]) for side in ("ours", "distribution"))
+    assert against["meets_target"] in (True, False)
+    assert "get-manifest-token" in report["workloads"]
+    assert "versus_baseline" not in report["workloads"]["get-manifest-token"]  # no baseline run
+    assert "with token auth / without" in done.stdout
+
+
+TOKEN_MODE_CHECK = """
+import sys, tempfile
+from pathlib import Path
+from bench import rawhttp, servers
+
+with servers.make_server(sys.argv[1], Path(sys.argv[2]), auth=True) as server:
+    with rawhttp.Connection(server.host) as conn:
+        refused = conn.request("GET", "/v2/bench/x/tags/list")
+        headers = server.bearer(["repository:bench/x:pull"])
+        print(refused.status, "Bearer realm=" in refused.header("www-authenticate"),
+              conn.request("GET", "/v2/bench/x/tags/list", headers).status,
+              conn.request("GET", "/v2/", headers).status)
+"""
+
+
+@pytest.mark.parametrize("side", ["ours", "distribution"])
+def test_servers_in_token_mode_refuse_requests_without_a_token(tmp_path: Path, side: str) -> None:
+    if side == "distribution":
+        _require_distribution()
+    done = subprocess.run(
+        [sys.executable, "-c", TOKEN_MODE_CHECK, side, str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.split() == ["401", "True", "404", "200"]
