@@ -94,7 +94,8 @@ class Supervisor:
         self._prepare()
         launch = Launch(
             container=c,
-            lowers=[self.store.layer_dir(d) / "fs" for d in c.diff_ids],
+            lowers=[self.store.layer_dir(d) / "fs" for d in c.diff_ids]
+            + [Path(p) for p in c.extra_lowers],
             container_dir=self.dir,
             storage=os.environ.get("POCKET_RUNTIME_STORAGE", "auto"),
             cgroup_fds=self.cgroup.open_procs(),
@@ -157,6 +158,11 @@ class Supervisor:
                 os.kill(c.pid, signum)
 
     # --- wait and finish ------------------------------------------------------------------
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether Ctrl-C came while the container ran (a build then stops)."""
+        return self._interrupts > 0
 
     def forward_signals(self) -> None:
         """Install before `start`: signals that come before pid 1 exists wait for it."""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from rich.console import Console
 
 from registry.runtime.errors import RuntimeFailure
-from registry.runtime.pull import parse_reference
+from registry.runtime.references import parse_reference
 from registry.runtime.store import Store
 
 Command = Callable[[argparse.Namespace], int]
