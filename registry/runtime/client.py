@@ -202,6 +202,9 @@ class RegistryClient:
         response.read()
         detail = _error_message(response)
         if status == 401:
+            if self.credentials is None:
+                raise AccessDenied(f"{self.host}: a login is required "
+                                   f"(run `registry login {self.host}`)")
             raise AccessDenied(f"{self.host}: authentication failed ({detail})")
         if status == 403:
             raise AccessDenied(f"{self.host}: access denied ({detail})")

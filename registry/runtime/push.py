@@ -168,8 +168,8 @@ class Pusher:
             raise LocalImageNotFound(f"blob {desc.digest} of the image is not in the local "
                                      "store: pull the image again")
         known = list(record.blob_sources.get(desc.digest, []))
-        if "/" in record.repository and desc.digest in record.layers:
-            known.append(record.repository)  # a pulled image's repository holds its layers
+        if "/" in record.repository and desc.digest in (*record.layers, record.id):
+            known.append(record.repository)  # a pulled image's repository holds its blobs
         return BlobPush(desc.digest, desc.size, list(dict.fromkeys(known)))
 
     # --- blobs ------------------------------------------------------------------------------
@@ -177,7 +177,8 @@ class Pusher:
     def _push_blobs(self, client: RegistryClient, ref: Reference, blobs: list[BlobPush]) -> None:
         columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                    TransferSpeedColumn())
-        with Progress(*columns, console=self.console, transient=True) as progress, \
+        with Progress(*columns, console=self.console, transient=True,
+                      disable=not self.console.is_terminal) as progress, \
                 ThreadPoolExecutor(PARALLEL_UPLOADS) as pool:
             tasks = [pool.submit(self._push_blob, client, ref, blob, progress) for blob in blobs]
             for task in tasks:
