@@ -170,6 +170,8 @@ class _Scanner:
             raise SubstitutionError("syntax error: bad substitution")
         name = self.name()
         ch = self.next()
+        if not ch:
+            raise SubstitutionError("syntax error: missing '}'")
         if ch == "}":
             return self.env.get(name, "")
         modifier, null_is_unset = ch, False
