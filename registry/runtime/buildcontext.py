@@ -85,16 +85,20 @@ class SourceRoot:
             raise BuildFailure("no source files were specified")
         return out
 
+    def _hidden(self, rel: str, st: os.stat_result) -> bool:
+        """Excluded, unless a folder that an exception re-includes part of."""
+        if rel == "." or not self.ignore.excluded(rel):
+            return False
+        return not (stat.S_ISDIR(st.st_mode) and self.ignore.may_reinclude_under(rel))
+
     def _one(self, given: str, cleaned: str) -> Source:
-        if cleaned != "." and self.ignore.excluded(cleaned):
-            raise self._missing(given)
         path = secure_join(self.root, cleaned)
         try:
             st = os.lstat(path)
         except OSError:
             raise self._missing(given) from None
         rel = self._rel(path)
-        if rel != "." and self.ignore.excluded(rel):
+        if self._hidden(cleaned, st) or self._hidden(rel, st):
             raise self._missing(given)
         name = os.path.basename(cleaned) if cleaned != "." else ""
         return Source(given, path, rel, name, stat.S_ISDIR(st.st_mode))

@@ -9,7 +9,8 @@ arguments), WorkingDir, User and the host's network. What the runtime itself put
 root filesystem to run a container (`/proc`, `/sys`, `/dev`, `/etc/hosts`,
 `/etc/hostname`, `/etc/resolv.conf` when missing) is made first in a layer of its own
 above the image, as Docker's init layer, so that it never lands in the step's layer.
-What the command writes under the stage's VOLUMEs is dropped, as Docker's builder does.
+The stage's VOLUMEs are throwaway volumes (seeded from the image, as Docker's anonymous
+ones): what the command writes there is not kept, but a mount point it had to make is.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from registry.runtime.buildcontext import SourceRoot
 from registry.runtime.buildcopy import CopyOptions, copy_into
 from registry.runtime.buildmount import Overlay, in_overlays
 from registry.runtime.errors import BuildFailure, Interrupted, StartFailure
-from registry.runtime.layerdiff import commit_upper, remove_paths, strip_bookkeeping
+from registry.runtime.layerdiff import commit_upper, strip_bookkeeping
 from registry.runtime.rootfs import makedirs_in, secure_join
 from registry.runtime.sandbox import FORWARDED_SIGNALS
 from registry.runtime.spec import build_env
-from registry.runtime.state import Container, ContainerStore, new_id
+from registry.runtime.state import Container, ContainerStore, Mount, new_id
 from registry.runtime.store import Store, remove_tree
 from registry.runtime.supervisor import Supervisor
 
@@ -81,11 +82,17 @@ def run_step(store: Store, state: ImageState, step: RunStep,
         init = Overlay(lowers(store, state), scratch / "init")
         in_overlays([init], lambda: prepare_mount_points(str(init.rootfs)))
         strip_bookkeeping(init.upper)
+        volumes = []
+        for number, path in enumerate(sorted(state.run.get("Volumes") or {})):
+            source = scratch / f"volume-{number}"
+            source.mkdir(mode=0o755)
+            volumes.append(Mount(str(source), path, volume=f"build-{number}"))
         container = Container(
             id=cid, name=f"build-{cid[:12]}", image=state.image_id, image_id=state.image_id,
             diff_ids=[layer.diff_id for layer in state.layers], argv=step.argv,
             env=build_env(step.env, [], cid[:12]), user=step.user, workdir=step.workdir,
-            hostname=cid[:12], network="host", extra_lowers=[str(init.upper)],
+            hostname=cid[:12], mounts=volumes, network="host",
+            extra_lowers=[str(init.upper)],
         )
         containers.create(container)
         say(f" ---> Running in {cid[:12]}")
@@ -95,12 +102,7 @@ def run_step(store: Store, state: ImageState, step: RunStep,
         if code != 0:
             raise BuildFailure(f"the command '{' '.join(step.argv)}' returned a non-zero "
                                f"code: {code}", 1)
-        upper = containers.dir(cid) / "upper"
-        volumes = [v.strip("/") for v in state.run.get("Volumes") or {}]
-        if volumes:
-            remove_paths(upper, lambda rel: any(rel == v or rel.startswith(v + "/")
-                                                for v in volumes if v))
-        layer = _layer(store, upper)
+        layer = _layer(store, containers.dir(cid) / "upper")
         say(f"Removing intermediate container {cid[:12]}")
         return layer
     finally:

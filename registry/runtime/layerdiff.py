@@ -29,7 +29,6 @@ import stat
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -199,19 +198,6 @@ def strip_bookkeeping(root: Path) -> None:
                 if key.startswith("trusted.overlay.") and key != _OPAQUE:
                     with contextlib.suppress(OSError):
                         os.removexattr(name, key, follow_symlinks=False)
-
-
-def remove_paths(upper: Path, excluded: Callable[[str], bool]) -> None:
-    """Remove from `upper` the entries `excluded` names (relative paths), e.g. what a RUN
-    wrote under a VOLUME, which Docker's builder does not keep either."""
-    for top, dirs, files in os.walk(upper):
-        rel_top = os.path.relpath(top, upper)
-        for name in list(dirs) + files:
-            rel = name if rel_top == "." else f"{rel_top}/{name}"
-            if excluded(rel):
-                remove_tree(Path(top) / name)
-                if name in dirs:
-                    dirs.remove(name)
 
 
 def commit_upper(store: Store, upper: Path, level: int = GZIP_LEVEL) -> LayerResult | None:

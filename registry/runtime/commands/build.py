@@ -6,8 +6,10 @@ import argparse
 import os
 from pathlib import Path
 
+from rich.console import Console
+
 from registry.runtime.build import Builder, BuildOptions, default_output, force_overlay
-from registry.runtime.commands.common import console, guard, open_store
+from registry.runtime.commands.common import guard, open_store
 from registry.runtime.dockerfile import parse
 from registry.runtime.errors import BuildFailure, NotPrivileged
 from registry.runtime.platform import parse_platform
@@ -60,7 +62,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         build_args=_build_args(args.build_arg), target=args.target, no_cache=args.no_cache,
         platform=parse_platform(args.platform) if args.platform else None,
     )
-    Builder(open_store(), options, default_output(), console()).build()
+    # everything but the error goes to stdout, as docker build prints it (pulls included)
+    Builder(open_store(), options, default_output(), Console(highlight=False)).build()
     return 0
 
 
