@@ -54,7 +54,10 @@ class _Session:
     chmod: int | None
     touched: dict[str, tuple[int, int]] = field(default_factory=dict)  # dir -> times
     made: set[str] = field(default_factory=set)
-    dir_meta: list[tuple[str, os.stat_result]] = field(default_factory=list)
+    # folders copied, their metadata set last (entries made in them change their times),
+    # with the owner their copy gives them (None: the source's own, as ADD's archives)
+    dir_meta: list[tuple[str, os.stat_result, tuple[int, int] | None]] = field(
+        default_factory=list)
 
     def entering(self, folder: str) -> None:
         """Remember an existing folder's times before changing what is in it."""
@@ -137,9 +140,10 @@ def _clear(session: _Session, target: str, keep_dir: bool) -> bool:
     return False
 
 
-def _metadata(session: _Session, target: str, st: os.stat_result) -> None:
-    owner = session.owner if session.owner is not None else (st.st_uid, st.st_gid)
-    os.chown(target, *owner, follow_symlinks=False)
+def _metadata(session: _Session, target: str, st: os.stat_result,
+              owner: tuple[int, int] | None) -> None:
+    os.chown(target, *(owner if owner is not None else (st.st_uid, st.st_gid)),
+             follow_symlinks=False)
     if not stat.S_ISLNK(st.st_mode):
         mode = session.chmod if session.chmod is not None else stat.S_IMODE(st.st_mode)
         os.chmod(target, mode)
@@ -169,7 +173,7 @@ def _copy_entry(session: _Session, path: str, st: os.stat_result, target: str,
         if not _clear(session, target, keep_dir=True):
             os.mkdir(target, 0o700)
             session.made.add(target)
-        session.dir_meta.append((target, st))
+        session.dir_meta.append((target, st, session.owner))
         return
     if stat.S_ISSOCK(mode):
         return
@@ -187,7 +191,7 @@ def _copy_entry(session: _Session, path: str, st: os.stat_result, target: str,
         os.mkfifo(target, 0o600)
     else:
         os.mknod(target, stat.S_IFMT(mode) | 0o600, st.st_rdev)
-    _metadata(session, target, st)
+    _metadata(session, target, st, session.owner)
 
 
 def _copy_folder(session: _Session, root: SourceRoot, source: Source, dest: str) -> None:
@@ -294,5 +298,5 @@ def copy_into(rootfs: str, root: SourceRoot, sources: list[Source], dest: str,
     for folder, times in session.touched.items():
         with contextlib.suppress(FileNotFoundError):
             os.utime(folder, ns=times, follow_symlinks=False)
-    for target, st in reversed(session.dir_meta):
-        _metadata(session, target, st)
+    for target, st, kept_owner in reversed(session.dir_meta):
+        _metadata(session, target, st, kept_owner)
