@@ -1,7 +1,7 @@
 """`python -m bench [--quick] [--only W,...] [--repeat N] [--json FILE]`; `python -m bench limits`.
 
 Workloads: push-monolithic, push-chunked, pull, head-blob, get-manifest, small-pushes,
-push-parallel, memory, docker, scale. Progress goes to stderr, the table to stdout.
+push-parallel, memory, docker, scale, build. Progress goes to stderr, the table to stdout.
 """
 
 from __future__ import annotations
@@ -182,6 +182,14 @@ def _run(args: argparse.Namespace, settings: Settings, base: Path) -> int:
                 results.note(workload.name, f"skipped: {why_not}")
                 continue
             log(f"[{workload.name}] {workload.title}")
+            if getattr(workload, "own_runner", False):  # builders, not registries (build)
+                try:
+                    workload.run_all(ctx, results, args.repeat)
+                finally:
+                    close = getattr(workload, "close", None)
+                    if close is not None:
+                        close()
+                continue
             try:
                 run_workload(
                     workload, ctx, results, args.repeat, args.workers, args.profile,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -74,10 +73,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _light_parser(command: str) -> argparse.ArgumentParser | None:
+    """The parser of a command that loads alone (`registry build`: a fully cached build
+    is over before the HTTP client or the server's modules would have loaded)."""
+    try:
+        from registry.runtime.commands import LIGHT_COMMANDS, add_commands
+    except ImportError:
+        return None
+    if command not in LIGHT_COMMANDS:
+        return None
+    parser = argparse.ArgumentParser(prog="registry", description=__doc__)
+    add_commands(parser.add_subparsers(dest="command", required=True),
+                 (LIGHT_COMMANDS[command],))
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Ctrl-C at any point, even while modules load, ends it with 130
     and no traceback (the modules a command needs load here, not before)."""
     try:
+        words = list(sys.argv[1:] if argv is None else argv)
+        light = _light_parser(words[0]) if words else None
+        if light is not None:
+            light_args = light.parse_args(words)
+            return int(light_args.func(light_args))
+        import logging
+
         from registry.config import ConfigError
 
         args = build_parser().parse_args(argv)

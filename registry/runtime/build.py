@@ -23,28 +23,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from registry.oci import mediatypes as mt
 from registry.oci.digest import Digest
 from registry.oci.manifest import Platform, parse_manifest
 from registry.runtime import buildconfig as bc
-from registry.runtime.buildcache import BuildCache
+from registry.runtime.buildcache import BuildCache, FileDigests
 from registry.runtime.buildconfig import ImageState, LayerRef
-from registry.runtime.buildcontext import SourceRoot, content_key
-from registry.runtime.buildcopy import CopyOptions
-from registry.runtime.buildsteps import CopyStep, RunStep, copy_step, run_step, workdir_step
+from registry.runtime.buildcontext import CopyOptions, SourceRoot, content_key
 from registry.runtime.dockerfile import Dockerfile, Instruction, Stage
 from registry.runtime.errors import BuildFailure, DockerfileError, RuntimeFailure
 from registry.runtime.images import ImageIndex, ImageRecord
 from registry.runtime.platform import format_platform, host_platform, parse_platform
-from registry.runtime.pull import ensure_image
 from registry.runtime.references import parse_reference
 from registry.runtime.shellwords import SubstitutionError, env_map, process_word, process_words
 from registry.runtime.store import Store
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# The steps that run containers and mount overlays (`buildsteps`) and the HTTP client
+# (`pull`) are imported where a step misses the cache or an image is missing: a build that
+# is all cache hits does not pay for loading them.
 GZIP_TYPES = frozenset({mt.OCI_LAYER_GZIP, mt.DOCKER_LAYER_GZIP})
 METADATA = ("ENV", "LABEL", "USER", "EXPOSE", "VOLUME", "CMD", "ENTRYPOINT", "SHELL",
             "STOPSIGNAL", "HEALTHCHECK", "MAINTAINER")
@@ -52,6 +53,8 @@ METADATA = ("ENV", "LABEL", "USER", "EXPOSE", "VOLUME", "CMD", "ENTRYPOINT", "SH
 
 @dataclass
 class BuildOptions:
+    """What `registry build` was asked: the context, Dockerfile, tags and flags."""
+
     context: Path
     dockerfile: Dockerfile
     tags: list[str] = field(default_factory=list)
@@ -63,6 +66,8 @@ class BuildOptions:
 
 @dataclass
 class _StageRun:
+    """A stage being built: its state, its ARGs, whether it set CMD."""
+
     spec: Stage
     state: ImageState
     args: dict[str, str | None] = field(default_factory=dict)
@@ -103,13 +108,16 @@ def from_record(store: Store, record: ImageRecord) -> ImageState:
 
 class Builder:
     def __init__(self, store: Store, options: BuildOptions,
-                 say: Callable[[str], None] | None = None, console: Console | None = None) -> None:
+                 say: Callable[[str], None] | None = None,
+                 console: Callable[[], Console] | None = None) -> None:
         self.store = store
         self.options = options
         self.df = options.dockerfile
         self.cache = BuildCache(store)
+        self.file_digests = FileDigests(store)
         self.say = say or (lambda line: print(line, flush=True))
-        self.console = console or Console(stderr=True, highlight=False)
+        self._make_console = console
+        self._console: Console | None = None
         self.platform = options.platform or host_platform()
         self.meta: dict[str, str | None] = {}
         self.used_args: set[str] = set()
@@ -119,6 +127,12 @@ class Builder:
     # --- the whole build -------------------------------------------------------------------
 
     def build(self) -> ImageRecord:
+        try:
+            return self._build()
+        finally:
+            self.file_digests.save()
+
+    def _build(self) -> ImageRecord:
         target = self._target()
         for inst in self.df.meta_args:
             self._announce(inst)
@@ -156,6 +170,28 @@ class Builder:
             raise BuildFailure(f"failed to reach build target {self.options.target} in "
                                "Dockerfile")
         return found
+
+    @property
+    def console(self) -> Console:
+        """Where a pull shows its progress (made when one is needed)."""
+        if self._console is None:
+            if self._make_console is not None:
+                self._console = self._make_console()
+            else:
+                from rich.console import Console
+
+                self._console = Console(stderr=True, highlight=False)
+        return self._console
+
+    def _image(self, reference: str, platform: Platform) -> ImageRecord:
+        """A FROM or --from image: the local one, else pulled, as Docker's builder does."""
+        images = ImageIndex(self.store)
+        record = images.find(str(parse_reference(reference))) or images.find(reference)
+        if record is not None and all(self.store.has_layer(d) for d in record.diff_ids):
+            return record
+        from registry.runtime.pull import ensure_image
+
+        return ensure_image(self.store, reference, platform, self.console)
 
     def _tags(self) -> list[str]:
         return [str(parse_reference(tag)) for tag in self.options.tags]
@@ -204,7 +240,7 @@ class Builder:
                                                              format_platform(platform)]))
         else:
             try:
-                record = ensure_image(self.store, base, platform, self.console)
+                record = self._image(base, platform)
             except RuntimeFailure as exc:
                 raise BuildFailure(f"{self.df.path}:{inst.line}: {exc.message}") from None
             state = from_record(self.store, record)
@@ -261,6 +297,8 @@ class Builder:
 
             def change(state: ImageState) -> LayerRef | None:
                 state.run["WorkingDir"] = path
+                from registry.runtime.buildsteps import workdir_step
+
                 return workdir_step(self.store, state, path)
 
             self._commit(run, ["WORKDIR", path], f"WORKDIR {path}", change)
@@ -337,11 +375,16 @@ class Builder:
                 self.used_args.add(name)
         prefix = f"|{len(args_env)} {' '.join(args_env)} " if args_env else ""
         created_by = prefix + " ".join(argv)
-        step = RunStep(argv, list(run.state.run.get("Env") or []) + args_env,
-                       str(run.state.run.get("User") or ""),
-                       str(run.state.run.get("WorkingDir") or "/"))
-        self._commit(run, ["RUN", argv, args_env], created_by,
-                     lambda state: run_step(self.store, state, step, self.say), nop=False)
+        env = list(run.state.run.get("Env") or []) + args_env
+        user = str(run.state.run.get("User") or "")
+        workdir = str(run.state.run.get("WorkingDir") or "/")
+
+        def change(state: ImageState) -> LayerRef | None:
+            from registry.runtime.buildsteps import RunStep, run_step
+
+            return run_step(self.store, state, RunStep(argv, env, user, workdir), self.say)
+
+        self._commit(run, ["RUN", argv, args_env], created_by, change, nop=False)
 
     def _copy(self, run: _StageRun, inst: Instruction, word: Callable[[str], str]) -> None:
         values = [word(a) for a in inst.args]
@@ -373,20 +416,22 @@ class Builder:
                 resolved = context.resolve(sources)
             except BuildFailure as exc:
                 raise BuildFailure(f"{inst.command} failed: {exc.message}") from None
-            origin = content_key(context, resolved)
+            origin = content_key(context, resolved, self.file_digests)
             if len(resolved) == 1 and resolved[0].is_dir:
                 kind = "dir"
         created_by = f"{inst.command} {kind}:{origin.split(':')[-1]} in {absolute} "
-        step = CopyStep(sources, absolute, options, context, source_state)
-        self._commit(run, [inst.command, sources, absolute, chown, chmod, origin], created_by,
-                     lambda state: self._copy_change(state, step, inst))
 
-    def _copy_change(self, state: ImageState, step: CopyStep, inst: Instruction
-                     ) -> LayerRef | None:
-        try:
-            return copy_step(self.store, state, step)
-        except BuildFailure as exc:
-            raise BuildFailure(f"{inst.command} failed: {exc.message}") from None
+        def change(state: ImageState) -> LayerRef | None:
+            from registry.runtime.buildsteps import CopyStep, copy_step
+
+            step = CopyStep(sources, absolute, options, context, source_state)
+            try:
+                return copy_step(self.store, state, step)
+            except BuildFailure as exc:
+                raise BuildFailure(f"{inst.command} failed: {exc.message}") from None
+
+        self._commit(run, [inst.command, sources, absolute, chown, chmod, origin], created_by,
+                     change)
 
     def _copy_source(self, run: _StageRun, inst: Instruction, word: Callable[[str], str]
                      ) -> tuple[ImageState | None, SourceRoot | None, str]:
@@ -402,7 +447,7 @@ class Builder:
             state = self.stages[stage.index].state
             return state, None, state.key
         try:
-            record = ensure_image(self.store, name, self.platform, self.console)
+            record = self._image(name, self.platform)
         except RuntimeFailure as exc:
             raise BuildFailure(exc.message) from None
         state = from_record(self.store, record)
@@ -417,8 +462,10 @@ class Builder:
         tags = self._tags()
         existing = images.load().get(image_id)
         if existing is not None and self.store.has_blob(existing.manifest_digest):
-            images.add(existing, tags)
-            return images.get(image_id)
+            if not set(tags) <= set(existing.refs):  # else nothing changes: a cached rebuild
+                images.add(existing, tags)
+                existing = images.get(image_id)
+            return existing
         self.store.put_blob(image_id, config)
         docker = all(layer.media_type in GZIP_TYPES for layer in state.layers)
         layers = []

@@ -37,6 +37,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class LayerRef:
+    """One layer of an image: its blob and what that unpacks to."""
+
     digest: str  # the blob
     diff_id: str
     size: int
@@ -54,6 +56,8 @@ class LayerRef:
 
 @dataclass
 class ImageState:
+    """The image a stage has built so far (see the module docstring)."""
+
     config: dict[str, Any]  # the whole config document
     layers: list[LayerRef]
     key: str  # the build cache's key of the steps that made it

@@ -12,7 +12,8 @@ image's root filesystem; both are hostile. As Docker's builder does:
 - what `.dockerignore` excludes is not there at all.
 
 `content_key` hashes what would be copied (names, types, modes, sizes, contents, link
-targets; not times or owners, as Docker's cache ignores them) for the build cache.
+targets; not times or owners, as Docker's cache ignores them) for the build cache; file
+contents come through `Digests`, which may remember them.
 """
 
 from __future__ import annotations
@@ -20,19 +21,31 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from registry.runtime.dockerignore import IgnoreRules, clean, has_glob, path_match
 from registry.runtime.errors import BuildFailure
-from registry.runtime.rootfs import secure_join
+from registry.runtime.paths import secure_join
 
 _CHUNK = 1 << 20
 
 
+@dataclass
+class CopyOptions:
+    """The flags of a COPY or ADD that change what is written."""
+
+    chown: str = ""  # the --chown value, substituted
+    chmod: int | None = None
+    unpack_archives: bool = False  # ADD
+
+
 @dataclass(frozen=True)
 class Source:
+    """One source of a COPY, resolved inside its root."""
+
     given: str  # as the instruction names it (a wildcard's match), for messages
     path: str  # the resolved host path, inside the root
     rel: str  # the resolved path relative to the root ("." for the root itself)
@@ -139,10 +152,18 @@ def _file_digest(path: str) -> str:
     return hasher.hexdigest()
 
 
-def _entry_line(rel: str, st: os.stat_result, path: str) -> str:
+class Digests(Protocol):
+    """Where file digests come from (`buildcache.FileDigests` remembers them)."""
+
+    def digest(self, path: str, st: os.stat_result, compute: Callable[[], str]) -> str: ...
+
+
+def _entry_line(rel: str, st: os.stat_result, path: str, digests: Digests | None) -> str:
     mode = st.st_mode
     if stat.S_ISREG(mode):
-        detail = f"{st.st_size} {_file_digest(path)}"
+        digest = digests.digest(path, st, lambda: _file_digest(path)) if digests \
+            else _file_digest(path)
+        detail = f"{st.st_size} {digest}"
     elif stat.S_ISLNK(mode):
         detail = os.readlink(path)
     elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -152,16 +173,16 @@ def _entry_line(rel: str, st: os.stat_result, path: str) -> str:
     return f"{stat.S_IFMT(mode):o} {stat.S_IMODE(mode):o} {rel!r} {detail}\n"
 
 
-def content_key(root: SourceRoot, sources: list[Source]) -> str:
+def content_key(root: SourceRoot, sources: list[Source], digests: Digests | None = None) -> str:
     """A digest of everything the sources would copy, for the build cache."""
     hasher = hashlib.sha256()
     for source in sources:
         hasher.update(f"source {source.name!r} {source.is_dir}\n".encode())
         st = os.stat(source.path, follow_symlinks=False)
-        hasher.update(_entry_line(".", st, source.path).encode())
+        hasher.update(_entry_line(".", st, source.path, digests).encode())
         if source.is_dir:
             for rel, entry in root.walk(source.rel):
                 inner = rel if source.rel == "." else rel[len(source.rel) + 1:]
                 path = os.path.join(root.root, rel)
-                hasher.update(_entry_line(inner, entry, path).encode())
+                hasher.update(_entry_line(inner, entry, path, digests).encode())
     return "sha256:" + hasher.hexdigest()

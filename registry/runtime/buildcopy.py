@@ -31,20 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from registry.runtime.buildcontext import Source, SourceRoot
+from registry.runtime.buildcontext import CopyOptions, Source, SourceRoot
 from registry.runtime.errors import BuildFailure, LayerRejected
-from registry.runtime.rootfs import secure_join
+from registry.runtime.paths import secure_join
 from registry.runtime.unpack import unpack_tar
 
 MAX_ACCOUNT_FILE = 64 << 20
 _CHUNK = 1 << 20
-
-
-@dataclass
-class CopyOptions:
-    chown: str = ""  # the --chown value, substituted
-    chmod: int | None = None
-    unpack_archives: bool = False  # ADD
 
 
 @dataclass

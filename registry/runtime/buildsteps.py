@@ -25,8 +25,8 @@ from pathlib import Path
 
 from registry.oci import mediatypes as mt
 from registry.runtime.buildconfig import ImageState, LayerRef
-from registry.runtime.buildcontext import SourceRoot
-from registry.runtime.buildcopy import CopyOptions, copy_into
+from registry.runtime.buildcontext import CopyOptions, SourceRoot
+from registry.runtime.buildcopy import copy_into
 from registry.runtime.buildmount import Overlay, in_overlays
 from registry.runtime.errors import BuildFailure, Interrupted, StartFailure
 from registry.runtime.layerdiff import commit_upper, strip_bookkeeping

@@ -42,6 +42,8 @@ Fail = Callable[[str], DockerfileError]
 
 @dataclass(frozen=True)
 class Instruction:
+    """One instruction as written: keyword, flags and arguments, not yet substituted."""
+
     command: str  # upper case
     args: tuple[str, ...]  # unsubstituted; shell form is one string
     line: int
@@ -53,6 +55,8 @@ class Instruction:
 
 @dataclass
 class Stage:
+    """A FROM and the instructions after it, up to the next FROM."""
+
     index: int
     name: str | None  # lower case, as Docker compares them
     base: str  # the FROM image, unsubstituted
@@ -62,6 +66,8 @@ class Stage:
 
 @dataclass
 class Dockerfile:
+    """A parsed Dockerfile: its directives, the ARGs before the first FROM, its stages."""
+
     path: str
     escape: str
     syntax: str | None

@@ -26,6 +26,8 @@ class PatternError(ValueError):
 
 @dataclass(frozen=True)
 class Pattern:
+    """One line of a `.dockerignore`, compiled."""
+
     text: str
     exclusion: bool
     regex: re.Pattern[str]

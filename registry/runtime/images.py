@@ -21,6 +21,8 @@ from registry.runtime.store import Store
 
 @dataclass
 class ImageRecord:
+    """One image of the store and the references that name it (see the module docstring)."""
+
     id: str
     repository: str
     manifest_digest: str

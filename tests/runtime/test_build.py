@@ -131,6 +131,14 @@ def test_cache(base: str, store: Store, tmp_path: Path, registry_server: Registr
     out = run_in(ref, "cat /both; cat /ran")
     assert out.stdout == "1\ntwo\nran\n"
 
+    # same size, same mtime, other bytes: the remembered digest is not trusted (ctime moved)
+    before = (context / "one.txt").stat()
+    (context / "one.txt").write_text("9\n")
+    os.utime(context / "one.txt", ns=(before.st_atime_ns, before.st_mtime_ns))
+    sneaky = build(context, "-t", ref)
+    assert sneaky.stdout.count(" ---> Using cache") == 0, sneaky.stdout
+    assert run_in(ref, "cat /both").stdout == "9\ntwo\n"
+
     fresh = build(context, "-t", ref, "--no-cache")
     assert " ---> Using cache" not in fresh.stdout
     assert fresh.stdout.count(" ---> Running in") == 2

@@ -10,11 +10,17 @@ container's exit code.
 from __future__ import annotations
 
 import argparse
+import importlib
 
-from registry.runtime.commands import build, containers, images, push, run
+GROUPS = ("images", "run", "containers", "build", "push")
+# Commands parsed by their own module alone (`registry.cli`): a fully cached build should not
+# wait for every other command's modules (the HTTP client, the sandbox) to load.
+LIGHT_COMMANDS = {"build": "build"}
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add every runtime command to the `registry` CLI's subparsers."""
-    for group in (images, run, containers, build, push):
-        group.add_parsers(subparsers)
+def add_commands(subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+                 groups: tuple[str, ...] = GROUPS) -> None:
+    """Add the runtime's commands (every group, or the `groups` named) to the `registry`
+    CLI's subparsers; the modules load here, not when this package is imported."""
+    for name in groups:
+        importlib.import_module(f"registry.runtime.commands.{name}").add_parsers(subparsers)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from registry.runtime.build import Builder, BuildOptions, default_output, force_overlay
 from registry.runtime.commands.common import guard, open_store
@@ -14,6 +13,9 @@ from registry.runtime.dockerfile import parse
 from registry.runtime.errors import BuildFailure, NotPrivileged
 from registry.runtime.platform import parse_platform
 from registry.runtime.references import parse_reference
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 MAX_DOCKERFILE = 4 << 20
 
@@ -43,6 +45,13 @@ def _dockerfile_text(path: Path) -> str:
     return data.decode("utf-8", "replace")
 
 
+def _stdout_console() -> Console:
+    """Everything but the error goes to stdout, as docker build prints it (pulls too)."""
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
 @guard
 def cmd_build(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
@@ -62,8 +71,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         build_args=_build_args(args.build_arg), target=args.target, no_cache=args.no_cache,
         platform=parse_platform(args.platform) if args.platform else None,
     )
-    # everything but the error goes to stdout, as docker build prints it (pulls included)
-    Builder(open_store(), options, default_output(), Console(highlight=False)).build()
+    Builder(open_store(), options, default_output(), _stdout_console).build()
     return 0
 
 
