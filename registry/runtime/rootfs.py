@@ -19,6 +19,8 @@ from registry.runtime.paths import secure_join as secure_join
 from registry.runtime.store import remove_tree
 from registry.runtime.unpack import read_layer_info
 
+MOUNT_OPTIONS_MAX = 3000  # bytes; the kernel takes one page of mount data
+
 
 def mount_overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path,
                   flags: int = 0) -> None:
@@ -26,7 +28,26 @@ def mount_overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path,
     for folder in (upper, work, target):  # 0755: the merged root takes upper's mode
         folder.mkdir(mode=0o755, parents=True, exist_ok=True)
     options = f"lowerdir={':'.join(str(p) for p in lowers)},upperdir={upper},workdir={work}"
-    linux.mount("overlay", str(target), "overlay", flags, options)
+    if len(options) < MOUNT_OPTIONS_MAX:
+        linux.mount("overlay", str(target), "overlay", flags, options)
+        return
+    # Mount options end at a page: past ~35 layers under the store's long paths, name the
+    # lower dirs by short links (0, 1, ...) next to `work`, relative to the working
+    # directory of the call, as Docker's overlay2 does with its l/ folder.
+    links = work.parent / (work.name + ".lowers")
+    remove_tree(links)
+    links.mkdir(mode=0o700)
+    for index, lower in enumerate(lowers):
+        os.symlink(lower, links / str(index))
+    back = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(links)
+        relative = ":".join(str(i) for i in range(len(lowers)))
+        linux.mount("overlay", str(target), "overlay", flags,
+                    f"lowerdir={relative},upperdir={upper},workdir={work}")
+    finally:
+        os.fchdir(back)
+        os.close(back)
 
 
 def copy_layers(layer_dirs: Sequence[Path], target: Path) -> None:
