@@ -44,5 +44,5 @@ def test_a_failure_in_the_helper_comes_back_as_a_build_failure(tmp_path: Path) -
     def fail() -> None:
         raise RuntimeFailure("the step's own message")
 
-    with pytest.raises(BuildFailure, match="^the step's own message$"):
+    with pytest.raises(BuildFailure, match=r"^the step's own message$"):
         in_overlays([Overlay([], tmp_path / "step")], fail)
