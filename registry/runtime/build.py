@@ -15,23 +15,20 @@ a base layer is not gzip) and layer blobs, unpacked layers, and an image record 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import posixpath
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.oci import mediatypes as mt
-from registry.oci.digest import Digest
-from registry.oci.manifest import Platform, parse_manifest
+from registry.oci.manifest import Platform
 from registry.runtime import buildconfig as bc
 from registry.runtime.buildcache import BuildCache, FileDigests
 from registry.runtime.buildconfig import ImageState, LayerRef
 from registry.runtime.buildcontext import CopyOptions, SourceRoot, content_key
+from registry.runtime.buildimage import from_record, store_image
 from registry.runtime.dockerfile import Dockerfile, Instruction, Stage
 from registry.runtime.errors import BuildFailure, DockerfileError, RuntimeFailure
 from registry.runtime.images import ImageIndex, ImageRecord
@@ -46,7 +43,6 @@ if TYPE_CHECKING:
 # The steps that run containers and mount overlays (`buildsteps`) and the HTTP client
 # (`pull`) are imported where a step misses the cache or an image is missing: a build that
 # is all cache hits does not pay for loading them.
-GZIP_TYPES = frozenset({mt.OCI_LAYER_GZIP, mt.DOCKER_LAYER_GZIP})
 METADATA = ("ENV", "LABEL", "USER", "EXPOSE", "VOLUME", "CMD", "ENTRYPOINT", "SHELL",
             "STOPSIGNAL", "HEALTHCHECK", "MAINTAINER")
 
@@ -88,22 +84,6 @@ class _StageRun:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def from_record(store: Store, record: ImageRecord) -> ImageState:
-    """A pulled (or built) image as the start of a stage."""
-    config = json.loads(store.read_blob(record.id))
-    manifest = parse_manifest(store.read_blob(record.manifest_digest),
-                              record.manifest_media_type or None)
-    layers = [LayerRef(d.digest, diff_id, d.size, d.media_type)
-              for d, diff_id in zip(manifest.layers, record.diff_ids, strict=True)]
-    sources = {k: list(v) for k, v in record.blob_sources.items()}
-    if "/" in record.repository:
-        for layer in layers:
-            known = sources.setdefault(layer.digest, [])
-            if record.repository not in known:
-                known.append(record.repository)
-    return ImageState(config, layers, bc.cache_key("", ["FROM", record.id]), sources)
 
 
 class Builder:
@@ -155,7 +135,7 @@ class Builder:
         unused = sorted(set(self.options.build_args) - self.used_args)
         if unused:
             self.say(f"[Warning] One or more build-args [{' '.join(unused)}] were not consumed")
-        record = self._store_image(self.stages[-1].state)
+        record = store_image(self.store, self.stages[-1].state, self._tags())
         self.say(f"Successfully built {record.id.split(':')[1][:12]}")
         for tag in record.refs:
             if tag in self._tags():
@@ -454,63 +434,6 @@ class Builder:
         return state, None, state.key
 
     # --- the result ----------------------------------------------------------------------
-
-    def _store_image(self, state: ImageState) -> ImageRecord:
-        images = ImageIndex(self.store)
-        config = state.config_bytes()
-        image_id = state.image_id
-        tags = self._tags()
-        existing = images.load().get(image_id)
-        if existing is not None and self.store.has_blob(existing.manifest_digest):
-            if not set(tags) <= set(existing.refs):  # else nothing changes: a cached rebuild
-                images.add(existing, tags)
-                existing = images.get(image_id)
-            return existing
-        self.store.put_blob(image_id, config)
-        docker = all(layer.media_type in GZIP_TYPES for layer in state.layers)
-        layers = []
-        for layer in state.layers:
-            media_type = layer.media_type
-            if media_type in GZIP_TYPES:
-                media_type = mt.DOCKER_LAYER_GZIP if docker else mt.OCI_LAYER_GZIP
-            layers.append({"mediaType": media_type, "size": layer.size, "digest": layer.digest})
-        manifest_type = mt.DOCKER_MANIFEST if docker else mt.OCI_MANIFEST
-        doc: dict[str, Any] = {
-            "schemaVersion": 2, "mediaType": manifest_type,
-            "config": {"mediaType": mt.DOCKER_CONFIG if docker else mt.OCI_CONFIG,
-                       "size": len(config), "digest": image_id},
-            "layers": layers,
-        }
-        manifest = json.dumps(doc, indent=3).encode()
-        manifest_digest = str(Digest.of(manifest))
-        self.store.put_blob(manifest_digest, manifest)
-        first = parse_reference(tags[0]) if tags else None
-        record = ImageRecord(
-            id=image_id,
-            repository=f"{first.host}/{first.name}" if first else "<none>",
-            manifest_digest=manifest_digest,
-            manifest_media_type=manifest_type,
-            layers=[layer.digest for layer in state.layers],
-            diff_ids=[layer.diff_id for layer in state.layers],
-            platform=format_platform(Platform(str(state.config.get("architecture", "")),
-                                              str(state.config.get("os", "")),
-                                              state.config.get("variant"))),
-            size=sum(_unpacked_size(self.store, layer.diff_id) for layer in state.layers),
-            created=str(state.config.get("created", "")),
-            pulled=time.time(),
-            blob_sources=state.sources,
-        )
-        images.add(record, tags)
-        return images.get(image_id)
-
-
-def _unpacked_size(store: Store, diff_id: str) -> int:
-    """What `images` shows for a layer, as for a pulled one: the bytes of its files."""
-    try:
-        return int(json.loads((store.layer_dir(diff_id) / "layer.json").read_text())["size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-
 
 def default_output() -> Callable[[str], None]:
     def say(line: str) -> None:
