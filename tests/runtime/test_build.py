@@ -286,3 +286,27 @@ RUN echo dropped > /data/file && echo kept > /kept
                                                     tar.getnames())
     out = run_in(ref, "ls /d/old; test -e /gone || echo gone; ls /data; cat /kept")
     assert out.stdout == "new\ngone\nkept\n"
+
+
+def test_arg_scoping(base: str, store: Store, tmp_path: Path,
+                     registry_server: RegistryServer) -> None:
+    """ARGs before FROM are seen by FROM only, until a stage declares them again (then with
+    their value); an ARG is empty before its line; ENV wins over an ARG of the same name;
+    a stage's ARGs end with it; RUN sees them in its environment, not the image's config."""
+    context = write_context(tmp_path / "ctx", {"Dockerfile": f"""ARG WHERE=meta
+ARG IMAGE={base}
+FROM $IMAGE AS first
+RUN echo "before=[$LATE] where=[$WHERE]" > /args
+ARG LATE=late
+ARG WHERE
+ENV SHADOW=env
+ARG SHADOW=arg
+RUN echo "late=[$LATE] where=[$WHERE] shadow=[$SHADOW]" >> /args
+FROM first
+RUN echo "next=[$LATE]" >> /args
+"""})
+    ref = f"{registry_server.host}/build/args:v1"
+    done = build(context, "-t", ref, "--build-arg", "LATE=given")
+    assert done.returncode == 0, done.stderr
+    assert run_in(ref, "cat /args; env | grep -c '^LATE=' || true").stdout.splitlines() == [
+        "before=[] where=[]", "late=[given] where=[meta] shadow=[env]", "next=[]", "0"]
