@@ -31,7 +31,6 @@ from registry.runtime.buildmount import Overlay, in_overlays
 from registry.runtime.errors import BuildFailure, Interrupted, StartFailure
 from registry.runtime.layerdiff import commit_upper, strip_bookkeeping
 from registry.runtime.rootfs import makedirs_in, secure_join
-from registry.runtime.sandbox import FORWARDED_SIGNALS
 from registry.runtime.spec import build_env
 from registry.runtime.state import Container, ContainerStore, Mount, new_id
 from registry.runtime.store import Store, remove_tree
@@ -111,25 +110,44 @@ def run_step(store: Store, state: ImageState, step: RunStep,
         remove_tree(scratch)
 
 
+STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _run_container(store: Store, container: Container) -> tuple[int, bool]:
-    """Run it in the foreground (its output on ours); its exit code, and whether the user
-    interrupted it (a second Ctrl-C kills it)."""
-    saved = {sig: signal.getsignal(sig) for sig in FORWARDED_SIGNALS}
+    """Run it in the foreground (its output on ours); its exit code, and whether the build
+    was interrupted. Ctrl-C (or SIGTERM, SIGHUP) stops the build as it stops `docker
+    build`: the container is killed at once (its shell, pid 1 of its namespace, would
+    ignore a forwarded SIGINT)."""
+    saved = {sig: signal.getsignal(sig) for sig in STOPPING_SIGNALS}
+    stopped: list[int] = []
+    own_pid = os.getpid()
+
+    def stop(signum: int, _frame: object) -> None:
+        if os.getpid() != own_pid:
+            return  # a just-forked child, before it resets its handlers
+        stopped.append(signum)
+        if container.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(container.pid, signal.SIGKILL)
+
     sys.stdout.flush()
     sys.stderr.flush()
     supervisor = Supervisor(store, container)
     try:
-        supervisor.forward_signals()
+        for sig in STOPPING_SIGNALS:
+            signal.signal(sig, stop)
         try:
             supervisor.start()
         except StartFailure as exc:
             raise BuildFailure(f"the command '{' '.join(container.argv)}' could not start: "
                                f"{exc.message}", 1) from None
+        if stopped:
+            stop(stopped[0], None)
         code = supervisor.wait()
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-    return code, supervisor.interrupted
+    return code, bool(stopped)
 
 
 @dataclass(frozen=True)

@@ -159,11 +159,6 @@ class Supervisor:
 
     # --- wait and finish ------------------------------------------------------------------
 
-    @property
-    def interrupted(self) -> bool:
-        """Whether Ctrl-C came while the container ran (a build then stops)."""
-        return self._interrupts > 0
-
     def forward_signals(self) -> None:
         """Install before `start`: signals that come before pid 1 exists wait for it."""
 

@@ -7,7 +7,10 @@ import gzip
 import io
 import lzma
 import os
+import signal
+import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ import pytest
 from registry.runtime.store import Store
 from runtime.buildhelp import build, config_of, push_base, run_in, write_context
 from runtime.imaging import Pusher
-from runtime.runner import ROOT, cli
+from runtime.runner import CLI, PROJECT, ROOT, cli
 
 from support.server import RegistryServer
 
@@ -310,3 +313,29 @@ RUN echo "next=[$LATE]" >> /args
     assert done.returncode == 0, done.stderr
     assert run_in(ref, "cat /args; env | grep -c '^LATE=' || true").stdout.splitlines() == [
         "before=[] where=[]", "late=[given] where=[meta] shadow=[env]", "next=[]", "0"]
+
+
+def test_ctrl_c_stops_the_build_and_its_container(
+        base: str, store: Store, tmp_path: Path) -> None:
+    """One Ctrl-C stops a build as it stops `docker build`: the RUN's container is killed
+    (its shell, pid 1 of its namespace, would not die of SIGINT), nothing is left behind."""
+    context = write_context(tmp_path / "ctx", {
+        "Dockerfile": f"FROM {base}\nRUN echo started; sleep 60; echo finished\n"})
+    process = subprocess.Popen([*CLI, "build", "--no-cache", str(context)], cwd=PROJECT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line == "started\n":
+                break
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130 and time.monotonic() - started < 10
+    assert "finished" not in out and "Error: interrupted" in err
+    assert cli("ps", "-aq").stdout == ""
+    assert list((store.root / "tmp").iterdir()) == []
