@@ -87,6 +87,9 @@ def _now() -> str:
 
 
 class Builder:
+    """One build: `build()` runs the stages and stores the image (see the module docstring).
+    `say` prints a line of progress; `console` makes where a pull shows its bars."""
+
     def __init__(self, store: Store, options: BuildOptions,
                  say: Callable[[str], None] | None = None,
                  console: Callable[[], Console] | None = None) -> None:

@@ -69,7 +69,8 @@ def prepare_mount_points(rootfs: str) -> None:
         for name in ETC_FILES:
             target = secure_join(rootfs, f"/etc/{name}")
             if not os.path.lexists(target):
-                os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                os.close(os.open(target, flags, 0o644))
 
 
 def run_step(store: Store, state: ImageState, step: RunStep,
