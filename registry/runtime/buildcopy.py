@@ -46,7 +46,7 @@ class _Session:
     owner: tuple[int, int] | None
     chmod: int | None
     touched: dict[str, tuple[int, int]] = field(default_factory=dict)  # dir -> times
-    made: set[str] = field(default_factory=set)
+    made: dict[str, int] = field(default_factory=dict)  # folders made -> their mtime, set last
     # folders copied, their metadata set last (entries made in them change their times),
     # with the owner their copy gives them (None: the source's own, as ADD's archives)
     dir_meta: list[tuple[str, os.stat_result, tuple[int, int] | None]] = field(
@@ -112,8 +112,7 @@ def _make_dirs(session: _Session, path: str, owner: tuple[int, int], mtime: int)
         os.mkdir(folder, 0o755)
         os.chown(folder, *owner)
         os.chmod(folder, 0o755)
-        os.utime(folder, ns=(mtime, mtime))
-        session.made.add(folder)
+        session.made[folder] = mtime
     return host
 
 
@@ -165,7 +164,7 @@ def _copy_entry(session: _Session, path: str, st: os.stat_result, target: str,
     if stat.S_ISDIR(mode):
         if not _clear(session, target, keep_dir=True):
             os.mkdir(target, 0o700)
-            session.made.add(target)
+            session.made[target] = st.st_mtime_ns
         session.dir_meta.append((target, st, session.owner))
         return
     if stat.S_ISSOCK(mode):
@@ -195,10 +194,9 @@ def _copy_folder(session: _Session, root: SourceRoot, source: Source, dest: str)
     if not os.path.lexists(target_root):
         session.entering(os.path.dirname(target_root))
         os.mkdir(target_root, 0o755)
-        session.made.add(target_root)
+        session.made[target_root] = src_st.st_mtime_ns
         os.chown(target_root, *(session.owner or (0, 0)))
         os.chmod(target_root, 0o755)
-        os.utime(target_root, ns=(src_st.st_mtime_ns, src_st.st_mtime_ns))
     elif not os.path.isdir(target_root) or os.path.islink(target_root):
         raise BuildFailure(f"cannot copy the folder {source.given} to {dest}: "
                            "it is not a directory")
@@ -254,9 +252,20 @@ def is_archive(path: str) -> bool:
     return True
 
 
+def _archive_folders(path: str) -> set[str]:
+    """The folders an archive has entries for (the others its files imply)."""
+    try:
+        with _open_archive(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            return {"/".join(p for p in m.name.split("/") if p not in ("", "."))
+                    for m in tar if m.isdir()}
+    except (tarfile.TarError, OSError, EOFError, lzma.LZMAError):
+        return set()  # unpacking says what is wrong with it
+
+
 def _unpack_archive(session: _Session, source: Source, dest: str, scratch: Path) -> None:
     folder = scratch / f"archive-{len(os.listdir(scratch))}"
     folder.mkdir()
+    explicit = _archive_folders(source.path)
     try:
         with _open_archive(source.path) as stream:
             info = unpack_tar(stream, folder, privileged=True)
@@ -267,6 +276,16 @@ def _unpack_archive(session: _Session, source: Source, dest: str, scratch: Path)
     if info.whiteouts or info.opaque_dirs:
         raise BuildFailure(f"ADD {source.given}: the archive holds whiteout entries (.wh.*), "
                            "which only image layers may have")
+    # folders the archive has no entry for were made just now: date them (and the
+    # destination made for the archive) as the archive, so the same archive gives the
+    # same layer
+    stamp = os.stat(source.path).st_mtime_ns
+    os.utime(folder, ns=(stamp, stamp))
+    for top, dirs, _ in os.walk(folder):
+        for name in dirs:
+            path = os.path.join(top, name)
+            if os.path.relpath(path, folder) not in explicit:
+                os.utime(path, ns=(stamp, stamp), follow_symlinks=False)
     unpacked = SourceRoot(str(folder), what=f"archive {source.given}")
     kept = _Session(session.rootfs, None, session.chmod, session.touched, session.made,
                     session.dir_meta)
@@ -288,8 +307,13 @@ def copy_into(rootfs: str, root: SourceRoot, sources: list[Source], dest: str,
             _copy_folder(session, root, source, dest)
         else:
             _copy_file(session, source, dest)
+    # times last, as every entry made in a folder moved its time: existing folders get
+    # theirs back, folders made here their source's, copied ones (below) their own
     for folder, times in session.touched.items():
         with contextlib.suppress(FileNotFoundError):
             os.utime(folder, ns=times, follow_symlinks=False)
+    for folder, mtime in session.made.items():
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(folder, ns=(mtime, mtime), follow_symlinks=False)
     for target, st, kept_owner in reversed(session.dir_meta):
         _metadata(session, target, st, kept_owner)
