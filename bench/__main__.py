@@ -3,8 +3,8 @@
 Workloads: push-monolithic, push-chunked, pull, pull-redirect (S3 only), head-blob,
 head-blob-token, get-manifest, get-manifest-token, get-small-blob, get-small-blob-token,
 small-pushes, push-parallel, memory, docker, scale (the -token ones with token auth on both
-servers). Progress goes to stderr, the table to stdout. `--storage s3` runs both registries
-on one SeaweedFS, with S3's own throughput (boto3, no registry) as the ceiling.
+servers), build. Progress goes to stderr, the table to stdout. `--storage s3` runs both
+registries on one SeaweedFS, with S3's own throughput (boto3, no registry) as the ceiling.
 """
 
 from __future__ import annotations
@@ -199,6 +199,14 @@ def _run(args: argparse.Namespace, settings: Settings, base: Path) -> int:
                 results.note(workload.name, f"skipped: {why_not}")
                 continue
             log(f"[{workload.name}] {workload.title}")
+            if getattr(workload, "own_runner", False):  # builders, not registries (build)
+                try:
+                    workload.run_all(ctx, results, args.repeat)
+                finally:
+                    close = getattr(workload, "close", None)
+                    if close is not None:
+                        close()
+                continue
             try:
                 run_workload(
                     workload, ctx, results, args.repeat, args.workers, args.profile,

@@ -28,6 +28,7 @@ class Metric:
     ceiling: str | tuple[str, ...] | None = None
     target: bool = True  # compared against Distribution (False: informational)
     limit: float | None = None  # an absolute target instead: our median at most this
+    goal: float | None = None  # the ratio to reach, when not 1.0 (e.g. 0.5: twice as fast)
 
 
 @dataclass
@@ -87,7 +88,8 @@ def meets(metric: Metric, ratio_value: float | None, ours: float | None) -> bool
         return None if ours is None else ours <= metric.limit
     if ratio_value is None or not metric.target:
         return None
-    return ratio_value >= 1.0 if metric.better == "higher" else ratio_value <= 1.0
+    goal = metric.goal if metric.goal is not None else 1.0
+    return ratio_value >= goal if metric.better == "higher" else ratio_value <= goal
 
 
 def summarize(results: Results) -> dict[str, Any]:

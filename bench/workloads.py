@@ -43,6 +43,8 @@ class Settings:
     scale_samples: int = 300
     docker_layers: int = 5
     docker_layer_mib: int = 40
+    build_files: int = 400
+    build_mib: int = 12
     limits_mib: int = 1024
     client: str = "auto"
 
@@ -51,7 +53,7 @@ class Settings:
         return cls(
             blob_mib=128, pulls=2, flood_seconds=4.0, small_count=100, parallel_mib=16,
             memory_mib=256, scale_tags=5_000, scale_repos=500, scale_samples=15,
-            docker_layer_mib=8, limits_mib=256,
+            docker_layer_mib=8, limits_mib=256, build_files=120, build_mib=3,
         )  # fmt: skip
 
 
@@ -437,6 +439,7 @@ class SmallPushes(Workload):
 
 
 def all_workloads() -> list[Workload]:
+    from bench.buildflow import Build
     from bench.dockerflow import DockerPushPull
     from bench.scale import Scale
 
@@ -444,5 +447,5 @@ def all_workloads() -> list[Workload]:
     return [
         PushMonolithic(), PushChunked(), Pull(), PullRedirected(), HeadBlob(), HeadBlobToken(),
         GetManifest(), GetManifestToken(), GetSmallBlob(), GetSmallBlobToken(), SmallPushes(),
-        ParallelPushes(), Memory(), DockerPushPull(), Scale(),
+        ParallelPushes(), Memory(), DockerPushPull(), Scale(), Build(),
     ]  # fmt: skip

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -92,10 +92,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _light_parser(command: str) -> argparse.ArgumentParser | None:
+    """The parser of a command that loads alone (`registry build`: a fully cached build
+    is over before the HTTP client or the server's modules would have loaded)."""
+    try:
+        from registry.runtime.commands import LIGHT_COMMANDS, add_commands
+    except ImportError:
+        return None
+    if command not in LIGHT_COMMANDS:
+        return None
+    parser = argparse.ArgumentParser(prog="registry", description=__doc__)
+    add_commands(parser.add_subparsers(dest="command", required=True),
+                 (LIGHT_COMMANDS[command],))
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Ctrl-C at any point, even while modules load, ends it with 130
     and no traceback (the modules a command needs load here, not before)."""
     try:
+        _name_process()
+        words = list(sys.argv[1:] if argv is None else argv)
+        light = _light_parser(words[0]) if words else None
+        if light is not None:
+            light_args = light.parse_args(words)
+            return _done(int(light_args.func(light_args)), argv)
+        import logging
+
         from registry.config import ConfigError
 
         args = build_parser().parse_args(argv)
@@ -105,12 +128,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("alembic", "httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         try:
-            return int(args.func(args))
+            return _done(int(args.func(args)), argv)
         except ConfigError as exc:
             print(f"registry: configuration error: {exc}", file=sys.stderr)
-            return 2
+            return _done(2, argv)
     except KeyboardInterrupt:
         interrupted()
+
+
+def _done(code: int, argv: Sequence[str] | None) -> int:
+    """The command's exit code. Run as the program (arguments from sys.argv), Ctrl-C is
+    blocked from here on: the interpreter restores SIGINT's default action as it finalizes,
+    and a Ctrl-C then would kill the process by the signal instead of exiting with `code`.
+    (Called with arguments, by a test in its own process, it changes nothing.)"""
+    if argv is None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    return code
+
+
+def _name_process() -> None:
+    """`registry` in ps and /proc/PID/comm rather than `python3`; also the sign that this
+    process has left the interpreter's own start-up for our code."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, b"registry", 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 def interrupted() -> NoReturn:

@@ -84,6 +84,7 @@ class Container:
     seccomp: str = "default"  # default, unconfined or custom (then seccomp_profile)
     seccomp_profile: dict[str, Any] | None = None
     no_new_privileges: bool = False
+    extra_lowers: list[str] = field(default_factory=list)  # above the image's (a build's)
     created: float = field(default_factory=time.time)
     status: str = "created"
     pid: int = 0

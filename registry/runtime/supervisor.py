@@ -101,7 +101,8 @@ class Supervisor:
         self._prepare()
         launch = Launch(
             container=c,
-            lowers=[self.store.layer_dir(d) / "fs" for d in c.diff_ids],
+            lowers=[self.store.layer_dir(d) / "fs" for d in c.diff_ids]
+            + [Path(p) for p in c.extra_lowers],
             container_dir=self.dir,
             storage=os.environ.get("POCKET_RUNTIME_STORAGE", "auto"),
             cgroup_fds=self.cgroup.open_procs(),

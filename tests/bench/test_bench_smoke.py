@@ -208,3 +208,21 @@ def test_servers_in_token_mode_refuse_requests_without_a_token(tmp_path: Path, s
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.split() == ["401", "True", "404", "200"]
+
+def test_build_workload_measures_both_builders(tmp_path: Path) -> None:
+    """Ours and docker's classic builder, cold and cached, on a tiny context (root only:
+    building needs it; the private dockerd is the tests' own)."""
+    _require_distribution()
+    if os.geteuid() != 0:
+        pytest.skip("building needs root")
+    out = tmp_path / "report.json"
+    done = _run_bench(tmp_path, "--only", "build", "--repeat", "1", "--no-limits",
+                      "--build-files", "12", "--build-mib", "1", "--json", str(out))
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    metrics = json.loads(out.read_text())["workloads"]["build"]["metrics"]
+    assert set(metrics) == {"cold_s", "cached_s", "cold_cpu_s", "cached_cpu_s"}
+    for metric in metrics.values():
+        for side in ("ours", "distribution"):
+            assert len(metric[side]["samples"]) == 1 and metric[side]["median"] > 0
+    assert metrics["cached_s"]["meets_target"] == (metrics["cached_s"]["ratio"] <= 0.5)
+    assert "docker" in done.stdout
