@@ -193,17 +193,16 @@ async def ensure_keys(config: Config) -> None:
     """Read the signing keys of these settings (make one if none); errors as ConfigError."""
     shared = config.auth.keys_store == "database"
     db = Database(config.database_url, pool_size=1) if shared else None
+    where = "the database" if shared else str(keys_folder(config))
     try:
-        ring = key_ring(config, db)
-        try:
-            await ring.ensure()
-        except (KeyStoreError, OSError) as exc:
-            raise ConfigError(f"signing keys in {ring.store.where}: {exc}") from None
-        except SQLAlchemyError as exc:
-            raise ConfigError(
-                f"signing keys in the database: {exc.__class__.__name__}: {exc} (is the "
-                "schema current? `registry migrate`)"
-            ) from None
+        await key_ring(config, db).ensure()
+    except (KeyStoreError, OSError) as exc:
+        raise ConfigError(f"signing keys in {where}: {exc}") from None
+    except SQLAlchemyError as exc:
+        raise ConfigError(
+            f"signing keys in the database: {exc.__class__.__name__}: {exc} (is the schema "
+            "current? `registry migrate`)"
+        ) from None
     finally:
         if db is not None:
             await db.dispose()

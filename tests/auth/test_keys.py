@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select, update
 
-from registry.auth.key_stores import DatabaseKeys, FolderKeys, sealing_key
+from registry.auth.key_stores import DatabaseKeys, FolderKeys, seal, sealing_key
 from registry.auth.keys import (
     RETIRE_MARGIN,
     KeyChange,
@@ -194,6 +194,29 @@ async def test_rotation_overlap_and_retirement_across_processes(backing: Backing
     fresh = backing.ring(clock, **settings)
     assert await fresh.verification_key(old.kid) is None
     assert [k.kid for k in fresh.current()] == [new.kid]
+
+
+async def test_an_old_key_ends_on_time_however_late_it_signed(backing: Backing) -> None:
+    """A rotation made elsewhere (`registry keys rotate`): B signs with the old key until it
+    learns of the new one; the old key still ends `overlap` after the new key was made, the
+    same moment on every replica, whenever B last signed with it."""
+    clock = Clock()
+    a = backing.ring(clock, overlap_seconds=30)
+    b = backing.ring(clock, overlap_seconds=30)
+    old = await b.signing_key()
+    clock.now += 10
+    await a.ensure(rotate_now=True)
+    new = a.current()[-1]
+    clock.now += 5
+    assert (await b.signing_key()).kid == old.kid  # B has not looked since
+    assert await b.verification_key(new.kid) is not None  # a token of the new key: B looks
+    assert (await b.signing_key()).kid == new.kid
+    for ring in (a, b):
+        assert ring.verifies_until(old.kid) == new.created + 30
+        clock.now = new.created + 29.999
+        assert ring.known(old.kid) is not None
+        clock.now = new.created + 30.001
+        assert ring.known(old.kid) is None
 
 
 async def test_a_key_made_elsewhere_is_found_at_once(backing: Backing) -> None:
@@ -372,3 +395,17 @@ def test_a_short_secret_is_refused() -> None:
     with pytest.raises(KeyStoreError, match="at least 32"):
         sealing_key("x" * 31)
     sealing_key("x" * 32)
+
+
+@database_only
+async def test_a_row_whose_key_is_not_its_kid_is_refused(backing: Backing) -> None:
+    """Sealed with the right secret, but under another key's kid (a bug, or someone holding
+    the secret): refused, rather than verifying tokens in the other key's name."""
+    ring = backing.ring(Clock())
+    key = await ring.signing_key()
+    store = backing.store()
+    assert isinstance(store, DatabaseKeys)
+    other = SigningKey("x" * 43, key.algorithm, key.private_key, key.created + 1)
+    await store.table.change(lambda rows: (seal(sealing_key(SECRET), other), []))
+    with pytest.raises(KeyStoreError, match="not the key it names"):
+        await backing.ring(Clock()).read()
