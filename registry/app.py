@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from registry.api.context import Services
 from registry.api.routes import ROUTES
 from registry.auth import AccessController, AllowAll
-from registry.auth.routes import access_controller, auth_routes, with_audit_trail
+from registry.auth.routes import access_controller, auth_routes, signing_keys, with_audit_trail
 from registry.config import Config, ConfigError
 from registry.errors import DiskFull, NameUnknown, RegistryError, Unsupported
 from registry.health import Probes, start_metrics_listener
@@ -220,6 +220,10 @@ def create_app(
             asyncio.create_task(run_periodically(services)),
             asyncio.create_task(metrics.sample_pool(db)),
         ]
+        keys = signing_keys(services.access)
+        if keys is not None:
+            await keys.ensure()  # read (made by `serve` before the workers started)
+            tasks.append(asyncio.create_task(keys.keep_fresh()))
         side = None
         if metrics_addr:
             side = await start_metrics_listener(metrics_addr, probes, services)

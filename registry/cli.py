@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     from registry.auth.cli import add_commands as add_account_commands
 
     add_account_commands(commands)
+    from registry.auth.key_commands import add_commands as add_key_commands
+
+    add_key_commands(commands)
     return parser
 
 

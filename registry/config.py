@@ -109,7 +109,9 @@ class AuthConfig:
     realm: str = ""  # token endpoint URL in challenges; empty: <public_url or Host>/auth/token
     service: str = "pocket-registry"  # the `service` of challenges, and the tokens' audience
     issuer: str = "pocket-registry"  # `iss` of the tokens we sign
+    keys_store: str = "folder"  # signing keys: "folder" (keys_dir) or "database" (shared)
     keys_dir: str = ""  # signing keys; empty: <data_dir>/auth/keys
+    keys_secret: str = ""  # keys_store database: seals the keys (REGISTRY_AUTH_KEYS_SECRET_FILE)
     signing_algorithm: str = "ES256"  # ES256 or RS256
     algorithms: list[str] = field(default_factory=lambda: ["ES256", "RS256"])  # accepted
     token_ttl_seconds: int = 300

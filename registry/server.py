@@ -12,7 +12,7 @@ import uvicorn
 
 from registry.allocator import keep_freed_buffers
 from registry.app import create_app
-from registry.auth.services import preflight
+from registry.auth.services import preflight, prepare_keys
 from registry.config import Config, ConfigError, settings, worker_count
 from registry.filemodes import secure_data
 from registry.http_limits import OTHER_FILES, HttpLimits, raise_open_file_limit
@@ -62,7 +62,7 @@ def serve(config: Config, workers: int | None = None) -> int:
     logging.config.dictConfig(log_config)  # this process's lines too, in the chosen format
     secure_data(config)  # owner-only files from here on, whatever the umask
     limits = HttpLimits.from_config(config.server)
-    preflight(config)  # no auth off loopback unless insecure; auth settings and keys
+    preflight(config)  # no auth off loopback unless insecure; auth settings
     tls = tls_files(config)
     if tls is not None:
         check_tls(tls)
@@ -77,6 +77,7 @@ def serve(config: Config, workers: int | None = None) -> int:
         )
     if config.database.auto_migrate:
         upgrade_schema(config.database_url)
+    prepare_keys(config)  # the signing keys read, or made, before any worker starts
     count = workers or worker_count(config.server.workers)
     scheme = "https" if tls is not None else "http"
     log.info("registry listening on %s://%s:%d (data in %s)", scheme, host, port, config.data_dir)

@@ -74,7 +74,7 @@ async def _grant(
     auth: AuthServices, principal: Principal, wanted: list[Scope]
 ) -> tuple[str, list[Scope], float, int]:
     granted = (await auth.accounts.permissions(principal)).grant(wanted)
-    issued = auth.issuer.issue(principal.subject, granted, principal.account)
+    issued = await auth.issuer.issue(principal.subject, granted, principal.account)
     return issued.token, granted, issued.issued_at, issued.expires_in
 
 
@@ -179,4 +179,4 @@ async def post_token(request: Request) -> Response:
 
 async def jwks(request: Request) -> Response:
     auth = auth_services(request)
-    return JSONResponse(auth.keys.jwks(), headers={"Cache-Control": "max-age=60"})
+    return JSONResponse(await auth.keys.jwks(), headers={"Cache-Control": "max-age=60"})

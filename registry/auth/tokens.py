@@ -126,10 +126,10 @@ class TokenIssuer:
         self.keys, self.issuer, self.audience = keys, issuer, audience
         self.ttl_seconds, self.clock = ttl_seconds, clock
 
-    def issue(
+    async def issue(
         self, subject: str, access: Iterable[Scope], account: str | None = None
     ) -> IssuedToken:
-        key = self.keys.signing_key()
+        key = await self.keys.signing_key()
         now = int(self.clock())
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -300,7 +300,7 @@ class TokenVerifier:
         if issuer == self.issuer:
             if algorithm not in self.algorithms:
                 raise InvalidToken("signing algorithm not allowed")
-            signing = self.keys.verification_key(kid) if kid else None
+            signing = await self.keys.verification_key(kid) if kid else None
             if signing is None:
                 raise InvalidToken("unknown signing key")
             key: Any = signing.public_key
@@ -337,10 +337,10 @@ class TokenVerifier:
 
     def still_trusted(self, verified: VerifiedToken) -> bool:
         """Whether the key that verified this token still verifies tokens (without reading
-        the folder or fetching a JWKS): a key rotated out, or gone from a trusted issuer's
+        the key store or fetching a JWKS): a key rotated out, or gone from a trusted issuer's
         JWKS, ends the tokens it signed, cached ones included."""
         if verified.builtin:
-            return verified.kid is not None and self.keys.verification_key(verified.kid) is not None
+            return verified.kid is not None and self.keys.known(verified.kid) is not None
         trusted = self.trusted.get(verified.issuer)
         return trusted is not None and trusted.known(verified.kid) is not None
 

@@ -248,3 +248,15 @@ login_failures = Table(
     Column("failures", Integer, nullable=False),
     Column("window_started_at", DateTime(timezone=True), nullable=False),
 )
+
+# Token-signing keys shared by every replica (`auth.keys_store: database`; registry/auth/
+# key_stores.py). The private key is sealed with AES-256-GCM under `auth.keys_secret`; the
+# newest signs, older ones verify until their successor has signed for a token's lifetime.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),  # the RFC 7638 thumbprint of its public key
+    Column("algorithm", String(16), nullable=False),  # ES256 or RS256
+    Column("created_ms", BigInteger, nullable=False),  # unix milliseconds; orders the keys
+    Column("sealed_key", LargeBinary, nullable=False),  # 0x01, nonce, AES-GCM(PKCS#8 DER)
+)

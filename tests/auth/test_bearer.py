@@ -20,6 +20,7 @@ from registry.auth.accounts import Accounts
 from registry.auth.audit import AuditLog
 from registry.auth.bearer import AccountGone, BearerTokens
 from registry.auth.cache import VerifiedCache
+from registry.auth.key_stores import FolderKeys
 from registry.auth.keys import KeyRing
 from registry.auth.ratelimit import LoginLimiter, LoginLimits
 from registry.auth.scopes import Scope
@@ -44,8 +45,9 @@ class World:
     def __init__(self, identity: IdentityStore, folder: Path, recheck: float) -> None:
         self.identity = identity
         self.clock = Clock()
-        self.keys = KeyRing(folder, rotation_seconds=1000, overlap_seconds=100, clock=self.clock)
-        self.keys.ensure()
+        self.keys = KeyRing(
+            FolderKeys(folder), rotation_seconds=1000, overlap_seconds=100, clock=self.clock
+        )
         limiter = LoginLimiter(identity, LoginLimits(5, 100, 300))
         self.accounts = Accounts(identity, limiter, AuditLog(identity), 3600)
         self.issuer = TokenIssuer(self.keys, SERVICE, SERVICE, 300)
@@ -56,7 +58,7 @@ class World:
         made = await management.create_token(self.identity, name, ["x/*:pull"])
         robot = await self.accounts.login(made.name, made.secret, "10.0.0.1")
         access = [Scope("repository", "x/app", ("pull",))]
-        return made.name, self.issuer.issue(robot.subject, access, robot.account).token
+        return made.name, (await self.issuer.issue(robot.subject, access, robot.account)).token
 
 
 @pytest.fixture
@@ -118,7 +120,7 @@ async def test_a_key_rotated_out_ends_its_cached_tokens(
     _name, token = await world.robot_token()
     await world.bearer.authenticate(token)
     world.clock.now += 1000  # rotation due: a new key signs from now on...
-    world.keys.signing_key()
+    await world.keys.signing_key()
     world.clock.now += 50  # ...and the old one still verifies within the overlap
     await world.bearer.authenticate(token)
     world.clock.now += 51

@@ -137,3 +137,21 @@ def test_htpasswd_import(tmp_path: Path) -> None:
     with sqlite3.connect(data / "registry.db") as db:
         stored = dict(db.execute("SELECT name, password_hash FROM users").fetchall())
     assert stored["dave"].startswith("$argon2id$") and stored["erin"].startswith("$argon2id$")
+
+
+def test_keys_list_and_rotate(tmp_path: Path) -> None:
+    """`registry keys`, on the default store (the folder), as the server would read it."""
+    data = tmp_path / "data"
+    assert json.loads(ok(data, "keys", "list", "--json")) == []  # listing makes none
+    [first] = json.loads(ok(data, "keys", "rotate", "--json"))
+    assert first["algorithm"] == "ES256" and first["verifies_until"] is None
+    assert (data / "auth" / "keys").is_dir()
+    first_again, second = json.loads(ok(data, "keys", "rotate", "--json"))
+    assert first_again["kid"] == first["kid"] and first_again["verifies_until"]
+    assert second["kid"] != first["kid"] and second["verifies_until"] is None
+    table = ok(data, "keys", "list")
+    assert table.splitlines()[0].split() == ["KID", "ALGORITHM", "CREATED", "VERIFIES_UNTIL"]
+    assert first["kid"] in table and second["kid"] in table
+    done = run_cli(data, "keys", "list", env={"REGISTRY_AUTH_KEYS_STORE": "database"})
+    assert done.returncode == 2 and "at least 32 characters" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -5,7 +5,9 @@ in the middle of a series of pulls, which all succeed."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import shutil
 import socket
 import ssl
@@ -102,6 +104,7 @@ def secrets(folder: Path, ca: CertificateAuthority) -> Path:
         "tls.pem": issued.certificate.read_bytes() + issued.key.read_bytes(),
         "db_password": uuid.uuid4().hex.encode(),
         "s3_secret_key": s3_secret.encode(),
+        "keys_secret": base64.b64encode(os.urandom(32)),
         "s3.json": json.dumps({"identities": [{
             "name": "registry",
             "credentials": [{"accessKey": "registry", "secretKey": s3_secret}],

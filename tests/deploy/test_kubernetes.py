@@ -88,7 +88,9 @@ def test_the_replicated_variant_is_for_a_company() -> None:
         "REGISTRY_DATABASE_PASSWORD_FILE",
         "REGISTRY_STORAGE_S3_ACCESS_KEY_FILE",
         "REGISTRY_STORAGE_S3_SECRET_KEY_FILE",
+        "REGISTRY_AUTH_KEYS_SECRET_FILE",
     }
+    assert settings["REGISTRY_AUTH_KEYS_STORE"] == "database"  # the replicas share the keys
     annotations = one("replicated", "Ingress")["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "0"
     assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
@@ -146,10 +148,14 @@ def test_probes_and_metrics_answer_on_a_server_with_these_settings(
         "REGISTRY_SERVER_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
         "REGISTRY_SERVER_PUBLIC_URL": "",
     }
-    local = ("REGISTRY_DATABASE_", "REGISTRY_STORAGE_", "REGISTRY_AUTH_KEY")
+    local = ("REGISTRY_DATABASE_", "REGISTRY_STORAGE_")
     for name in list(env):  # the cluster's services are not here: local ones instead
         if name.startswith(local) or name in ("REGISTRY_SERVER_ADDR", "REGISTRY_DATA_DIR"):
             del env[name]
+    for variable in container(variant).get("env", []):  # secrets, as files of our own
+        if variable["name"] == "REGISTRY_AUTH_KEYS_SECRET_FILE":
+            (tmp_path / "keys-secret").write_text("a test's secret, 32 characters or more\n")
+            env[variable["name"]] = str(tmp_path / "keys-secret")
     server = RegistryServer(tmp_path / "data", env=env)
     server.start()
     try:
