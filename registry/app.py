@@ -22,8 +22,10 @@ from registry.auth import AccessController, AllowAll
 from registry.auth.routes import access_controller, auth_routes, with_audit_trail
 from registry.config import Config
 from registry.errors import DiskFull, NameUnknown, RegistryError, Unsupported
+from registry.gc.admin_api import gc_routes
+from registry.gc.collector import build_collector
+from registry.gc.schedule import run_periodically
 from registry.http_protocol import API_VERSION_HEADER
-from registry.maintenance import run_periodically
 from registry.metadata.db import Database
 from registry.metadata.store import MetadataStore
 from registry.storage.blobstore import BlobStore
@@ -200,19 +202,24 @@ def create_app(config: Config, access: AccessController | None = None) -> ASGIAp
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=64, thread_name_prefix="registry-io")
         )
-        upkeep = asyncio.create_task(run_periodically(services))
+        collector = build_collector(config, services.blobs, db)
+        app.state.collector, app.state.gc_tasks = collector, set()
+        upkeep = asyncio.create_task(
+            run_periodically(collector, config.gc.enabled, config.gc.interval_seconds)
+        )
         # Everything built so far lives as long as the process: keep the cyclic garbage
         # collector from walking it again and again under load.
         gc.freeze()
         try:
             yield
         finally:
-            upkeep.cancel()
-            await asyncio.gather(upkeep, return_exceptions=True)
+            for task in (upkeep, *app.state.gc_tasks):
+                task.cancel()
+            await asyncio.gather(upkeep, *app.state.gc_tasks, return_exceptions=True)
             await db.dispose()
 
     app = Starlette(
-        routes=[*ROUTES, *auth_routes(config)],
+        routes=[*ROUTES, *auth_routes(config), *gc_routes(config)],
         lifespan=lifespan,
         exception_handlers={
             RegistryError: _registry_error,

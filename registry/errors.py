@@ -17,7 +17,8 @@ RegistryError                 base: code, HTTP status, message, detail
 ├── TooManyRequests           429 TOOMANYREQUESTS
 ├── RangeNotSatisfiable       416 RANGE_INVALID (a Range the blob cannot satisfy)
 ├── PayloadTooLarge           413 (a manifest over the size limit)
-└── DiskFull                  503 UNAVAILABLE (the disk under the blobs or the database is full)
+├── DiskFull                  503 UNAVAILABLE (the disk under the blobs or the database is full)
+└── Unavailable               503 UNAVAILABLE (try again shortly: e.g. a blob being collected)
 """
 
 from __future__ import annotations
@@ -147,3 +148,10 @@ class DiskFull(RegistryError):
         503,
         "the registry's disk is full: nothing was stored; retry once space is freed",
     )
+
+
+class Unavailable(RegistryError):
+    """Nothing of the request was kept and the client should try again shortly (a blob whose
+    bytes garbage collection is deleting at this moment, for instance)."""
+
+    code, status, default_message = "UNAVAILABLE", 503, "temporarily unavailable; try again"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -129,6 +129,13 @@ class BlobStore:
 
         Raises DigestInvalid when they do not match; the upload is left for the caller to drop.
         """
+        await self.verify_upload(upload_id, size, digest)
+        await self.place_upload(upload_id, size, digest)
+
+    async def verify_upload(self, upload_id: str, size: int, digest: Digest) -> None:
+        """Check that the upload holds `size` bytes whose digest is `digest`, leaving them
+        where they are (the API reserves the blob against garbage collection before it moves
+        them: registry/gc/). Raises DigestInvalid when they do not match."""
         stored = await self.driver.stat(layout.upload_key(upload_id))
         if (
             stored is None
@@ -149,8 +156,17 @@ class BlobStore:
             raise DigestInvalid(
                 detail={"digest": str(digest), "actual": f"{digest.algorithm}:{actual}"}
             )
+
+    async def place_upload(self, upload_id: str, size: int, digest: Digest) -> None:
+        """Move a verified upload's bytes to the blob's key (unless they are there already)
+        and drop the upload. Raises DigestInvalid when the upload's bytes are gone."""
         key = layout.blob_key(digest)
         if await self.driver.stat(key) != size:
+            if await self.driver.stat(layout.upload_key(upload_id)) != size:
+                raise DigestInvalid(
+                    "the upload's bytes are gone; push the blob again",
+                    detail={"digest": str(digest)},
+                )
             await self.driver.move(layout.upload_key(upload_id), key)
         # else someone stored these bytes already: one copy is enough.
         await self.delete_upload(upload_id)
@@ -163,6 +179,11 @@ class BlobStore:
 
         Raises DigestInvalid when it does not match.
         """
+        await self.verify_data(data, digest)
+        await self.place_data(data, digest)
+
+    async def verify_data(self, data: bytes, digest: Digest) -> None:
+        """Raise DigestInvalid unless `data` hashes to `digest`."""
         hasher = new_hasher(digest.algorithm)
         if len(data) > _HASH_ON_LOOP_BYTES:
             await asyncio.to_thread(hasher.update, data)
@@ -173,6 +194,9 @@ class BlobStore:
             raise DigestInvalid(
                 detail={"digest": str(digest), "actual": f"{digest.algorithm}:{actual}"}
             )
+
+    async def place_data(self, data: bytes, digest: Digest) -> None:
+        """Store verified bytes under the blob's key, unless they are there already."""
         key = layout.blob_key(digest)
         if await self.driver.stat(key) != len(data):
             await self.driver.put(key, data)
@@ -187,10 +211,15 @@ class BlobStore:
 
     async def delete_upload(self, upload_id: str) -> None:
         self._hashers.pop(upload_id, None)
+        await self.driver.abort_upload(layout.upload_key(upload_id))
         await self.driver.delete(layout.upload_prefix(upload_id))
 
     async def delete_blob(self, digest: Digest) -> None:
         await self.driver.delete(layout.blob_key(digest).rsplit("/", 1)[0])
+
+    async def delete_blobs(self, digests: Sequence[Digest]) -> None:
+        """Remove the bytes of many blobs, in one batch of the driver's (garbage collection)."""
+        await self.driver.delete_many([layout.blob_key(digest) for digest in digests])
 
     async def _digest_of_upload(self, upload_id: str, size: int, algorithm: str) -> str:
         if algorithm == DEFAULT_ALGORITHM:

@@ -7,7 +7,9 @@ Keys are relative, `/`-separated paths built only by `registry.storage.layout`.
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +33,15 @@ def storage_error(exc: OSError, what: str) -> StorageError:
     """The driver's error for a failed system call: StorageFull when the disk is full."""
     cls = StorageFull if exc.errno in _FULL else StorageError
     return cls(f"{what}: {exc.strerror or exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """One object found by `StorageDriver.walk`."""
+
+    key: str
+    size: int
+    modified: datetime  # when its bytes were last written (aware, UTC)
 
 
 class AppendWriter(Protocol):
@@ -81,4 +92,28 @@ class StorageDriver(Protocol):
 
     def local_path(self, key: str) -> Path | None:
         """A filesystem path holding the bytes of `key`, when the driver has one."""
+        ...
+
+    # For garbage collection and fsck (registry/gc/) ------------------------------------------
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove these objects (keys, not prefixes); absent ones are not an error.
+
+        One call per batch of a collection, so a backend that can delete many objects in one
+        request must: S3 sends DeleteObjects with up to 1,000 keys each, never a request per
+        key. The filesystem driver also removes the folder of each key when it is left empty.
+        Raises StorageError when some could not be removed (the others may have been).
+        """
+        ...
+
+    async def abort_upload(self, key: str) -> None:
+        """Forget an unfinished upload written at `key` through `append`: its bytes, and
+        whatever the driver keeps for it (S3 aborts the multipart upload, whose parts would
+        otherwise be kept and billed forever). Absent is not an error."""
+        ...
+
+    def walk(self, prefix: str) -> AsyncIterator[StoredObject]:
+        """Every object under `prefix`, at any depth, in no particular order, with its size and
+        modification time: one listing for fsck, not a stat per key (S3: ListObjectsV2 pages).
+        Nothing when the prefix holds nothing."""
         ...
