@@ -249,8 +249,9 @@ class GCStore:
     async def _delete_manifests(
         self, conn: SQLConnection, ids: Sequence[int], cutoff: datetime
     ) -> None:
-        """Delete these manifests; queue their children and subjects (due at once: they lost
-        a parent that was already past its grace period) and their blobs (from now)."""
+        """Delete these manifests; queue their children, subjects and referrers (due at once:
+        they lost a relative that was already past its grace period) and their blobs (from
+        now)."""
         if not ids:
             return
         gone = (
@@ -268,6 +269,15 @@ class GCStore:
                 ).where(manifest_references.c.manifest_id.in_(ids))
             )
         ).all()
+        referrers = (
+            await conn.execute(
+                select(manifests.c.repository_id, manifests.c.digest).where(
+                    tuple_(manifests.c.repository_id, manifests.c.subject_digest).in_(
+                        sorted({(row[1], row[2]) for row in gone})
+                    )
+                )
+            )
+        ).all()
         await conn.execute(delete(manifests).where(manifests.c.id.in_(ids)))
         repository_of = {row[0]: row[1] for row in gone}
         deleted = {(row[1], row[2]) for row in gone}
@@ -275,6 +285,8 @@ class GCStore:
         for row in gone:
             if row[3]:
                 related.setdefault(row[1], set()).add(row[3])
+        for repo_id, digest in referrers:
+            related.setdefault(repo_id, set()).add(digest)
         for manifest_id, kind, digest in references:
             if kind == "manifest":
                 related.setdefault(repository_of[manifest_id], set()).add(digest)

@@ -535,6 +535,14 @@ class MetadataStore:
                     )
                 )
             ).all()
+            referrers = await conn.execute(
+                select(manifests.c.digest).where(
+                    manifests.c.repository_id == repo_id, manifests.c.subject_digest == digest
+                )
+            )
+            related = [d for kind, d in references if kind == "manifest"]
+            related += [target[1]] if target[1] else []  # the subject of a deleted referrer
+            related += referrers.scalars()
             await conn.execute(delete(manifests).where(manifests.c.id == target[0]))
             await conn.execute(
                 delete(tags).where(
@@ -542,8 +550,6 @@ class MetadataStore:
                 )
             )
             # Manifest entries before blob entries, in every transaction (no lock cycles).
-            related = [d for kind, d in references if kind == "manifest"]
-            related += [target[1]] if target[1] else []  # the subject of a deleted referrer
             await self.reviews.queue_manifests(conn, repo_id, related, stamp)
             blob_digests = [d for kind, d in references if kind != "manifest"]
             await self.reviews.queue_blobs(conn, blob_digests, stamp)
