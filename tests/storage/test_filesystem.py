@@ -200,3 +200,68 @@ async def test_append_refuses_offset_past_the_stored_bytes(driver: StorageDriver
     with pytest.raises(StorageError):
         await driver.append("up/data", 10)
     assert await read_all(driver, "up/data") == b"abc"
+
+
+# Garbage collection and fsck (delete_many, abort_upload, walk) ---------------------------------
+
+
+async def test_delete_many(driver: StorageDriver) -> None:
+    for key in ("b/1/data", "b/2/data", "b/3/data"):
+        await driver.put(key, key.encode())
+    await driver.delete_many(["b/1/data", "b/3/data", "b/absent/data"])  # absent: no error
+    assert await driver.stat("b/1/data") is None and await driver.stat("b/3/data") is None
+    assert await read_all(driver, "b/2/data") == b"b/2/data"
+    await driver.delete_many([])
+
+
+async def test_delete_many_refuses_an_unsafe_key_before_deleting_any(
+    driver: StorageDriver,
+) -> None:
+    await driver.put("keep/data", b"x")
+    with pytest.raises(StorageError):
+        await driver.delete_many(["keep/data", "../escape"])
+    assert await driver.stat("keep/data") == 1
+
+
+async def test_abort_upload(driver: StorageDriver) -> None:
+    writer = await driver.append("uploads/u/data", 0)
+    await writer.write(b"partial")
+    await writer.close()
+    await driver.abort_upload("uploads/u/data")
+    assert await driver.stat("uploads/u/data") is None
+    await driver.abort_upload("uploads/u/data")  # again: nothing there, no error
+
+
+async def test_walk(driver: StorageDriver) -> None:
+    await driver.put("w/a/data", b"1")
+    await driver.put("w/b/c/data", b"22")
+    await driver.put("other/data", b"333")
+    found = {item.key: item for item in [i async for i in driver.walk("w")]}
+    assert set(found) == {"w/a/data", "w/b/c/data"}
+    assert (found["w/a/data"].size, found["w/b/c/data"].size) == (1, 2)
+    for item in found.values():
+        assert item.modified.tzinfo is not None
+    assert [i async for i in driver.walk("nothing")] == []
+
+
+async def test_walk_pages_through_many_objects(driver: StorageDriver) -> None:
+    for index in range(2500):  # more than one batch of the filesystem driver's listing
+        await driver.put(f"many/{index:05d}", b"")
+    keys = [item.key async for item in driver.walk("many")]
+    assert sorted(keys) == [f"many/{index:05d}" for index in range(2500)]
+
+
+async def test_filesystem_delete_many_removes_the_emptied_folder(tmp_path: Path) -> None:
+    driver = FilesystemDriver(tmp_path / "root", fsync=False)
+    await driver.put("blobs/sha256/ab/abc/data", b"x")
+    await driver.put("blobs/sha256/ab/abd/data", b"y")
+    await driver.delete_many(["blobs/sha256/ab/abc/data"])
+    assert not (tmp_path / "root/blobs/sha256/ab/abc").exists()
+    assert (tmp_path / "root/blobs/sha256/ab/abd/data").exists()  # the shared level stays
+
+
+async def test_filesystem_walk_skips_writes_in_progress(tmp_path: Path) -> None:
+    driver = FilesystemDriver(tmp_path / "root", fsync=False)
+    await driver.put("w/data", b"x")
+    (tmp_path / "root/w/.tmp-123").write_bytes(b"half")
+    assert [item.key async for item in driver.walk("w")] == ["w/data"]
