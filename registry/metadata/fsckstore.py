@@ -69,15 +69,6 @@ class FsckStore:
         """Those of `digests` that some repository may serve."""
         return await self._present(repository_blobs.c.digest, digests)
 
-    async def referenced(self, digests: Iterable[str]) -> set[str]:
-        """Those of `digests` some manifest refers to as its config or a layer."""
-        present = select(manifest_references.c.digest).where(
-            manifest_references.c.digest.in_(sorted(set(digests))),
-            manifest_references.c.kind != "manifest",
-        )
-        async with self.db.read() as conn:
-            return set((await conn.execute(present)).scalars())
-
     async def known_uploads(self, upload_ids: Iterable[str]) -> set[str]:
         return await self._present(uploads.c.id, upload_ids)
 

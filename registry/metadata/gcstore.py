@@ -78,6 +78,16 @@ class RunRecord:
 _NOT_A_MANIFEST = manifest_references.c.kind != "manifest"
 
 
+def _referenced(digest: Any) -> Any:
+    """Some manifest names the blob `digest` as its config or a layer. EXISTS: it stops at
+    the first of what may be a hundred thousand references (a base layer)."""
+    return (
+        select(manifest_references.c.digest)
+        .where(manifest_references.c.digest == digest, _NOT_A_MANIFEST)
+        .exists()
+    )
+
+
 class GCStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -173,9 +183,7 @@ class GCStore:
                 gc_blob_reviews.c.event_at <= cutoff,
                 blobs.c.deleting_since.is_(None),
                 blobs.c.digest > after,
-                ~select(manifest_references.c.digest)
-                .where(manifest_references.c.digest == blobs.c.digest, _NOT_A_MANIFEST)
-                .exists(),
+                ~_referenced(blobs.c.digest),
             )
             .order_by(blobs.c.digest)
             .limit(limit)
@@ -376,9 +384,7 @@ async def _mark_unreferenced(
     # transaction waited is seen (READ COMMITTED takes a new snapshot per statement).
     referenced = await _scalars(
         conn,
-        select(manifest_references.c.digest)
-        .where(manifest_references.c.digest.in_(live), _NOT_A_MANIFEST)
-        .distinct(),
+        select(blobs.c.digest).where(blobs.c.digest.in_(live), _referenced(blobs.c.digest)),
     )
     doomed = [d for d in live if d not in referenced]
     if doomed:
