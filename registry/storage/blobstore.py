@@ -1,7 +1,9 @@
 """Blobs by digest over a storage driver: streamed uploads hashed on the fly, verified commits.
 
 An upload's bytes go to `uploads/<id>/data`. `commit_upload` checks the digest, then moves them
-to the blob's key in one atomic step; a blob key therefore only ever holds verified bytes.
+to the blob's key in one atomic step; a blob key therefore only ever holds verified bytes. The
+API does the same in two steps (`verify_upload`, then `place_upload`) with the blob reserved
+against garbage collection in between (registry/gc/).
 Hash state is cached per process to avoid re-reading an upload; when it is missing (a restart,
 another replica took the previous chunk) the bytes already stored are hashed again. Callers
 keep to one writer per upload at a time (the API holds a claim in the database for that).

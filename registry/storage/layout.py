@@ -7,7 +7,8 @@
         └── <upload id>/data                                   bytes of an upload in progress
 
 Repositories, tags and manifests are not in storage: the metadata database owns names.
-A blob key is written only by an atomic move from an upload after its digest checked.
+A blob key is written only by an atomic move from an upload after its digest checked, and
+deleted only by garbage collection while the blob's row is marked (registry/gc/).
 """
 
 from __future__ import annotations
