@@ -82,6 +82,19 @@ class TestBlobs:
         assert (await stack.collector().run("test")).blobs_deleted == 0
         assert stack.stored(digest)
 
+    async def test_deleting_a_manifest_queues_its_blobs(self, stack: Stack) -> None:
+        image = await stack.push("r", "v1", [b"layer of a deleted image"])
+        collector = stack.collector(blob_grace_seconds=HOUR)
+        await stack.age(2 * HOUR)
+        assert (await collector.run("test")).blobs_examined == 2  # referenced: entries dropped
+        assert await stack.count("gc_blob_reviews") == 0
+        assert await stack.metadata.delete_manifest("r", image)
+        assert await stack.count("gc_blob_reviews") == 2
+        assert (await collector.run("test")).blobs_deleted == 0  # its grace period, from now
+        await stack.age(2 * HOUR)
+        assert (await collector.run("test")).blobs_deleted == 2
+        assert not stack.stored(str(Digest.of(b"layer of a deleted image")))
+
     async def test_unlinking_queues_the_blob(self, stack: Stack) -> None:
         digest = await stack.upload("r", b"unlinked")
         collector = stack.collector(blob_grace_seconds=HOUR)
