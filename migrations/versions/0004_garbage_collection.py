@@ -31,6 +31,7 @@ def upgrade() -> None:
     with op.batch_alter_table("blobs", schema=None) as batch_op:
         batch_op.alter_column("incarnation", server_default=None)
 
+    op.create_index("ix_repository_blobs_digest", "repository_blobs", ["digest"], unique=False)
     op.create_table(
         "gc_blob_reviews",
         sa.Column("digest", sa.String(length=160), nullable=False),
@@ -94,6 +95,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_repository_blobs_digest", table_name="repository_blobs")
     op.drop_index("ix_gc_runs_started_at", table_name="gc_runs")
     op.drop_table("gc_runs")
     op.drop_index("ix_gc_manifest_reviews_event_at", table_name="gc_manifest_reviews")

@@ -13,9 +13,10 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from registry.config import Config, ConfigError, GCConfig
 from registry.metadata.db import Database
@@ -26,11 +27,14 @@ from registry.storage.blobstore import BlobStore
 from registry.storage.driver import StorageError
 
 log = logging.getLogger("registry.gc")
+T = TypeVar("T")
 
 # A collector that marked blobs and did not finish within this time is taken to have died:
 # another run deletes their bytes and rows. (Deleting one batch takes well under a second.)
 DELETE_LEASE = timedelta(minutes=10)
 RUN_HISTORY = timedelta(days=90)
+PAUSE_FACTOR = 3.0
+MAX_PAUSE_SECONDS = 1.0
 SAMPLE = 100  # digests listed in a report, at most
 
 
@@ -86,6 +90,7 @@ class Collector:
         self.batch = min(settings.batch_size, 1000)
         self.host = f"{socket.gethostname()}:{os.getpid()}"
         self._running = asyncio.Lock()
+        self._holding = 0.0  # seconds the current batch's transactions took
 
     @property
     def running(self) -> bool:
@@ -126,22 +131,32 @@ class Collector:
                 " (dry run)" if report.dry_run else "",
             )  # fmt: skip
 
-    async def _pause(self, started: float) -> None:
-        """Between batches: as long as the batch took (at most half the database's and the
-        event loop's time goes to collecting), and never less than a turn of the loop."""
-        await asyncio.sleep(min(time.monotonic() - started, 1.0))
+    async def _held(self, work: Awaitable[T]) -> T:
+        """Run one of the store's transactions, counting the time it held the database (on
+        SQLite, the event loop too)."""
+        started = time.monotonic()
+        try:
+            return await work
+        finally:
+            self._holding += time.monotonic() - started
+
+    async def _pause(self) -> None:
+        """Between batches: PAUSE_FACTOR times as long as the batch's transactions held the
+        database, so that collecting takes at most a quarter of its time and of the loop's
+        (file deletions run in a worker thread meanwhile, and do not count)."""
+        await asyncio.sleep(min(PAUSE_FACTOR * self._holding, MAX_PAUSE_SECONDS))
+        self._holding = 0.0
 
     async def _resume_deletions(self, report: Report) -> None:
         older = now() - DELETE_LEASE
         if report.dry_run:
             report.deletions_resumed = await self.store.count_stale_deletions(older)
             return
-        while doomed := await self.store.claim_stale_deletions(older, self.batch):
-            started = time.monotonic()
+        while doomed := await self._held(self.store.claim_stale_deletions(older, self.batch)):
             if not await self._delete(doomed, report):
                 return
             report.deletions_resumed += len(doomed)
-            await self._pause(started)
+            await self._pause()
 
     async def _delete(self, doomed: list[Doomed], report: Report) -> bool:
         """Bytes first, then rows; False (rows left marked, for a later run) when storage
@@ -152,7 +167,7 @@ class Collector:
             log.error("garbage collection: deleting %d blobs failed: %s", len(doomed), exc)
             report.errors.append(f"storage: {exc}")
             return False
-        await self.store.forget_blobs([d.digest for d in doomed])
+        await self._held(self.store.forget_blobs([d.digest for d in doomed]))
         return True
 
     async def _expire_uploads(self, report: Report) -> None:
@@ -161,12 +176,11 @@ class Collector:
             expired = await self.store.expire_uploads(cutoff, 1_000_000, dry_run=True)
             report.uploads_expired = len(expired)
             return
-        while ids := await self.store.expire_uploads(cutoff, self.batch):
-            started = time.monotonic()
+        while ids := await self._held(self.store.expire_uploads(cutoff, self.batch)):
             for upload_id in ids:  # the sessions are gone: no request can resume these
                 await self.blobs.delete_upload(upload_id)
             report.uploads_expired += len(ids)
-            await self._pause(started)
+            await self._pause()
 
     async def _manifests(self, report: Report) -> None:
         cutoff = now() - timedelta(seconds=self.settings.manifest_grace_seconds)
@@ -177,15 +191,14 @@ class Collector:
             report.deleted_manifests = [f"{r}@{d}" for r, d in batch.deleted[:SAMPLE]]
             return
         while True:
-            started = time.monotonic()
-            batch = await self.store.collect_manifests(cutoff, self.batch)
+            batch = await self._held(self.store.collect_manifests(cutoff, self.batch))
             report.manifests_examined += batch.examined
             report.manifests_deleted += len(batch.deleted)
             room = SAMPLE - len(report.deleted_manifests)
             report.deleted_manifests += [f"{r}@{d}" for r, d in batch.deleted[:room]]
             if batch.examined == batch.busy:  # nothing left, or only what pushes hold
                 return
-            await self._pause(started)
+            await self._pause()
 
     async def _blobs(self, report: Report) -> None:
         # Fixed for the run, so that a run ends even while pushes keep queueing entries.
@@ -194,8 +207,7 @@ class Collector:
             await self._preview_blobs(report, cutoff)
             return
         while True:
-            started = time.monotonic()
-            batch = await self.store.mark_blobs(cutoff, self.batch)
+            batch = await self._held(self.store.mark_blobs(cutoff, self.batch))
             report.blobs_examined += batch.examined
             report.blobs_busy += batch.busy
             if batch.doomed:
@@ -207,7 +219,7 @@ class Collector:
                 report.deleted_blobs += [d.digest for d in batch.doomed[:room]]
             if batch.examined == batch.busy:
                 return
-            await self._pause(started)
+            await self._pause()
 
     async def _preview_blobs(self, report: Report, cutoff: datetime) -> None:
         after = ""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, tuple_, update
 
 from registry.metadata.db import Database, SQLConnection
 from registry.metadata.reachability import unreachable
@@ -88,6 +88,35 @@ def _referenced(digest: Any) -> Any:
     )
 
 
+# The statements of a blob batch, built once (on SQLite they run on the event loop, and
+# building a statement costs more than running it): `digests` expands to the batch.
+_DIGESTS: Any = bindparam("digests", expanding=True)
+_DUE_BLOBS = (
+    select(gc_blob_reviews.c.digest)
+    .where(gc_blob_reviews.c.event_at <= bindparam("cutoff"))
+    .order_by(gc_blob_reviews.c.event_at)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_LOCK_BLOBS = (
+    select(blobs.c.digest, blobs.c.size, blobs.c.deleting_since)
+    .where(blobs.c.digest.in_(_DIGESTS))
+    .with_for_update(skip_locked=True)
+)
+_EXISTING_BLOBS = select(blobs.c.digest).where(blobs.c.digest.in_(_DIGESTS))
+_REFERENCED_BLOBS = select(blobs.c.digest).where(
+    blobs.c.digest.in_(_DIGESTS), _referenced(blobs.c.digest)
+)
+_MARK_BLOBS = (
+    update(blobs).where(blobs.c.digest.in_(_DIGESTS)).values(deleting_since=bindparam("stamp"))
+)
+_UNLINK_BLOBS = delete(repository_blobs).where(repository_blobs.c.digest.in_(_DIGESTS))
+_DROP_BLOB_REVIEWS = delete(gc_blob_reviews).where(gc_blob_reviews.c.digest.in_(_DIGESTS))
+_FORGET_BLOBS = delete(blobs).where(
+    blobs.c.digest.in_(_DIGESTS), blobs.c.deleting_since.is_not(None)
+)
+
+
 class GCStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -101,22 +130,15 @@ class GCStore:
         then deletes their bytes and calls `forget_blobs`."""
         batch = BlobBatch()
         async with self.db.write() as conn:
-            due = (
-                select(gc_blob_reviews.c.digest)
-                .where(gc_blob_reviews.c.event_at <= cutoff)
-                .order_by(gc_blob_reviews.c.event_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-            entries = set((await conn.execute(due)).scalars())
+            due = await conn.execute(_DUE_BLOBS, {"cutoff": cutoff, "limit": limit})
+            entries = set(due.scalars())
             if not entries:
                 return batch
             batch.examined = len(entries)
             doomed, busy = await _mark_unreferenced(conn, entries)
             batch.busy = len(busy)
-            await conn.execute(
-                delete(gc_blob_reviews).where(gc_blob_reviews.c.digest.in_(entries - busy))
-            )
+            reviewed = sorted(entries - busy)
+            await conn.execute(_DROP_BLOB_REVIEWS, {"digests": reviewed})
         batch.doomed = doomed
         return batch
 
@@ -145,15 +167,10 @@ class GCStore:
         """Remove the rows of blobs whose bytes are gone (marked by `mark_blobs`)."""
         if not digests:
             return
+        params = {"digests": sorted(digests)}
         async with self.db.write() as conn:
-            await conn.execute(
-                delete(repository_blobs).where(repository_blobs.c.digest.in_(digests))
-            )
-            await conn.execute(
-                delete(blobs).where(
-                    blobs.c.digest.in_(digests), blobs.c.deleting_since.is_not(None)
-                )
-            )
+            await conn.execute(_UNLINK_BLOBS, params)
+            await conn.execute(_FORGET_BLOBS, params)
 
     async def claim_stale_deletions(self, older_than: datetime, limit: int) -> list[Doomed]:
         """Blobs marked for deletion before `older_than` and never finished (their collector
@@ -369,39 +386,23 @@ async def _mark_unreferenced(
     mark those that are live and unreferenced as being deleted and unlink them everywhere."""
     if not digests:
         return [], set()
-    wanted = sorted(digests)
-    locked = {
-        row[0]: row
-        for row in await conn.execute(
-            select(blobs.c.digest, blobs.c.size, blobs.c.deleting_since)
-            .where(blobs.c.digest.in_(wanted))
-            .with_for_update(skip_locked=True)
-        )
-    }
-    existing = await _scalars(conn, select(blobs.c.digest).where(blobs.c.digest.in_(wanted)))
+    wanted = {"digests": sorted(digests)}
+    locked = {row[0]: row for row in await conn.execute(_LOCK_BLOBS, wanted)}
+    existing = set((await conn.execute(_EXISTING_BLOBS, wanted)).scalars())
     live = sorted(d for d, row in locked.items() if row[2] is None)
     # Rechecked under the locks, in a statement of its own: a manifest committed while this
     # transaction waited is seen (READ COMMITTED takes a new snapshot per statement).
-    referenced = await _scalars(
-        conn,
-        select(blobs.c.digest).where(blobs.c.digest.in_(live), _referenced(blobs.c.digest)),
-    )
+    referenced = set((await conn.execute(_REFERENCED_BLOBS, {"digests": live})).scalars())
     doomed = [d for d in live if d not in referenced]
     if doomed:
-        await conn.execute(
-            update(blobs).where(blobs.c.digest.in_(doomed)).values(deleting_since=now())
-        )
-        await conn.execute(delete(repository_blobs).where(repository_blobs.c.digest.in_(doomed)))
+        await conn.execute(_MARK_BLOBS, {"digests": doomed, "stamp": now()})
+        await conn.execute(_UNLINK_BLOBS, {"digests": doomed})
     return [Doomed(d, locked[d][1]) for d in doomed], existing - locked.keys()
 
 
 def _run_record(row: Any) -> RunRecord:
     fields = {key: row[key] for key in RunRecord.__dataclass_fields__ if key != "detail"}
     return RunRecord(**fields, detail=json.loads(row["detail"]) if row["detail"] else {})
-
-
-async def _scalars(conn: SQLConnection, query: Any) -> set[Any]:
-    return set((await conn.execute(query)).scalars())
 
 
 async def _repository_names(conn: SQLConnection, ids: Iterable[int]) -> dict[int, str]:
