@@ -15,8 +15,9 @@ Nothing is found by walking storage or every table: deletes and new blobs feed r
 (`gc_blob_reviews`, `gc_manifest_reviews`: one entry per digest with the time of its latest
 event), and a collection looks only at entries whose grace period has passed, in batches
 (`gc.batch_size`), each its own short transaction, pausing between batches three times as
-long as the batch held the database, so that pushes and pulls never wait long (on SQLite the
-transactions run on the event loop; their WAL checkpoints do not: metadata/checkpoint.py). `registry fsck` is the full check.
+long as the batch took, so that pushes and pulls never wait long (on SQLite the transactions
+run on the event loop; their WAL checkpoints do not: metadata/checkpoint.py). `registry fsck`
+is the full check.
 
 Why no referenced blob is ever lost
 -----------------------------------

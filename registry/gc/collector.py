@@ -90,7 +90,7 @@ class Collector:
         self.batch = min(settings.batch_size, 1000)
         self.host = f"{socket.gethostname()}:{os.getpid()}"
         self._running = asyncio.Lock()
-        self._holding = 0.0  # seconds the current batch's transactions took
+        self._holding = 0.0  # seconds the current batch's steps took
 
     @property
     def running(self) -> bool:
@@ -132,8 +132,7 @@ class Collector:
             )  # fmt: skip
 
     async def _held(self, work: Awaitable[T]) -> T:
-        """Run one of the store's transactions, counting the time it held the database (on
-        SQLite, the event loop too)."""
+        """Run one step of a batch (a transaction, a storage batch delete), counting its time."""
         started = time.monotonic()
         try:
             return await work
@@ -141,9 +140,9 @@ class Collector:
             self._holding += time.monotonic() - started
 
     async def _pause(self) -> None:
-        """Between batches: PAUSE_FACTOR times as long as the batch's transactions held the
-        database, so that collecting takes at most a quarter of its time and of the loop's
-        (file deletions run in a worker thread meanwhile, and do not count)."""
+        """Between batches: PAUSE_FACTOR times as long as the batch's steps took, so that a
+        run takes at most a quarter of the database's time, of the event loop's (SQLite's
+        transactions run on it) and of the machine's (deleting files costs CPU too)."""
         await asyncio.sleep(min(PAUSE_FACTOR * self._holding, MAX_PAUSE_SECONDS))
         self._holding = 0.0
 
@@ -162,7 +161,7 @@ class Collector:
         """Bytes first, then rows; False (rows left marked, for a later run) when storage
         failed."""
         try:
-            await self.blobs.delete_blobs([Digest.parse(d.digest) for d in doomed])
+            await self._held(self.blobs.delete_blobs([Digest.parse(d.digest) for d in doomed]))
         except StorageError as exc:
             log.error("garbage collection: deleting %d blobs failed: %s", len(doomed), exc)
             report.errors.append(f"storage: {exc}")
@@ -178,7 +177,7 @@ class Collector:
             return
         while ids := await self._held(self.store.expire_uploads(cutoff, self.batch)):
             for upload_id in ids:  # the sessions are gone: no request can resume these
-                await self.blobs.delete_upload(upload_id)
+                await self._held(self.blobs.delete_upload(upload_id))
             report.uploads_expired += len(ids)
             await self._pause()
 
