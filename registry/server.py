@@ -11,6 +11,7 @@ from registry.app import create_app
 from registry.auth.services import preflight
 from registry.config import Config, settings
 from registry.filemodes import secure_data
+from registry.gc.collector import check_settings as check_gc_settings
 from registry.http_protocol import RegistryHttpProtocol
 from registry.metadata.db import upgrade_schema
 
@@ -33,6 +34,7 @@ def serve(config: Config, workers: int | None = None) -> int:
     host, port = config.host_port
     secure_data(config)  # owner-only files from here on, whatever the umask
     preflight(config)  # no auth off loopback unless insecure; auth settings and keys
+    check_gc_settings(config.gc)
     if config.database.auto_migrate:
         upgrade_schema(config.database_url)
     count = workers or config.server.workers

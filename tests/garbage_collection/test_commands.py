@@ -101,9 +101,11 @@ def test_gc_command_beside_a_running_server(server: RegistryServer) -> None:
             assert blob.status_code == 200 and digest_of(blob.content) == descriptor["digest"]
 
 
-def test_gc_command_exits_2_on_bad_settings(tmp_path: Path) -> None:
+def test_bad_settings_stop_gc_and_serve_at_once(tmp_path: Path) -> None:
     failed = run_cli(tmp_path, "gc", env={"REGISTRY_GC_BATCH_SIZE": "0"})
     assert failed.returncode == 2 and "batch_size" in failed.stderr
+    refused = run_cli(tmp_path, "serve", env={"REGISTRY_GC_INTERVAL_SECONDS": "0"})
+    assert refused.returncode == 2 and "gc.interval_seconds" in refused.stderr
 
 
 # The admin API -------------------------------------------------------------------------------
