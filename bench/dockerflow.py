@@ -26,9 +26,12 @@ SOURCE = "bench-source:latest"
 def _import_dockerd() -> Any:
     import sys
 
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    from tests.support import dockerd
+    # as the tests import it: `support.dockerd`, with `tests/` on the path (it imports
+    # `support.ci` and `support.netrelay` by those names)
+    tests = str(REPO_ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from support import dockerd
 
     return dockerd
 

@@ -57,19 +57,28 @@ def image_manifest(config: tuple[str, int], layers: list[tuple[str, int]]) -> by
 # -- blocking ----------------------------------------------------------------------------------
 
 
-def start_upload(conn: Connection, repo: str) -> str:
-    response = expect(conn.request("POST", f"/v2/{repo}/blobs/uploads/"), 202, what="start upload")
+def start_upload(conn: Connection, repo: str, headers: dict[str, str] | None = None) -> str:
+    response = expect(
+        conn.request("POST", f"/v2/{repo}/blobs/uploads/", headers), 202, what="start upload"
+    )
     return path_of(response.header("location"))
 
 
-def push_blob(conn: Connection, repo: str, digest: str, body: bytes | FileBody) -> None:
+def push_blob(
+    conn: Connection,
+    repo: str,
+    digest: str,
+    body: bytes | FileBody,
+    headers: dict[str, str] | None = None,
+) -> None:
     """A monolithic push: POST, then PUT with the whole body and the digest."""
-    location = start_upload(conn, repo)
+    location = start_upload(conn, repo, headers)
     expect(
-        conn.request("PUT", with_query(location, digest=digest), OCTETS, body),
+        conn.request("PUT", with_query(location, digest=digest), {**OCTETS, **(headers or {})},
+                     body),
         201,
         what="monolithic push",
-    )
+    )  # fmt: skip
 
 
 def push_blob_chunked(
@@ -99,10 +108,34 @@ def pull_blob(conn: Connection, repo: str, digest: str) -> int:
     return response.body_bytes
 
 
-def put_manifest(conn: Connection, repo: str, reference: str, body: bytes) -> str:
+def pull_blob_redirected(conn: Connection, repo: str, digest: str) -> int:
+    """GET a blob that the registry redirects (307) to storage, and follow the redirect on a
+    connection to that host; return how many bytes arrived."""
+    from urllib.parse import urlsplit
+
+    response = expect(conn.request("GET", f"/v2/{repo}/blobs/{digest}"), 307, what="redirect")
+    target = urlsplit(response.header("location"))
+    if target.scheme != "http" or not target.netloc:
+        raise RuntimeError(f"unexpected redirect {target.geturl()[:200]}")
+    with Connection(target.netloc) as storage:
+        path = f"{target.path}?{target.query}" if target.query else target.path
+        pulled = expect(storage.request("GET", path, discard_body=True), 200, what="from storage")
+    return pulled.body_bytes
+
+
+def put_manifest(
+    conn: Connection,
+    repo: str,
+    reference: str,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+) -> str:
     response = expect(
         conn.request(
-            "PUT", f"/v2/{repo}/manifests/{reference}", {"Content-Type": OCI_MANIFEST}, body
+            "PUT",
+            f"/v2/{repo}/manifests/{reference}",
+            {"Content-Type": OCI_MANIFEST, **(headers or {})},
+            body,
         ),
         201,
         what="manifest push",
@@ -110,15 +143,17 @@ def put_manifest(conn: Connection, repo: str, reference: str, body: bytes) -> st
     return response.header("docker-content-digest")
 
 
-def push_image(conn: Connection, repo: str, tag: str, layer: bytes) -> tuple[str, bytes]:
+def push_image(
+    conn: Connection, repo: str, tag: str, layer: bytes, headers: dict[str, str] | None = None
+) -> tuple[str, bytes]:
     """A one-layer image with a small config: returns (manifest digest, manifest bytes)."""
     layer_digest = sha256_digest(layer)
     config = config_blob([layer_digest])
     config_digest = sha256_digest(config)
-    push_blob(conn, repo, layer_digest, layer)
-    push_blob(conn, repo, config_digest, config)
+    push_blob(conn, repo, layer_digest, layer, headers)
+    push_blob(conn, repo, config_digest, config, headers)
     manifest = image_manifest((config_digest, len(config)), [(layer_digest, len(layer))])
-    put_manifest(conn, repo, tag, manifest)
+    put_manifest(conn, repo, tag, manifest, headers)
     return sha256_digest(manifest), manifest
 
 

@@ -28,6 +28,7 @@ class Metric:
     ceiling: str | tuple[str, ...] | None = None
     target: bool = True  # compared against Distribution (False: informational)
     limit: float | None = None  # an absolute target instead: our median at most this
+    goal: float | None = None  # the ratio to reach, when not 1.0 (e.g. 0.5: twice as fast)
 
 
 @dataclass
@@ -40,6 +41,8 @@ class Results:
     metrics: dict[str, list[Metric]] = field(default_factory=dict)
     titles: dict[str, str] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)
+    # workload -> the same workload without auth, to show what auth costs each server
+    baselines: dict[str, str] = field(default_factory=dict)
 
     def add(self, workload: str, side: str, values: dict[str, float]) -> None:
         per_metric = self.samples.setdefault(workload, {})
@@ -63,6 +66,10 @@ CEILING_NAMES = {
     "loopback_tcp_mbps": "loopback",
     "loopback_sendfile_mbps": "loopback sendfile",
     "push_pipeline_mbps": "push pipeline",
+    "s3_put_mbps": "S3 put",
+    "s3_multipart_put_mbps": "S3 multipart put",
+    "s3_get_mbps": "S3 get",
+    "s3_ranged_get_mbps": "S3 4 ranged gets",
 }
 
 
@@ -81,7 +88,8 @@ def meets(metric: Metric, ratio_value: float | None, ours: float | None) -> bool
         return None if ours is None else ours <= metric.limit
     if ratio_value is None or not metric.target:
         return None
-    return ratio_value >= 1.0 if metric.better == "higher" else ratio_value <= 1.0
+    goal = metric.goal if metric.goal is not None else 1.0
+    return ratio_value >= goal if metric.better == "higher" else ratio_value <= goal
 
 
 def summarize(results: Results) -> dict[str, Any]:
@@ -127,6 +135,9 @@ def summarize(results: Results) -> dict[str, Any]:
             "metrics": out,
             "notes": results.notes.get(workload, []),
         }
+        against = _versus_baseline(results, workload)
+        if against is not None:
+            workloads[workload]["versus_baseline"] = against
     overall: dict[str, Any] = {}
     for side in SIDES:
         peaks = [
@@ -143,6 +154,29 @@ def summarize(results: Results) -> dict[str, Any]:
         "limits": results.limits,
         "workloads": workloads,
     }
+
+
+# With token auth on, requests/s at least this fraction of the same workload without auth.
+AUTH_TARGET = 0.85
+BASELINE_METRICS = ("rps", "cpu_us_per_request")
+
+
+def _versus_baseline(results: Results, workload: str) -> dict[str, Any] | None:
+    """Each side's median with auth over its median without, for `BASELINE_METRICS`."""
+    baseline = results.baselines.get(workload)
+    if baseline is None or baseline not in results.samples:
+        return None
+    out: dict[str, Any] = {"baseline": baseline}
+    for key in BASELINE_METRICS:
+        with_auth = results.samples[workload].get(key, {})
+        without = results.samples[baseline].get(key, {})
+        out[key] = {
+            side: ratio(median(with_auth.get(side, [])), median(without.get(side, [])))
+            for side in SIDES
+        }
+    ours_rps = out["rps"]["ours"]
+    out["meets_target"] = None if ours_rps is None else ours_rps >= AUTH_TARGET
+    return out
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
@@ -198,6 +232,19 @@ def table(summary: dict[str, Any]) -> str:
             f"{side} {_fmt(overall[side]['peak_rss_mib'])} MiB" for side in SIDES if side in overall
         )
         lines += ["", f"peak RSS over every workload: {peaks}"]
+    costs = [
+        f"  {name} / {w['versus_baseline']['baseline']}: requests/s ours "
+        f"{_ratio_text(w['versus_baseline']['rps']['ours'])}, Distribution "
+        f"{_ratio_text(w['versus_baseline']['rps']['distribution'])}; CPU per request ours "
+        f"{_ratio_text(w['versus_baseline']['cpu_us_per_request']['ours'])}, Distribution "
+        f"{_ratio_text(w['versus_baseline']['cpu_us_per_request']['distribution'])}"
+        f" (target: ours requests/s >= {AUTH_TARGET:.2f}x: "
+        f"{ {True: 'yes', False: 'NO', None: '-'}[w['versus_baseline']['meets_target']] })"
+        for name, w in summary["workloads"].items()
+        if "versus_baseline" in w
+    ]
+    if costs:
+        lines += ["", "with token auth / without, each server against itself:", *costs]
     notes = [
         f"  {name}: {text}"
         for name, workload in summary["workloads"].items()
@@ -206,6 +253,10 @@ def table(summary: dict[str, Any]) -> str:
     if notes:
         lines += ["", "notes:", *notes]
     return "\n".join(lines)
+
+
+def _ratio_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def write_json(summary: dict[str, Any], path: Path) -> None:

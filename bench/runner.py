@@ -8,7 +8,7 @@ from pathlib import Path
 from bench import procstat
 from bench.profiling import Recording
 from bench.report import SIDES, Metric, Results
-from bench.servers import make_server
+from bench.servers import S3Target, make_server
 from bench.workloads import MIB, Context, Workload
 
 RESOURCE_METRICS = (
@@ -35,6 +35,8 @@ def run_workload(
 ) -> None:
     results.metrics[workload.name] = [*workload.metrics, *RESOURCE_METRICS]
     results.titles[workload.name] = workload.title
+    if workload.baseline is not None:
+        results.baselines[workload.name] = workload.baseline
     rounds = max(repeat, workload.min_rounds) if workload.repeatable else 1
     for round_index in range(rounds):
         for side in SIDES:
@@ -65,7 +67,10 @@ def _one(
     profile_mode: str = "cpu",
     settings: dict[str, str] | None = None,
 ) -> tuple[dict[str, float], list[str]]:
-    server = make_server(side, ctx.folder, workers if side == "ours" else None, settings)
+    s3 = S3Target(ctx.seaweed, workload.redirect) if ctx.seaweed is not None else None
+    server = make_server(
+        side, ctx.folder, workers if side == "ours" else None, settings, s3, auth=workload.auth
+    )
     with server:
         state = workload.prepare(server, ctx)
         recording = None
@@ -90,6 +95,8 @@ def _one(
     keys = {m.key for m in workload.metrics}
     if "peak_worker_rss_mib" in keys:
         values["peak_worker_rss_mib"] = usage.peak_worker_rss_bytes / MIB
+    if "cpu_us_per_request" in keys and values.get("requests"):
+        values["cpu_us_per_request"] = usage.cpu_seconds / values["requests"] * 1e6
     if workload.tracks_rss_growth:
         values["rss_growth_mib"] = (usage.end_rss_bytes - usage.start_rss_bytes) / MIB
     return values, outcome.notes

@@ -17,6 +17,7 @@ from bench import loadgen, oci
 from bench.asyncraw import AsyncConnection
 from bench.rawhttp import Connection, FileBody
 from bench.report import Metric
+from bench.seaweed import SeaweedFS
 from bench.servers import Server
 
 MIB = 1024 * 1024
@@ -45,6 +46,8 @@ class Settings:
     gc_budget_seconds: float = 1800.0
     docker_layers: int = 5
     docker_layer_mib: int = 40
+    build_files: int = 400
+    build_mib: int = 12
     limits_mib: int = 1024
     client: str = "auto"
 
@@ -54,6 +57,7 @@ class Settings:
             blob_mib=128, pulls=2, flood_seconds=4.0, small_count=100, parallel_mib=16,
             memory_mib=256, scale_tags=5_000, scale_repos=500, scale_samples=15,
             docker_layer_mib=8, limits_mib=256, gc_repos=500, gc_manifests=5_000,
+            build_files=120, build_mib=3,
         )  # fmt: skip
 
 
@@ -71,6 +75,7 @@ class Payload:
 class Context:
     settings: Settings
     folder: Path
+    seaweed: SeaweedFS | None = None  # S3 mode: every server gets a bucket of this S3 server
     _payloads: dict[tuple[str, int], Payload] = field(default_factory=dict)
 
     def payload(self, name: str, size: int) -> Payload:
@@ -108,8 +113,11 @@ class Workload:
     title = ""
     metrics: tuple[Metric, ...] = ()
     repeatable = True  # False: run once per server whatever --repeat says
+    redirect = False  # S3 mode: both servers answer blob GETs with a redirect to S3
     min_rounds = 1  # rounds run even when --repeat asks for fewer (noisy workloads)
     tracks_rss_growth = False
+    auth = False  # both servers with token auth (servers.py), each request with a token
+    baseline: str | None = None  # the same workload without auth, to show what auth costs
 
     def available(self, ctx: Context) -> str | None:
         """None when this workload can run here, else why not."""
@@ -136,7 +144,20 @@ def _timed(fn: Any, *args: Any) -> tuple[float, float]:
 
 # A push is hashed (one core per stream) and, for us, made durable on disk before it counts;
 # the push pipeline is the same work without HTTP, sharing the machine's cores the same way.
-PUSH_CEILINGS = ("sha256_one_core_mbps", "disk_write_fsync_mbps", "push_pipeline_mbps")
+# In S3 mode the machine's ceilings are not measured: S3's own (boto3 with no registry) are.
+PUSH_CEILINGS = (
+    "sha256_one_core_mbps",
+    "disk_write_fsync_mbps",
+    "push_pipeline_mbps",
+    "s3_put_mbps",
+    "s3_multipart_put_mbps",
+)
+PULL_CEILINGS = (
+    "loopback_sendfile_mbps",
+    "loopback_tcp_mbps",
+    "s3_get_mbps",
+    "s3_ranged_get_mbps",
+)
 
 
 class PushMonolithic(Workload):
@@ -178,17 +199,14 @@ class PushChunked(PushMonolithic):
 class Pull(PushMonolithic):
     name = "pull"
     title = "GET of the large blob, sequentially, bytes discarded by the client"
-    metrics = (
-        Metric(
-            "mbps", "throughput", "MB/s", ceiling=("loopback_sendfile_mbps", "loopback_tcp_mbps")
-        ),
-    )
+    metrics = (Metric("mbps", "throughput", "MB/s", ceiling=PULL_CEILINGS),)
 
     def prepare(self, server: Server, ctx: Context) -> Any:
         payload = ctx.payload("big", self.size(ctx))
         with payload.open() as file, Connection(server.host) as conn:
             oci.push_blob(conn, "bench/pull", payload.digest, FileBody(file, 0, payload.size))
-            oci.pull_blob(conn, "bench/pull", payload.digest)  # warm both page caches alike
+            pull = oci.pull_blob_redirected if self.redirect else oci.pull_blob
+            pull(conn, "bench/pull", payload.digest)  # warm both page caches alike
         return payload
 
     def run(self, server: Server, ctx: Context, state: Any) -> Outcome:
@@ -199,6 +217,30 @@ class Pull(PushMonolithic):
             with Connection(server.host) as conn:
                 for _ in range(ctx.settings.pulls):
                     moved[0] += oci.pull_blob(conn, "bench/pull", payload.digest)
+
+        elapsed, cpu = _timed(pulls)
+        expected = payload.size * ctx.settings.pulls
+        if moved[0] != expected:
+            raise RuntimeError(f"pulled {moved[0]} bytes, expected {expected}")
+        return Outcome({"mbps": moved[0] / elapsed / MB}, moved[0], cpu)
+
+
+class PullRedirected(Pull):
+    name = "pull-redirect"
+    title = "GET of the large blob answered with a redirect to S3, followed (S3 mode only)"
+    redirect = True
+
+    def available(self, ctx: Context) -> str | None:
+        return None if ctx.seaweed is not None else "only with --storage s3"
+
+    def run(self, server: Server, ctx: Context, state: Any) -> Outcome:
+        payload: Payload = state
+        moved = [0]
+
+        def pulls() -> None:
+            with Connection(server.host) as conn:
+                for _ in range(ctx.settings.pulls):
+                    moved[0] += oci.pull_blob_redirected(conn, "bench/pull", payload.digest)
 
         elapsed, cpu = _timed(pulls)
         expected = payload.size * ctx.settings.pulls
@@ -273,6 +315,11 @@ class Memory(PushMonolithic):
         return ctx.settings.memory_mib * MIB
 
 
+FLOOD_REPOSITORY = "bench/flood"
+PUSH_SCOPE = f"repository:{FLOOD_REPOSITORY}:pull,push"
+PULL_SCOPE = f"repository:{FLOOD_REPOSITORY}:pull"
+
+
 class HeadBlob(Workload):
     name = "head-blob"
     title = "HEAD of one blob, keep-alive connections, closed loop"
@@ -282,16 +329,23 @@ class HeadBlob(Workload):
         Metric("rps", "requests/s", "req/s"),
         Metric("p50_ms", "p50 latency", "ms", better="lower"),
         Metric("p99_ms", "p99 latency", "ms", better="lower"),
+        Metric("cpu_us_per_request", "server CPU per request", "µs", better="lower", target=False),
         Metric("rss_growth_mib", "RSS growth over the run", "MiB", better="lower", target=False),
         Metric("requests", "requests in the run", "", target=False),
     )
+    blob_bytes = 1024 * 1024
+
+    def target(self, server: Server) -> tuple[str, dict[str, str]]:
+        """Push what the flood asks for (unmeasured); its path and headers."""
+        layer = random.Random(self.name.removesuffix("-token")).randbytes(self.blob_bytes)
+        with Connection(server.host) as conn:
+            oci.push_image(conn, FLOOD_REPOSITORY, "latest", layer, server.bearer([PUSH_SCOPE]))
+        return f"/v2/{FLOOD_REPOSITORY}/blobs/{oci.sha256_digest(layer)}", {}
 
     def prepare(self, server: Server, ctx: Context) -> Any:
-        layer = random.Random("head").randbytes(1024 * 1024)
-        with Connection(server.host) as conn:
-            oci.push_image(conn, "bench/flood", "latest", layer)
-        path = f"/v2/bench/flood/blobs/{oci.sha256_digest(layer)}"
-        headers: dict[str, str] = {}
+        path, headers = self.target(server)
+        # As `docker pull` does: one pull token, sent with every request.
+        headers = {**headers, **server.bearer([PULL_SCOPE])}
         # A short flood first, so the measured one starts with warm caches and pools.
         loadgen.flood(server.url + path, self.method, headers, ctx.settings.flood_connections,
                       1.0, client=ctx.settings.client)  # fmt: skip
@@ -317,16 +371,36 @@ class GetManifest(HeadBlob):
     name = "get-manifest"
     title = "GET of a manifest by tag, keep-alive connections, closed loop"
     method = "GET"
+    blob_bytes = 64 * 1024
 
-    def prepare(self, server: Server, ctx: Context) -> Any:
-        layer = random.Random("manifest").randbytes(64 * 1024)
-        with Connection(server.host) as conn:
-            oci.push_image(conn, "bench/flood", "latest", layer)
-        path = "/v2/bench/flood/manifests/latest"
-        headers = {"Accept": oci.OCI_MANIFEST}
-        loadgen.flood(server.url + path, self.method, headers, ctx.settings.flood_connections,
-                      1.0, client=ctx.settings.client)  # fmt: skip
-        return path, headers
+    def target(self, server: Server) -> tuple[str, dict[str, str]]:
+        super().target(server)
+        return f"/v2/{FLOOD_REPOSITORY}/manifests/latest", {"Accept": oci.OCI_MANIFEST}
+
+
+class GetSmallBlob(HeadBlob):
+    name = "get-small-blob"
+    title = "GET of a 4 KiB blob, keep-alive connections, closed loop"
+    method = "GET"
+    blob_bytes = 4096
+
+
+class HeadBlobToken(HeadBlob):
+    name = "head-blob-token"
+    title = "head-blob with token auth: a pull token (ES256) on every request"
+    auth, baseline = True, "head-blob"
+
+
+class GetManifestToken(GetManifest):
+    name = "get-manifest-token"
+    title = "get-manifest with token auth: a pull token (ES256) on every request"
+    auth, baseline = True, "get-manifest"
+
+
+class GetSmallBlobToken(GetSmallBlob):
+    name = "get-small-blob-token"
+    title = "get-small-blob with token auth: a pull token (ES256) on every request"
+    auth, baseline = True, "get-small-blob"
 
 
 class SmallPushes(Workload):
@@ -369,11 +443,14 @@ class SmallPushes(Workload):
 
 
 def all_workloads() -> list[Workload]:
+    from bench.buildflow import Build
     from bench.dockerflow import DockerPushPull
     from bench.gcload import GarbageCollection
     from bench.scale import Scale
 
+    # Each token workload right after its baseline, so drift on the machine hits both alike.
     return [
-        PushMonolithic(), PushChunked(), Pull(), HeadBlob(), GetManifest(), SmallPushes(),
-        ParallelPushes(), Memory(), DockerPushPull(), Scale(), GarbageCollection(),
+        PushMonolithic(), PushChunked(), Pull(), PullRedirected(), HeadBlob(), HeadBlobToken(),
+        GetManifest(), GetManifestToken(), GetSmallBlob(), GetSmallBlobToken(), SmallPushes(),
+        ParallelPushes(), Memory(), DockerPushPull(), Scale(), Build(), GarbageCollection(),
     ]  # fmt: skip

@@ -19,39 +19,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from registry.api.context import Services
 from registry.api.routes import ROUTES
 from registry.auth import AccessController, AllowAll
-from registry.auth.routes import access_controller, auth_routes, with_audit_trail
-from registry.config import Config
+from registry.auth.routes import access_controller, auth_routes, signing_keys, with_audit_trail
+from registry.config import Config, ConfigError
 from registry.errors import DiskFull, NameUnknown, RegistryError, Unsupported
 from registry.gc.admin_api import gc_routes
 from registry.gc.collector import build_collector
 from registry.gc.schedule import run_periodically
-from registry.http_protocol import API_VERSION_HEADER
+from registry.health import Probes, start_metrics_listener
+from registry.lifecycle import Draining, run_dir_from_environment
 from registry.metadata.db import Database
 from registry.metadata.store import MetadataStore
+from registry.metrics import Metrics
+from registry.observe import RequestObserver
 from registry.storage.blobstore import BlobStore
-from registry.storage.driver import StorageError, StorageFull
+from registry.storage.driver import StorageDriver, StorageError, StorageFull, StorageUnavailable
 from registry.storage.filesystem import FilesystemDriver
 
 log = logging.getLogger("registry")
-
-
-class ApiVersionHeader:
-    """Adds `Docker-Distribution-API-Version` to every answer (clients probe for it)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), API_VERSION_HEADER]
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)
 
 
 BODY_DONE = "registry.request_body_done"
@@ -136,7 +120,16 @@ async def _disk_full(request: Request, exc: Exception) -> Response:
 
 async def _storage_error(request: Request, exc: Exception) -> Response:
     log.error("storage failure on %s %s: %s", request.method, request.url.path, exc)
-    error = RegistryError("storage failure; nothing was stored", status=503)
+    if isinstance(exc, StorageUnavailable):
+        # Transient (storage unreachable or throttling): worth the client's retry.
+        seconds = str(exc.retry_after_seconds)
+        error = RegistryError(
+            "storage is unavailable; nothing was stored, try again later",
+            status=503,
+            headers={"Retry-After": seconds},
+        )
+    else:
+        error = RegistryError("storage failure; nothing was stored", status=503)
     return await error_response(request, error)
 
 
@@ -178,11 +171,27 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)
 
 
+def build_driver(config: Config) -> StorageDriver:
+    """The storage driver `storage.driver` names; an unknown name is refused, never guessed."""
+    config.check()
+    if config.storage.driver == "filesystem":
+        return FilesystemDriver(config.storage_root, fsync=config.storage.fsync)
+    if config.storage.driver == "s3":
+        try:
+            from registry.storage.s3 import S3Driver
+        except ImportError as exc:  # boto3 is an extra
+            raise ConfigError(
+                f"storage.driver s3 needs boto3 (pip install '.[s3]'): {exc}"
+            ) from None
+        return S3Driver(config.storage.s3)
+    raise ConfigError(f"unknown storage.driver {config.storage.driver!r}")
+
+
 def build_services(
     config: Config, access: AccessController | None = None
 ) -> tuple[Services, Database]:
     db = Database(config.database_url, pool_size=config.database.pool_size)
-    driver = FilesystemDriver(config.storage_root, fsync=config.storage.fsync)
+    driver = build_driver(config)
     blobs = BlobStore(driver, buffer_bytes=config.limits.upload_buffer_bytes)
     if access is None:  # token auth when auth.enabled, else none (loopback only)
         access = access_controller(config, db)
@@ -192,7 +201,14 @@ def build_services(
     return services, db
 
 
-def create_app(config: Config, access: AccessController | None = None) -> ASGIApp:
+def create_app(
+    config: Config, access: AccessController | None = None, draining: Draining | None = None
+) -> ASGIApp:
+    metrics = Metrics()
+    draining = draining or Draining(run_dir_from_environment())
+    probes = Probes(draining, metrics, float(config.server.ready_timeout))
+    metrics_addr = config.server.metrics_addr
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services, db = build_services(config, access)
@@ -204,22 +220,40 @@ def create_app(config: Config, access: AccessController | None = None) -> ASGIAp
         )
         collector = build_collector(config, services.blobs, db)
         app.state.collector, app.state.gc_tasks = collector, set()
-        upkeep = asyncio.create_task(
-            run_periodically(collector, config.gc.enabled, config.gc.interval_seconds)
-        )
+        tasks = [
+            asyncio.create_task(
+                run_periodically(collector, config.gc.enabled, config.gc.interval_seconds)
+            ),
+            asyncio.create_task(metrics.sample_pool(db)),
+        ]
+        keys = signing_keys(services.access)
+        if keys is not None:
+            await keys.ensure()  # read (made by `serve` before the workers started)
+            tasks.append(asyncio.create_task(keys.keep_fresh()))
+        side = None
+        if metrics_addr:
+            side = await start_metrics_listener(metrics_addr, probes, services)
         # Everything built so far lives as long as the process: keep the cyclic garbage
         # collector from walking it again and again under load.
         gc.freeze()
         try:
             yield
         finally:
-            for task in (upkeep, *app.state.gc_tasks):
+            if side is not None:
+                side.close()
+            tasks += app.state.gc_tasks
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(upkeep, *app.state.gc_tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await db.dispose()
 
     app = Starlette(
-        routes=[*ROUTES, *auth_routes(config), *gc_routes(config)],
+        routes=[
+            *probes.routes(with_metrics=not metrics_addr),
+            *ROUTES,
+            *auth_routes(config),
+            *gc_routes(config),
+        ],
         lifespan=lifespan,
         exception_handlers={
             RegistryError: _registry_error,
@@ -233,4 +267,9 @@ def create_app(config: Config, access: AccessController | None = None) -> ASGIAp
     )
     # `/v2/x/tags/list/` is not an endpoint: a 404 in the spec's format, not a redirect.
     app.router.redirect_slashes = False
-    return ApiVersionHeader(RequestBodyTracker(with_audit_trail(config, app)))
+    return RequestObserver(
+        RequestBodyTracker(with_audit_trail(config, app)),
+        metrics,
+        log_requests=config.server.access_log,
+        json_lines=config.server.log_format == "json",
+    )

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -32,7 +32,16 @@ def _load(args: argparse.Namespace) -> Config:
 def _serve(args: argparse.Namespace) -> int:
     from registry.server import serve
 
-    return serve(_load(args), workers=args.workers)
+    config = _load(args)
+    if args.workers is not None:
+        config.server.workers = args.workers
+    return serve(config)
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    from registry.health import probe_self
+
+    return probe_self(_load(args), path=args.path)
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -55,8 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--addr", metavar="HOST:PORT", help="listen address (default 127.0.0.1:5000)"
     )
-    serve.add_argument("--workers", type=int, default=None, help="worker processes")
+    serve.add_argument(
+        "--workers", default=None, help="worker processes: auto (one per core, the default) or N"
+    )
     serve.set_defaults(func=_serve)
+
+    health = commands.add_parser(
+        "healthcheck", help="exit 0 when the server of these settings answers /healthz"
+    )
+    _add_config_flags(health)
+    health.add_argument("--path", default="/healthz", help="probe path (default /healthz)")
+    health.set_defaults(func=_healthcheck)
 
     migrate = commands.add_parser("migrate", help="bring the metadata schema up to date")
     _add_config_flags(migrate)
@@ -76,6 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
     from registry.gc.cli import add_commands as add_gc_commands
 
     add_gc_commands(commands)
+    from registry.auth.key_commands import add_commands as add_key_commands
+
+    add_key_commands(commands)
+    return parser
+
+
+def _light_parser(command: str) -> argparse.ArgumentParser | None:
+    """The parser of a command that loads alone (`registry build`: a fully cached build
+    is over before the HTTP client or the server's modules would have loaded)."""
+    try:
+        from registry.runtime.commands import LIGHT_COMMANDS, add_commands
+    except ImportError:
+        return None
+    if command not in LIGHT_COMMANDS:
+        return None
+    parser = argparse.ArgumentParser(prog="registry", description=__doc__)
+    add_commands(parser.add_subparsers(dest="command", required=True),
+                 (LIGHT_COMMANDS[command],))
     return parser
 
 
@@ -83,6 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Ctrl-C at any point, even while modules load, ends it with 130
     and no traceback (the modules a command needs load here, not before)."""
     try:
+        _name_process()
+        words = list(sys.argv[1:] if argv is None else argv)
+        light = _light_parser(words[0]) if words else None
+        if light is not None:
+            light_args = light.parse_args(words)
+            return _done(int(light_args.func(light_args)), argv)
+        import logging
+
         from registry.config import ConfigError
 
         args = build_parser().parse_args(argv)
@@ -92,12 +136,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("alembic", "httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         try:
-            return int(args.func(args))
+            return _done(int(args.func(args)), argv)
         except ConfigError as exc:
             print(f"registry: configuration error: {exc}", file=sys.stderr)
-            return 2
+            return _done(2, argv)
     except KeyboardInterrupt:
         interrupted()
+
+
+def _done(code: int, argv: Sequence[str] | None) -> int:
+    """The command's exit code. Run as the program (arguments from sys.argv), Ctrl-C is
+    blocked from here on: the interpreter restores SIGINT's default action as it finalizes,
+    and a Ctrl-C then would kill the process by the signal instead of exiting with `code`.
+    (Called with arguments, by a test in its own process, it changes nothing.)"""
+    if argv is None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    return code
+
+
+def _name_process() -> None:
+    """`registry` in ps and /proc/PID/comm rather than `python3`; also the sign that this
+    process has left the interpreter's own start-up for our code."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, b"registry", 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 def interrupted() -> NoReturn:

@@ -15,6 +15,7 @@ RegistryError                 base: code, HTTP status, message, detail
 ├── Denied                    403 DENIED
 ├── Unsupported               405 UNSUPPORTED
 ├── TooManyRequests           429 TOOMANYREQUESTS
+├── Unavailable               503 UNAVAILABLE (Distribution's code: a server too busy to serve)
 ├── RangeNotSatisfiable       416 RANGE_INVALID (a Range the blob cannot satisfy)
 ├── PayloadTooLarge           413 (a manifest over the size limit)
 ├── DiskFull                  503 UNAVAILABLE (the disk under the blobs or the database is full)
@@ -130,6 +131,13 @@ class TooManyRequests(RegistryError):
     code, status, default_message = "TOOMANYREQUESTS", 429, "too many requests"
 
 
+class Unavailable(RegistryError):
+    """Nothing of the request was kept and the client should try again shortly (too many
+    connections; a blob whose bytes garbage collection is deleting at this moment)."""
+
+    code, status, default_message = "UNAVAILABLE", 503, "service unavailable"
+
+
 class RangeNotSatisfiable(RegistryError):
     code, status, default_message = "RANGE_INVALID", 416, "requested range not satisfiable"
 
@@ -148,10 +156,3 @@ class DiskFull(RegistryError):
         503,
         "the registry's disk is full: nothing was stored; retry once space is freed",
     )
-
-
-class Unavailable(RegistryError):
-    """Nothing of the request was kept and the client should try again shortly (a blob whose
-    bytes garbage collection is deleting at this moment, for instance)."""
-
-    code, status, default_message = "UNAVAILABLE", 503, "temporarily unavailable; try again"

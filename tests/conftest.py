@@ -9,7 +9,15 @@ import pytest
 
 from support.server import RegistryServer, free_port
 
-pytest_plugins = ["support.ci", "support.dockerd", "support.postgres"]
+pytest_plugins = [
+    "support.ci",
+    "support.dockerd",
+    "support.postgres",
+    "support.seaweedfs",
+    "support.backends",
+    "support.baseimage",
+    "support.images",
+]
 
 __all__ = ["RegistryServer", "free_port"]
 

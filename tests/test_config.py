@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from registry.cli import _load, build_parser
 from registry.cli import main as cli_main
-from registry.config import Config, ConfigError, load_config
+from registry.config import Config, ConfigError, load_config, worker_count
+
+from support.server import RegistryServer
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -70,7 +73,7 @@ def test_environment_overrides_yaml(tmp_path: Path) -> None:
     }
     config = load_config(path, environ=environ)
     assert config.server.addr == "127.0.0.1:7000"
-    assert config.server.workers == 2  # from YAML, not overridden
+    assert config.server.workers == "2"  # from YAML, not overridden
     assert config.data_dir == "/from/env"
     assert config.storage.delete_enabled is False
     assert config.limits.page_size_max == 50
@@ -99,7 +102,7 @@ def test_command_line_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     config = _load(args)
     assert config.server.addr == "127.0.0.1:8000"
     assert config.data_dir == "/flag"
-    assert config.server.workers == 4
+    assert config.server.workers == "4"
     args = build_parser().parse_args(["serve", "--config", str(path)])
     config = _load(args)
     assert (config.server.addr, config.data_dir) == ("127.0.0.1:7000", "/env")
@@ -172,4 +175,80 @@ def test_cli_reports_configuration_errors(
 ) -> None:
     path = write(tmp_path, "server:\n  workers: many\n")
     assert cli_main(["serve", "--config", str(path)]) == 2
-    assert "server.workers must be an integer" in capsys.readouterr().err
+    assert "server.workers must be auto or a number" in capsys.readouterr().err
+
+
+def test_workers_default_to_one_per_core(tmp_path: Path) -> None:
+    assert Config().server.workers == "auto"
+    assert worker_count("auto") == (os.cpu_count() or 1)
+    assert worker_count("3") == worker_count(" 3 ") == 3
+    for bad in ("0", "-1", "²", "\u0661", "2.5", "1025", ""):  # U+0661: an Arabic-Indic 1
+        with pytest.raises(ConfigError):
+            worker_count(bad)
+
+
+def test_a_default_server_runs_one_worker_per_core(tmp_path: Path) -> None:
+    server = RegistryServer(tmp_path / "data", workers=None)
+    server.start()
+    try:
+        assert server.process is not None
+        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+        workers = [pid for pid in children.read_text().split()
+                   if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        cores = os.cpu_count() or 1
+        assert len(workers) == (cores if cores > 1 else 0)  # one worker: no child at all
+    finally:
+        server.stop()
+
+
+def test_s3_settings_nest_under_storage(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "storage:\n  driver: s3\n  s3:\n    bucket: blobs\n    redirect: true\n"
+        "    part_size: 8388608\n",
+    )
+    config = load_config(path, environ={"REGISTRY_STORAGE_S3_REGION": "eu-west-1"})
+    assert config.storage.s3.bucket == "blobs"
+    assert config.storage.s3.redirect is True
+    assert config.storage.s3.part_size == 8 * 1024 * 1024
+    assert config.storage.s3.region == "eu-west-1"
+    config.check()
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, "storage:\n  s3:\n    nope: 1\n"), environ={})
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, "storage:\n  s3: blobs\n"), environ={})
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        ({"storage.driver": "s4"}, "storage.driver 's4' is not one this registry knows"),
+        ({"storage.driver": "S3"}, "is not one this registry knows"),
+        ({"storage.driver": "s3"}, "needs storage.s3.bucket"),
+        (
+            {"storage.driver": "s3", "storage.s3.bucket": "b", "storage.s3.access_key": "k"},
+            "go together",
+        ),
+        ({"storage.s3.part_size": 1024}, "part_size"),
+        ({"storage.s3.addressing": "dns"}, "addressing"),
+        ({"storage.s3.encryption": "rot13"}, "encryption"),
+        ({"storage.s3.kms_key_id": "k"}, "kms_key_id"),
+        ({"storage.s3.prefix": "../x"}, "prefix"),
+        ({"storage.s3.redirect_seconds": 0}, "redirect_seconds"),
+    ],
+)
+def test_bad_storage_settings_are_refused(settings: dict[str, object], complaint: str) -> None:
+    config = load_config(environ={}, overrides=settings)
+    with pytest.raises(ConfigError, match=complaint):
+        config.check()
+
+
+def test_serve_refuses_an_unknown_storage_driver(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`storage.driver: s3`-like typos used to run on local disk without a word."""
+    path = write(tmp_path, "storage:\n  driver: gcs\n")
+    code = cli_main(["serve", "--config", str(path), "--data", str(tmp_path / "d")])
+    assert code != 0
+    assert "storage.driver 'gcs' is not one this registry knows" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -11,14 +11,14 @@ from registry.config import Config, all_keys, load_config
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 
 
-def _documented_keys() -> set[str]:
-    doc = yaml.safe_load(EXAMPLE.read_text())
+def _documented_keys(doc: dict[str, object] | None = None, prefix: str = "") -> set[str]:
+    doc = doc if doc is not None else yaml.safe_load(EXAMPLE.read_text())
     keys: set[str] = set()
     for key, value in doc.items():
         if isinstance(value, dict):
-            keys.update(f"{key}.{sub}" for sub in value)
+            keys |= _documented_keys(value, f"{prefix}{key}.")
         else:
-            keys.add(key)
+            keys.add(f"{prefix}{key}")
     return keys
 
 

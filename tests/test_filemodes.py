@@ -114,7 +114,7 @@ async def test_driver_and_database_choose_their_modes_themselves(tmp_path: Path)
         writer = await driver.append("uploads/u1/data", 0)
         await writer.write(b"upload")
         await writer.close()
-        await driver.move("uploads/u1/data", "blobs/sha256/cd/cde/data")
+        await driver.commit("uploads/u1/data", None, "blobs/sha256/cd/cde/data")
         url = f"sqlite+aiosqlite:///{tmp_path / 'db' / 'sub' / 'registry.db'}"
         await upgrade_schema_async(url)
         db = Database(url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -17,6 +18,7 @@ from registry.api.context import (
 from registry.api.filesend import FileRangeResponse, can_send_files
 from registry.api.ranges import Unsatisfiable, parse_range
 from registry.errors import BlobUnknown, RangeNotSatisfiable
+from registry.storage.driver import PathNotFound
 
 log = logging.getLogger("registry")
 
@@ -47,9 +49,32 @@ async def get_blob(request: Request) -> Response:
         headers["Content-Length"] = str(length)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
+    if svc.config.storage.s3.redirect and (url := await svc.blobs.redirect_url(digest)):
+        # Straight from storage, as Distribution's redirect does (the client sends its Range
+        # there again); HEAD is answered above, by the registry.
+        redirect = {"Location": url, "Docker-Content-Digest": str(digest), "Content-Length": "0"}
+        return Response(status_code=307, headers=redirect)
     if can_send_files(request.scope) and (file := svc.blobs.open_local(digest)) is not None:
         return FileRangeResponse(file, offset, length, status, headers)
-    return StreamingResponse(svc.blobs.read(digest, offset, length), status, headers=headers)
+    stream = svc.blobs.read(digest, offset, length)
+    # The first block before the status line: storage failing now is still a JSON error.
+    try:
+        opening = await stream.__anext__()
+    except StopAsyncIteration:
+        opening = b""
+    except PathNotFound:  # gone since the size was checked (another replica, or damage)
+        log.error("blob %s: recorded, but missing from storage", digest)
+        raise BlobUnknown(
+            "blob content is missing from storage", detail={"digest": str(digest)}
+        ) from None
+    return StreamingResponse(_after(opening, stream), status, headers=headers)
+
+
+async def _after(opening: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if opening:
+        yield opening
+    async for chunk in rest:
+        yield chunk
 
 
 async def delete_blob(request: Request) -> Response:

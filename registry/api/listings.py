@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from registry.api.context import authorize, repository, services
 from registry.auth import Access
 from registry.errors import NameUnknown, RegistryError
+from registry.numbers import parse_decimal
 
 
 class PaginationNumberInvalid(RegistryError):
@@ -20,9 +21,10 @@ def _page(request: Request, maximum: int) -> tuple[int | None, str | None]:
     raw_n = request.query_params.get("n")
     n: int | None = None
     if raw_n is not None:
-        if not raw_n.isdigit():
+        value = parse_decimal(raw_n)
+        if value is None:
             raise PaginationNumberInvalid(detail={"n": raw_n[:50]})
-        n = min(int(raw_n), maximum)
+        n = min(value, maximum)
     return n, request.query_params.get("last")
 
 

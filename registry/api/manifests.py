@@ -25,6 +25,7 @@ from registry.errors import (
     PayloadTooLarge,
 )
 from registry.metadata.store import MissingReferences
+from registry.numbers import parse_decimal
 from registry.oci import mediatypes as mt
 from registry.oci.digest import Digest
 from registry.oci.manifest import Manifest, ManifestError, parse_manifest
@@ -69,7 +70,8 @@ async def _raise_unknown(svc: Services, name: str, reference: str) -> NoReturn:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    size = parse_decimal(declared)  # None: not ours to judge; the count below still holds
+    if size is not None and size > limit:
         raise PayloadTooLarge(detail={"limit": limit})
     body = bytearray()
     async for piece in request.stream():

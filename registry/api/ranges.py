@@ -11,13 +11,17 @@ What a blob GET makes of it:
   "invalid or unsatisfiable ... SHOULD send a 416");
 - several ranges of which any can be served: the whole blob (200). Clients of a registry
   ask for one range at a time; a multipart/byteranges answer is not made.
+Positions of more digits than any size has are read as past the end (`parse_decimal`'s
+TOO_LARGE), as RFC 9110 reads a last position beyond the representation.
 """
 
 from __future__ import annotations
 
 import re
 
-_RANGE_SET = re.compile(r"^bytes=(\d*-\d*(?:,\d*-\d*)*)\Z")
+from registry.numbers import TOO_LARGE, parse_decimal
+
+_RANGE_SET = re.compile(r"^bytes=([0-9]*-[0-9]*(?:,[0-9]*-[0-9]*)*)\Z")
 
 
 class Unsatisfiable(ValueError):
@@ -47,24 +51,31 @@ def _served(spec: str, size: int) -> tuple[int, int] | None:
     """The bytes one `first-last` range selects of `size`; None when it selects none."""
     first_text, last_text = spec.split("-")
     if not first_text:  # suffix range: the last N bytes
-        suffix = int(last_text)
+        suffix = _position(last_text)
         return (max(0, size - suffix), size - 1) if suffix and size else None
-    first = int(first_text)
-    last = int(last_text) if last_text else size - 1
+    first = _position(first_text)
+    last = _position(last_text) if last_text else size - 1
     if last < first or first >= size:
         return None
     return first, min(last, size - 1)
 
 
-_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?\Z")
+def _position(text: str) -> int:
+    """A byte position of ASCII digits (the pattern's), TOO_LARGE when longer than any size."""
+    value = parse_decimal(text, saturate=True)
+    return TOO_LARGE if value is None else value
+
+
+_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?\Z")
 
 
 def parse_content_range(header: str) -> tuple[int, int] | None:
-    """An upload chunk's inclusive (start, end) from `Content-Range`, or None if malformed."""
+    """An upload chunk's inclusive (start, end) from `Content-Range`, or None if malformed
+    (or of positions longer than any upload can be)."""
     match = _CONTENT_RANGE.match(header.strip())
     if not match:
         return None
-    start, end = int(match.group(1)), int(match.group(2))
-    if end < start:
+    start, end = parse_decimal(match.group(1)), parse_decimal(match.group(2))
+    if start is None or end is None or end < start:
         return None
     return start, end

@@ -33,6 +33,7 @@ from registry.errors import (
     Unavailable,
 )
 from registry.metadata.store import Upload
+from registry.numbers import parse_decimal
 from registry.oci.digest import Digest
 from registry.storage.layout import is_upload_id
 
@@ -136,9 +137,10 @@ def _content_length(request: Request) -> int | None:
     raw = request.headers.get("content-length")
     if raw is None:
         return None
-    if not raw.isdigit():
-        raise BlobUploadInvalid("malformed Content-Length")
-    return int(raw)
+    value = parse_decimal(raw)
+    if value is None:  # the HTTP parser lets through only what it can count, but be sure
+        raise SizeInvalid("malformed Content-Length", detail={"content-length": raw[:50]})
+    return value
 
 
 async def start_upload(request: Request) -> Response:
@@ -161,20 +163,29 @@ async def start_upload(request: Request) -> Response:
 async def _try_mount(
     request: Request, svc: Services, name: str, digest: Digest, source: str | None
 ) -> Response | None:
-    """Link an existing blob into `name`; None when it cannot (the caller starts an upload)."""
+    """Link an existing blob into `name`; None when it cannot (the caller starts an upload).
+
+    The source must be pullable with the credentials of this very request: with a token,
+    by its `access` claim, so a token scoped to one repository reaches no blob elsewhere
+    even when its account could. A token lacking pull on `from` whose account has it gets
+    a 401 whose challenge names both repositories (the client widens its token and mounts).
+    """
     if source is not None:
         checked_name(source)
-        if not await svc.access.can(request, Access("repository", source, ("pull",))):
+        pull = Access("repository", source, ("pull",))
+        if not await svc.access.can(request, pull):
+            target = Access("repository", name, ("pull", "push"))
+            await svc.access.ask_for_wider_token(request, [target, pull])
             return None
         size = await svc.metadata.blob_size_in_repository(source, str(digest))
     else:
         # Spec 1.1: without `from`, mount any copy the caller could read anyway: the blob
-        # must be in some repository the caller may pull.
-        holders = await svc.metadata.repositories_with_blob(str(digest))
-        readable = await svc.access.pullable(request, holders)
+        # must be in some repository these credentials may pull.
         size = None
-        if readable:
-            size = await svc.metadata.blob_size_in_repository(readable[0], str(digest))
+        for holder in await svc.metadata.repositories_with_blob(str(digest)):
+            if await svc.access.can(request, Access("repository", holder, ("pull",))):
+                size = await svc.metadata.blob_size_in_repository(holder, str(digest))
+                break
     if size is None or await svc.blobs.stat(digest) != size:
         return None
     if not await svc.metadata.mount_blob(name, str(digest)):
@@ -228,13 +239,22 @@ def _chunk_length(request: Request, name: str, upload: Upload, expected: int | N
 async def _append(
     svc: Services, upload: Upload, body: AsyncIterator[bytes], claim: Claim | None
 ) -> int:
-    size = await svc.blobs.append_upload(upload.id, upload.size, body)
+    progress = await svc.blobs.append_upload(
+        upload.id, upload.size, body, upload.hash_state, upload.storage_state
+    )
     writer = claim.writer if claim is not None else None
-    if size != upload.size and not await svc.metadata.advance_upload(
-        upload.id, upload.size, size, writer
+    # The size and the states that go with it move together: the next request, on any
+    # process or replica, carries on from exactly here.
+    if progress.size != upload.size and not await svc.metadata.advance_upload(
+        upload.id,
+        upload.size,
+        progress.size,
+        writer,
+        progress.hash_state,
+        progress.storage_state,
     ):
         raise BlobUploadInvalid("the upload changed during this request", status=416)
-    return size
+    return progress.size
 
 
 async def finish_upload(request: Request) -> Response:
@@ -261,24 +281,43 @@ async def _finish(
     registry/gc/__init__.py, which never acknowledges bytes a collector may be deleting."""
     size = upload.size
     body: bytes | None = None
+    incarnation: str | None = None
     try:
         if upload.size == 0 and expected is not None and expected <= SMALL_BODY:
             # The whole blob in one small body: verified in memory, stored in one step.
             body = b"".join([piece async for piece in _checked_body(request, expected, claim)])
             await svc.blobs.verify_data(body, digest)
             size = len(body)
+        elif upload.size == 0 and expected is not None and expected != 0:
+            # The whole blob in one large body of known size: streamed to where it ends and
+            # verified on the way, so the blob is reserved before its key is written.
+            incarnation = await _reserve(svc, digest, expected)
+            body_stream = _checked_body(request, expected, claim)
+            size = await svc.blobs.store_stream(upload.id, body_stream, digest, expected)
+            await svc.blobs.delete_upload(upload.id)  # any file an empty PATCH left
         else:
+            hash_state, storage_state = upload.hash_state, upload.storage_state
             if expected != 0:
                 # The session ends here either way, so its recorded size need not move first.
                 body_stream = _checked_body(request, expected, claim)
-                size = await svc.blobs.append_upload(upload.id, upload.size, body_stream)
-            await svc.blobs.verify_upload(upload.id, size, digest)
-        incarnation = await _reserve(svc, digest, size)
-        if body is not None:
-            await svc.blobs.place_data(body, digest)
-            await svc.blobs.delete_upload(upload.id)  # any file an empty PATCH left
-        else:
-            await svc.blobs.place_upload(upload.id, size, digest)
+                progress = await svc.blobs.append_upload(
+                    upload.id, upload.size, body_stream, hash_state, storage_state
+                )
+                size, hash_state, storage_state = (
+                    progress.size,
+                    progress.hash_state,
+                    progress.storage_state,
+                )
+            storage_state = await svc.blobs.verify_upload(
+                upload.id, size, digest, hash_state, storage_state
+            )
+        if incarnation is None:
+            incarnation = await _reserve(svc, digest, size)
+            if body is not None:
+                await svc.blobs.place_data(body, digest)
+                await svc.blobs.delete_upload(upload.id)  # any file an empty PATCH left
+            else:
+                await svc.blobs.place_upload(upload.id, size, digest, storage_state)
     except DigestInvalid:
         await svc.blobs.delete_upload(upload.id)
         await svc.metadata.delete_upload(upload.id)

@@ -50,6 +50,12 @@ class AccessController(Protocol):
         """Which of these repositories the caller may pull (the catalog shows only those)."""
         ...
 
+    async def ask_for_wider_token(self, request: Request, wanted: list[Access]) -> None:
+        """Raise Unauthorized, with a challenge naming every access in `wanted`, when the
+        caller's token lacks one that its account may have (the client then fetches a wider
+        token and retries); return when a new token would not help."""
+        ...
+
 
 class AllowAll:
     """No authentication: only for a registry on a loopback address."""
@@ -62,3 +68,6 @@ class AllowAll:
 
     async def pullable(self, request: Request, names: Sequence[str]) -> list[str]:
         return list(names)
+
+    async def ask_for_wider_token(self, request: Request, wanted: list[Access]) -> None:
+        return None

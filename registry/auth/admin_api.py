@@ -10,6 +10,8 @@ can never do more than the user can. Every change is written to the audit log.
     grants   GET, POST {user|team, pattern, actions}, DELETE ?user=|team=&pattern=[&actions=]
     public   GET, POST {pattern}, DELETE ?pattern=
     tokens   GET, POST {name, scopes, expires, owner, admin};  tokens/N  DELETE
+             (`name` is short; the token is named robot$<owner>+<name>, or robot$<name>
+             without owner, and that full name is what it logs in and is revoked with)
     audit    GET ?limit=&actor=&action=
 
 all under /auth/admin/.
@@ -33,6 +35,7 @@ from registry.auth.services import AuthServices
 from registry.auth.token_endpoint import auth_services
 from registry.errors import Denied, RegistryError, Unauthorized
 from registry.metadata.identity import IdentityConflict, IdentityNotFound, RobotRecord
+from registry.numbers import parse_decimal
 
 MAX_BODY = 64 * 1024
 Handler = Callable[[Request, AuthServices, Principal], Awaitable[Response]]
@@ -188,6 +191,7 @@ async def update_user(request: Request, auth: AuthServices, caller: Principal) -
 async def remove_user(request: Request, auth: AuthServices, caller: Principal) -> Response:
     name = request.path_params["name"]
     await auth.identity.delete_user(name)
+    auth.bearer.forget_all()  # their tokens, and their robots', end now in this process
     await _changed(request, auth, caller, "user.remove", name)
     return Response(status_code=204)
 
@@ -302,6 +306,7 @@ def token_json(robot: RobotRecord) -> dict[str, Any]:
         "created_at": _stamp(robot.created_at),
         "expires_at": _stamp(robot.expires_at),
         "last_used_at": _stamp(robot.last_used_at),
+        "old_name": robot.legacy_name,  # a login alias, for robots from before robot$ names
     }
 
 
@@ -334,8 +339,8 @@ async def add_token(request: Request, auth: AuthServices, caller: Principal) -> 
         if admin or body.get("owner") not in (None, owner):
             raise Denied("only admins make admin tokens or tokens for others")
     token = await management.create_token(auth.identity, name, scopes, expires, owner, admin)
-    await _changed(request, auth, caller, "token.create", name)
-    robot = await auth.identity.robot_by_name(name)
+    await _changed(request, auth, caller, "token.create", token.name)
+    robot = await auth.identity.robot_by_name(token.name)
     assert robot is not None
     return JSONResponse({**token_json(robot), "token": token.secret}, status_code=201)
 
@@ -347,6 +352,7 @@ async def remove_token(request: Request, auth: AuthServices, caller: Principal) 
         if robot is None or robot.owner != _own_user(caller):
             raise NotFound("no such token")
     await auth.identity.delete_robot(name)
+    auth.bearer.forget_all()
     await _changed(request, auth, caller, "token.revoke", name)
     return Response(status_code=204)
 
@@ -356,11 +362,11 @@ async def remove_token(request: Request, auth: AuthServices, caller: Principal) 
 
 async def audit(request: Request, auth: AuthServices, caller: Principal) -> Response:
     params = request.query_params
-    raw_limit = params.get("limit", "100")
-    if not raw_limit.isdigit():
+    limit = parse_decimal(params.get("limit", "100"))
+    if limit is None:
         raise BadRequest("`limit` must be a number")
     entries = await auth.identity.audit_entries(
-        min(int(raw_limit), 10_000), params.get("actor"), params.get("action")
+        min(limit, 10_000), params.get("actor"), params.get("action")
     )
     return JSONResponse(
         {

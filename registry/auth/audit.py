@@ -21,7 +21,8 @@ from registry.metadata.identity import IdentityStore
 
 log = logging.getLogger("registry.audit")
 
-# Set in the ASGI scope by the access controller: an `Actor`.
+# Set in the ASGI scope by the access controller, an `Actor`, where the trail asks for one
+# (by setting it to None): only requests that may change something are recorded.
 ACTOR_KEY = "registry.auth.actor"
 _MANIFEST = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)\Z")
 _BLOB = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<reference>[^/]+)\Z")
@@ -81,6 +82,7 @@ class AuditTrail:
             await self.app(scope, receive, send)
             return
         status = 0
+        scope[ACTOR_KEY] = None  # asks the access controller to name the caller here
 
         async def watching_send(message: Message) -> None:
             nonlocal status

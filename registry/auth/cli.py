@@ -283,7 +283,8 @@ async def token_create(identity: IdentityStore, args: argparse.Namespace) -> int
     until = token.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC") if token.expires_at else "never"
     print(f"token {token.name} (expires: {until}); shown only now:", file=sys.stderr)
     print(token.secret)
-    print(f"use it as: docker login -u {token.name} --password-stdin", file=sys.stderr)
+    # Single quotes: a shell would expand the `$` of robot$... in double quotes or none.
+    print(f"use it as: docker login -u '{token.name}' --password-stdin", file=sys.stderr)
     return 0
 
 
@@ -296,6 +297,7 @@ async def token_list(identity: IdentityStore, args: argparse.Namespace) -> int:
             "admin": r.admin,
             "expires": r.expires_at,
             "last_used": r.last_used_at,
+            "old_name": r.legacy_name,  # still accepted at login (robots from before robot$)
         }
         for r in await identity.list_robots(args.owner)
     ]
@@ -415,7 +417,7 @@ def add_commands(commands: Any) -> None:
         dest="token_command", required=True
     )
     p = _leaf(token, "create", token_create, "make a token and print its secret once")
-    p.add_argument("name")
+    p.add_argument("name", help="short name: the token is robot$<owner>+<name> (robot$<name>)")
     p.add_argument(
         "--scope",
         action="append",
@@ -428,9 +430,9 @@ def add_commands(commands: Any) -> None:
     p = _leaf(token, "list", token_list, "list tokens (never their secrets)", json_output=True)
     p.add_argument("--owner", help="only this user's tokens")
     p = _leaf(token, "revoke", token_revoke, "revoke a token")
-    p.add_argument("name")
+    p.add_argument("name", help="its full name, robot$...")
 
     p = _leaf(commands, "audit", audit, "show the audit log, newest first", json_output=True)
     p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--actor", help="only this account (robot:<name> for tokens)")
+    p.add_argument("--actor", help="only this account (robot$... for tokens)")
     p.add_argument("--action", help="login, login_failed, push, delete, denied, admin")

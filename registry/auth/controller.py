@@ -13,9 +13,10 @@
 Anonymous tokens lacking an action always get 401: logging in may help. For an external
 issuer's token we cannot tell what it would grant, so it gets 401 too.
 
-A token signed by us stops working as soon as its account is removed (its `sub` is looked
-up on each request); one from a trusted external issuer is good for what its `access`
-claim says until it expires.
+A token signed by us names its account by id and stops working once that account is
+removed (see `bearer`: at once through this process, within `auth.revocation_delay_seconds`
+otherwise); one from a trusted external issuer is good for what its `access` claim says
+until it expires, and acts under `external:<issuer>:<sub>`, never as one of our accounts.
 """
 
 from __future__ import annotations
@@ -24,43 +25,22 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from starlette.requests import Request
 
 from registry.auth import Access
-from registry.auth.accounts import ANONYMOUS, Principal
 from registry.auth.audit import ACTOR_KEY, Actor
-from registry.auth.permissions import Permissions, pattern_matches
+from registry.auth.bearer import NO_CREDENTIALS, AccountGone, AuthContext
+from registry.auth.permissions import pattern_matches
 from registry.auth.scopes import Scope, covers
 from registry.auth.services import AuthServices
-from registry.auth.tokens import InvalidToken, VerifiedToken
+from registry.auth.tokens import InvalidToken
 from registry.errors import Denied, RegistryError, Unauthorized
 from registry.oci.names import is_repository_name
 
 CONTEXT_KEY = "registry.auth.context"
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?\Z|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?\Z")
 MAX_HEADER = 16 * 1024 + 16
-
-
-@dataclass(frozen=True, slots=True)
-class AuthContext:
-    """What one request authenticated as: a token, or Basic credentials and their rights."""
-
-    principal: Principal
-    token: VerifiedToken | None = None
-    permissions: Permissions | None = None
-    credentials: bool = True  # False: the request carried none
-
-    def allows(self, wanted: Scope) -> bool:
-        if self.token is not None:
-            return covers(self.token.access, wanted)
-        if self.permissions is not None:
-            return covers(self.permissions.grant([wanted]), wanted)
-        return False
-
-
-NO_CREDENTIALS = AuthContext(ANONYMOUS, credentials=False)
 
 
 def parse_basic(value: str) -> tuple[str, str] | None:
@@ -79,7 +59,8 @@ def mount_source(request: Request, scopes: list[Scope]) -> list[Scope]:
     """Pull on the `from` repository of a cross-repository mount, for the challenge.
 
     As in Distribution, a client that answers the challenge then holds a token the mount
-    can use; a token without it still gets an ordinary upload session instead.
+    can use. A token lacking it gets a challenge naming both when its account may pull the
+    source (`ask_for_wider_token`), an ordinary upload session when it may not.
     """
     if request.method != "POST" or not request.url.path.rstrip("/").endswith("/blobs/uploads"):
         return []
@@ -88,6 +69,22 @@ def mount_source(request: Request, scopes: list[Scope]) -> list[Scope]:
         return []
     wanted = Scope("repository", source, ("pull",))
     return [] if covers(scopes, wanted) or not scopes else [wanted]
+
+
+Resource = Access | Scope  # the same three fields: type, name, actions
+
+
+def as_scopes(wanted: Sequence[Resource]) -> list[Scope]:
+    return [Scope(w.type, w.name, w.actions) for w in wanted]
+
+
+def authorization_header(request: Request) -> str | None:
+    """The first Authorization header, read from the raw ASGI list: this runs on every
+    request, and building Starlette's Headers for one lookup costs more than the scan."""
+    for key, value in request.scope["headers"]:
+        if key == b"authorization":
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return None
 
 
 def client_address(request: Request) -> str:
@@ -105,13 +102,13 @@ class TokenAccessController:
     # -- the AccessController protocol ------------------------------------------------------
 
     async def authorize(self, request: Request, wanted: list[Access]) -> None:
-        scopes = [Scope(a.type, a.name, a.actions) for a in wanted]
-        context = await self.context(request, scopes)
+        context = await self.context(request, wanted)
         if not context.credentials:
-            raise Unauthorized(headers=self.challenge(request, scopes))
-        missing = [scope for scope in scopes if not context.allows(scope)]
-        if not missing:
+            raise Unauthorized(headers=self.challenge(request, wanted))
+        if context.permits(wanted):  # every request with credentials: no more work than this
             return
+        scopes = as_scopes(wanted)
+        missing = [scope for scope in scopes if not context.allows(scope)]
         await self.audit.record(
             context.principal.subject,
             client_address(request),
@@ -140,6 +137,28 @@ class TokenAccessController:
         rights = await self.accounts.permissions(context.principal)
         return all(covers(rights.grant([scope]), scope) for scope in missing)
 
+    async def ask_for_wider_token(self, request: Request, wanted: list[Access]) -> None:
+        """401 when one of our tokens lacks an access its account has (see the protocol).
+
+        Basic credentials carry the account's rights already, and what an external issuer
+        would grant we cannot tell: for those, and when the account may not, return.
+        """
+        scopes = [Scope(a.type, a.name, a.actions) for a in wanted]
+        try:
+            context = await self.context(request, scopes)
+        except RegistryError:
+            return
+        if context.token is None or not context.token.builtin:
+            return
+        missing = [scope for scope in scopes if not context.allows(scope)]
+        if not missing or not await self._retry_may_help(context, missing):
+            return
+        raise Unauthorized(
+            "insufficient scope: ask for a token with this access",
+            detail=[s.claim() for s in missing],
+            headers=self.challenge(request, scopes, error="insufficient_scope"),
+        )
+
     async def can(self, request: Request, access: Access) -> bool:
         try:
             context = await self.context(request, [])
@@ -148,7 +167,8 @@ class TokenAccessController:
         return context.allows(Scope(access.type, access.name, access.actions))
 
     async def pullable(self, request: Request, names: Sequence[str]) -> list[str]:
-        """Which of `names` the caller may pull (to filter the catalog and mounts).
+        """Which of `names` the caller may pull (to filter the catalog; mounts need more:
+        pull in the token itself, see `can`).
 
         For our own tokens and for Basic credentials this is what the account may pull
         now, as a new token would carry; for an external token, what its claims list.
@@ -174,7 +194,7 @@ class TokenAccessController:
 
     # -- authentication --------------------------------------------------------------------
 
-    async def context(self, request: Request, scopes: list[Scope]) -> AuthContext:
+    async def context(self, request: Request, scopes: Sequence[Resource]) -> AuthContext:
         """Authenticate the request once; later calls in the same request reuse the answer."""
         cached = request.scope.get(CONTEXT_KEY)
         if isinstance(cached, AuthContext):
@@ -187,14 +207,14 @@ class TokenAccessController:
             request.scope[CONTEXT_KEY] = exc
             raise
         request.scope[CONTEXT_KEY] = context
-        if context.credentials:
+        if context.credentials and ACTOR_KEY in request.scope:  # the audit trail wants one
             request.scope[ACTOR_KEY] = Actor(
                 context.principal.subject, client_address(request), self.audit
             )
         return context
 
-    async def _authenticate(self, request: Request, scopes: list[Scope]) -> AuthContext:
-        header = request.headers.get("authorization")
+    async def _authenticate(self, request: Request, scopes: Sequence[Resource]) -> AuthContext:
+        header = authorization_header(request)
         if header is None:
             return NO_CREDENTIALS
         if len(header) > MAX_HEADER:
@@ -211,31 +231,29 @@ class TokenAccessController:
             return AuthContext(principal, permissions=await self.accounts.permissions(principal))
         raise self._malformed(request, scopes, "unsupported or malformed Authorization header")
 
-    async def _bearer(self, request: Request, scopes: list[Scope], token: str) -> AuthContext:
+    async def _bearer(
+        self, request: Request, scopes: Sequence[Resource], token: str
+    ) -> AuthContext:
         try:
-            verified = await self.verifier.verify(token)
+            return await self.auth.bearer.authenticate(token)
         except InvalidToken as exc:
             raise Unauthorized(
                 f"invalid token: {exc}",
                 headers=self.challenge(request, scopes, error="invalid_token", why=str(exc)),
             ) from None
-        if not verified.builtin:
-            return AuthContext(Principal("external", verified.subject), token=verified)
-        principal = await self.accounts.principal_for_subject(verified.subject)
-        if principal is None:
+        except AccountGone:
             raise Unauthorized(
                 "invalid token: its account no longer exists",
                 headers=self.challenge(request, scopes, error="invalid_token"),
-            )
-        return AuthContext(principal, token=verified)
+            ) from None
 
-    def _basic(self, request: Request, scopes: list[Scope], value: str) -> tuple[str, str]:
+    def _basic(self, request: Request, scopes: Sequence[Resource], value: str) -> tuple[str, str]:
         credentials = parse_basic(value)
         if credentials is None:
             raise self._malformed(request, scopes, "malformed Basic credentials")
         return credentials
 
-    def _malformed(self, request: Request, scopes: list[Scope], why: str) -> Unauthorized:
+    def _malformed(self, request: Request, scopes: Sequence[Resource], why: str) -> Unauthorized:
         return Unauthorized(
             why, headers=self.challenge(request, scopes, error="invalid_request", why=why)
         )
@@ -255,11 +273,12 @@ class TokenAccessController:
     def challenge(
         self,
         request: Request,
-        scopes: list[Scope],
+        wanted: Sequence[Resource],
         error: str | None = None,
         why: str | None = None,
     ) -> dict[str, str]:
         parts = [f'realm="{self.realm(request)}"', f'service="{self.config.auth.service}"']
+        scopes = as_scopes(wanted)
         scopes = [*scopes, *mount_source(request, scopes)]
         if scopes:
             parts.append(f'scope="{" ".join(str(s) for s in scopes)}"')

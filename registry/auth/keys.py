@@ -1,36 +1,49 @@
-"""The token-signing keys: made on first start, rotated, served as JWKS.
-
-Keys live as PEM files, readable by the owner only, in one folder (default
-`<data_dir>/auth/keys`, mode 0700):
-
-    <created, unix milliseconds>-<kid>.pem      the kid is the key's RFC 7638 JWK thumbprint
+"""The token-signing keys: made on first start, rotated, served as JWKS, shared by every
+worker and replica through one store.
 
 The newest key signs. When it is older than the rotation period (or of another algorithm
 than configured) a new one is made; an older key keeps verifying until its successor has
-signed for longer than a token lives (plus the clock-skew leeway), and is deleted a
-minute after that. Several workers or replicas sharing the folder agree on the keys: a
-lock file serialises changes, and an unknown `kid` makes a process read the folder again.
-Replicas that do not share the folder must be given the same keys (a mounted secret).
+signed for longer than a token lives (plus the clock-skew leeway), and is deleted from the
+store a minute after that, never to be used again.
+
+Two stores keep the keys (`auth.keys_store`, registry/auth/key_stores.py):
+
+    folder     PEM files, owner-only, in one folder (default `<data_dir>/auth/keys`), for
+               one machine, or replicas sharing a volume; a lock file serialises changes.
+    database   the `signing_keys` table, each private key encrypted (AES-256-GCM) with a
+               key derived from `auth.keys_secret`, for replicas that share nothing but
+               the database; a transaction (with an advisory lock on PostgreSQL)
+               serialises changes.
+
+Either way, a change (the first key, a rotation, a retirement) is decided under the store's
+lock from the keys as they are then, so processes starting or rotating at once make one key,
+not one each. Each process keeps the keys in memory and asks the store only when it must:
+
+- a token whose `kid` it does not know: it reads the store again (at most once a second;
+  a request that comes sooner waits for that next read rather than being refused, so a key
+  made by another replica a moment ago is always found);
+- every 10 s, in the background (`keep_fresh`), so a rotation made elsewhere (another
+  replica, `registry keys rotate`) shows in the JWKS and ends the old key on time;
+- when its newest key is due for rotation, on the next token it signs.
+
+A token with a known `kid` never waits for the store: its key is a dictionary lookup.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import contextlib
-import fcntl
+import functools
 import hashlib
+import itertools
 import json
 import logging
-import os
-import re
-import stat
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
@@ -38,17 +51,20 @@ log = logging.getLogger("registry.auth")
 
 SIGNING_ALGORITHMS = ("ES256", "RS256")
 RSA_BITS = 3072
-_FILE = re.compile(r"^(\d+)-([A-Za-z0-9_-]{16,64})\.pem\Z")
-RESCAN_INTERVAL = 1.0
-JWKS_RESCAN_INTERVAL = 10.0
+UNKNOWN_KID_INTERVAL = 1.0  # reads of the store for unknown kids, at most one per this
+REFRESH_INTERVAL = 10.0  # background reads of the store (and of the JWKS's keys)
 RETIRE_MARGIN = 60.0
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 
-class KeyFolderError(RuntimeError):
-    """The key folder or a key in it cannot be used."""
+class KeyStoreError(RuntimeError):
+    """The key store, or a key in it, cannot be used (the message says why)."""
+
+
+class _KeyNeeded(Exception):
+    """A change needs a new key and none was made beforehand (the change is not made)."""
 
 
 def _b64(data: bytes) -> str:
@@ -72,7 +88,7 @@ def thumbprint(key: PublicKey) -> str:
 def algorithm_of(key: PrivateKey | PublicKey) -> str:
     if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ec.SECP256R1):
-            raise KeyFolderError(f"unsupported curve {key.curve.name}")
+            raise KeyStoreError(f"unsupported curve {key.curve.name}")
         return "ES256"
     return "RS256"
 
@@ -82,7 +98,7 @@ def generate(algorithm: str) -> PrivateKey:
         return ec.generate_private_key(ec.SECP256R1())
     if algorithm == "RS256":
         return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-    raise KeyFolderError(f"signing algorithm must be one of {', '.join(SIGNING_ALGORITHMS)}")
+    raise KeyStoreError(f"signing algorithm must be one of {', '.join(SIGNING_ALGORITHMS)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +106,11 @@ class SigningKey:
     kid: str
     algorithm: str
     private_key: PrivateKey
-    created: float
-    path: Path | None = None
+    created: float  # unix seconds, whole milliseconds
+
+    @property
+    def created_ms(self) -> int:
+        return round(self.created * 1000)
 
     @property
     def public_key(self) -> PublicKey:
@@ -101,157 +120,219 @@ class SigningKey:
         return {**public_jwk(self.public_key), "kid": self.kid, "use": "sig", "alg": self.algorithm}
 
 
+@dataclass(frozen=True, slots=True)
+class KeyChange:
+    """What one locked change does to the store: a key to add, keys to delete."""
+
+    add: SigningKey | None = None
+    remove: tuple[SigningKey, ...] = ()
+
+
+class KeyStore(Protocol):
+    """Where the keys are kept (registry/auth/key_stores.py: a folder, or a database table)."""
+
+    where: str  # for messages: "the folder /x", "the database"
+
+    async def load(self) -> list[SigningKey]:
+        """Every stored key, in any order; KeyStoreError when they cannot be read."""
+        ...
+
+    async def change(self, plan: Callable[[list[SigningKey]], KeyChange]) -> list[SigningKey]:
+        """Under a lock that every process and replica respects: read the keys, apply
+        `plan(keys)` (store the key it adds, delete those it removes), and return the keys
+        as they are then. `plan` may raise, and then nothing changes."""
+        ...
+
+
 class KeyRing:
-    """The signing keys in one folder; cheap to ask, reads the disk only when it must."""
+    """The signing keys of one store, kept in memory; cheap to ask, reads the store only when
+    it must (see the module's docstring)."""
 
     def __init__(
         self,
-        folder: Path,
+        store: KeyStore,
         algorithm: str = "ES256",
         rotation_seconds: float = 30 * 86400,
         overlap_seconds: float = 360,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if algorithm not in SIGNING_ALGORITHMS:
-            raise KeyFolderError(
+            raise KeyStoreError(
                 f"signing algorithm must be one of {', '.join(SIGNING_ALGORITHMS)}"
             )
-        self.folder = folder
+        self.store = store
         self.algorithm = algorithm
         self.rotation_seconds = rotation_seconds
         self.overlap_seconds = overlap_seconds
         self.clock = clock
         self._keys: list[SigningKey] = []
-        self._scanned_at = 0.0
+        self._by_kid: dict[str, tuple[SigningKey, float]] = {}  # kid -> (key, verifies until)
+        self._loaded_at = -math.inf  # when the last read of the store began
+        self._loads = 0  # reads of the store begun so far
+        self._lock = asyncio.Lock()  # one read or change of the store at a time, per process
 
     # -- what callers ask ------------------------------------------------------------------
 
-    def signing_key(self) -> SigningKey:
+    async def signing_key(self) -> SigningKey:
         """The key to sign with now, making or rotating one when due."""
-        if not self._keys or self._rotation_due(self._keys[-1]):
-            self.ensure()
+        if self._due(self._keys):
+            await self.ensure()
         return self._keys[-1]
 
-    def verification_key(self, kid: str) -> SigningKey | None:
-        """The key named `kid` if it may still verify tokens, else None."""
-        key = self._find(kid)
-        if key is None and self.clock() - self._scanned_at >= RESCAN_INTERVAL:
-            self._scan()
-            key = self._find(kid)
-        return key
+    def known(self, kid: str) -> SigningKey | None:
+        """The key named `kid` if it may still verify tokens, among the keys in memory.
+        Asked on every request with a token (cached ones too), so a lookup, never a read."""
+        entry = self._by_kid.get(kid)
+        return entry[0] if entry is not None and entry[1] > self.clock() else None
 
-    def jwks(self) -> dict[str, Any]:
-        """The public keys that verify now; read afresh now and then, as another worker or
-        replica may have rotated."""
+    async def verification_key(self, kid: str) -> SigningKey | None:
+        """The key named `kid` if it may still verify tokens, else None. A kid never seen
+        makes the store be read again: another process may have just made that key."""
+        if kid in self._by_kid:  # verifying or past its overlap: reading again changes neither
+            return self.known(kid)
+        asked = self._loads
+        async with self._lock:
+            if self._loads == asked:  # no read has begun since we were asked: begin one
+                wait = self._loaded_at + UNKNOWN_KID_INTERVAL - self.clock()
+                if wait > 0:  # the rate limit: wait for the next read, do not refuse
+                    await asyncio.sleep(min(wait, UNKNOWN_KID_INTERVAL))
+                await self._load(quiet=True)
+        return self.known(kid)
+
+    async def jwks(self) -> dict[str, Any]:
+        """The public keys that verify now."""
         if not self._keys:
-            self.ensure()
-        elif self.clock() - self._scanned_at >= JWKS_RESCAN_INTERVAL:
-            self._scan()
+            await self.ensure()
+        elif self.clock() - self._loaded_at >= REFRESH_INTERVAL:
+            await self.refresh()
         return {"keys": [key.jwk() for key in self._verifying()]}
 
-    # -- the folder ------------------------------------------------------------------------
+    def current(self) -> list[SigningKey]:
+        """The keys in memory, oldest first (the last one signs)."""
+        return list(self._keys)
 
-    def ensure(self) -> None:
-        """Make the folder and a current key if missing; retire keys past their overlap."""
-        with self._locked():
-            self._scan()
-            if not self._keys or self._rotation_due(self._keys[-1]):
-                self._create()
-                self._scan()
-            self._retire()
+    def verifies_until(self, kid: str) -> float:
+        """Until when the key named `kid` verifies (inf for the newest; 0 if unknown)."""
+        entry = self._by_kid.get(kid)
+        return entry[1] if entry is not None else 0.0
+
+    # -- reading and changing the store ----------------------------------------------------
+
+    async def ensure(self, rotate_now: bool = False) -> None:
+        """Make a key if there is none or the newest is due for rotation (or `rotate_now`),
+        and delete keys past their overlap: one locked change of the store, decided from the
+        keys it holds then. The new key is made beforehand, outside the lock (an RSA key
+        takes a while), and thrown away if another process made one first."""
+        async with self._lock:
+            if not self._keys:
+                await self._load()
+            candidate = None
+            if rotate_now or self._due(self._keys):
+                candidate = await asyncio.to_thread(generate, self.algorithm)
+            for _ in range(3):
+                self._note_load()
+                try:
+                    plan = functools.partial(self._plan, candidate, rotate_now)
+                    self._set_keys(await self.store.change(plan))
+                    return
+                except _KeyNeeded:  # due since the read above: make one, and try again
+                    candidate = await asyncio.to_thread(generate, self.algorithm)
+        raise KeyStoreError(f"could not make a signing key in {self.store.where}")
+
+    async def read(self) -> None:
+        """Read the store, changing nothing; KeyStoreError when its keys cannot be used."""
+        async with self._lock:
+            await self._load()
+
+    async def refresh(self) -> None:
+        """Read the store again (another process may have rotated); rotate or retire if due."""
+        async with self._lock:
+            await self._load(quiet=True)
+        if self._due(self._keys) or self._retirable(self._keys):
+            await self.ensure()
+
+    async def keep_fresh(self, interval: float = REFRESH_INTERVAL) -> None:
+        """Refresh every `interval` seconds, for as long as the process serves."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+            except Exception:  # the keys in memory keep serving; never take the server down
+                log.exception("could not read the signing keys in %s", self.store.where)
+
+    def _note_load(self) -> None:
+        self._loads += 1
+        self._loaded_at = self.clock()
+
+    async def _load(self, quiet: bool = False) -> None:
+        """Read every key. `quiet`: a store whose keys cannot be used (a row that does not
+        decrypt) is logged and the keys in memory kept, as a request must not fail on it."""
+        self._note_load()
+        try:
+            keys = await self.store.load()
+        except KeyStoreError as exc:
+            if not quiet:
+                raise
+            log.error("keeping the signing keys in memory: %s", exc)
+            return
+        self._set_keys(keys)
+
+    # -- the rules -------------------------------------------------------------------------
+
+    def _plan(
+        self, candidate: PrivateKey | None, rotate_now: bool, keys: list[SigningKey]
+    ) -> KeyChange:
+        """What to change, from the keys in the store as they are under its lock."""
+        keys = sorted(keys, key=_order)
+        add = None
+        if rotate_now or self._due(keys):
+            if candidate is None:
+                raise _KeyNeeded()
+            add = self._new_key(candidate, keys)
+        after = [*keys, add] if add is not None else keys
+        return KeyChange(add, tuple(self._retirable(after)))
+
+    def _due(self, ordered: list[SigningKey]) -> bool:
+        """Whether a key must be made: none yet, or the newest is due for rotation."""
+        return not ordered or self._rotation_due(ordered[-1])
 
     def _rotation_due(self, newest: SigningKey) -> bool:
         if newest.algorithm != self.algorithm:
             return True
         return self.rotation_seconds > 0 and self.clock() - newest.created >= self.rotation_seconds
 
-    def _find(self, kid: str) -> SigningKey | None:
-        return next((k for k in self._verifying() if k.kid == kid), None)
-
-    def _verifying(self) -> list[SigningKey]:
-        now = self.clock()
-        keys = self._keys
-        return [
-            key
-            for index, key in enumerate(keys)
-            if index == len(keys) - 1 or keys[index + 1].created + self.overlap_seconds > now
-        ]
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.folder, 0o700)
-        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    def _scan(self) -> None:
-        keys = []
-        if self.folder.is_dir():
-            for path in sorted(self.folder.iterdir()):
-                match = _FILE.fullmatch(path.name)
-                if match:
-                    key = self._load(path, int(match[1]) / 1000)
-                    if key is not None:
-                        keys.append(key)
-        keys.sort(key=lambda k: (k.created, k.kid))
-        self._keys = keys
-        self._scanned_at = self.clock()
-
-    def _load(self, path: Path, created: float) -> SigningKey | None:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            log.warning("signing key %s was readable by others; making it 0600", path.name)
-            os.chmod(path, 0o600)
-        try:
-            private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (ValueError, TypeError) as exc:
-            log.error("ignoring unreadable signing key %s: %s", path.name, exc)
-            return None
-        if not isinstance(private, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-            log.error("ignoring signing key %s of an unsupported type", path.name)
-            return None
-        try:
-            algorithm = algorithm_of(private)
-        except KeyFolderError as exc:
-            log.error("ignoring signing key %s: %s", path.name, exc)
-            return None
-        return SigningKey(thumbprint(private.public_key()), algorithm, private, created, path)
-
-    def _create(self) -> None:
-        private = generate(self.algorithm)
-        kid = thumbprint(private.public_key())
+    def _new_key(self, private: PrivateKey, keys: list[SigningKey]) -> SigningKey:
         # Milliseconds, and always after the newest key, so the new key sorts last even
         # when made within the same instant (a change of algorithm right after a start).
         created = int(self.clock() * 1000)
-        if self._keys:
-            created = max(created, round(self._keys[-1].created * 1000) + 1)
-        pem = private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        final = self.folder / f"{created}-{kid}.pem"
-        temporary = self.folder / f".{created}-{kid}.tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, pem)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temporary, final)
-        log.info("new token signing key %s (%s)", kid, self.algorithm)
+        if keys:
+            created = max(created, keys[-1].created_ms + 1)
+        return SigningKey(thumbprint(private.public_key()), self.algorithm, private, created / 1000)
 
-    def _retire(self) -> None:
+    def _retirable(self, ordered: list[SigningKey]) -> list[SigningKey]:
         now = self.clock()
-        for index, key in enumerate(self._keys[:-1]):
-            successor = self._keys[index + 1]
-            if successor.created + self.overlap_seconds + RETIRE_MARGIN < now and key.path:
-                with contextlib.suppress(FileNotFoundError):
-                    key.path.unlink()
-                    log.info("retired token signing key %s", key.kid)
-        self._keys = [k for k in self._keys if k.path is None or k.path.exists()]
+        return [
+            key
+            for key, successor in itertools.pairwise(ordered)
+            if successor.created + self.overlap_seconds + RETIRE_MARGIN < now
+        ]
+
+    def _set_keys(self, keys: list[SigningKey]) -> None:
+        """The keys, oldest first; each verifies until its successor is `overlap` old."""
+        keys = sorted(keys, key=_order)
+        self._keys = keys
+        self._by_kid = {
+            key.kid: (
+                key,
+                keys[i + 1].created + self.overlap_seconds if i + 1 < len(keys) else math.inf,
+            )
+            for i, key in enumerate(keys)
+        }
+
+    def _verifying(self) -> list[SigningKey]:
+        now = self.clock()
+        return [key for key in self._keys if self._by_kid[key.kid][1] > now]
+
+
+def _order(key: SigningKey) -> tuple[float, str]:
+    return (key.created, key.kid)

@@ -26,13 +26,16 @@ from registry.auth.permissions import (
     format_actions,
     is_account_name,
     parse_actions,
+    robot_name,
     validate_pattern,
 )
 from registry.metadata.identity import IdentityConflict, IdentityStore, now
+from registry.numbers import parse_decimal
 
-_DURATION = re.compile(r"^(\d+)([smhdw])\Z")
+_DURATION = re.compile(r"^([0-9]+)([smhdw])\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 DEFAULT_TOKEN_LIFETIME = "90d"
+MAX_LIFETIME = timedelta(days=100 * 366)  # longer is `never`; past ~2.7 million years, a 500
 
 
 class ManagementError(ValueError):
@@ -53,9 +56,13 @@ def parse_duration(text: str) -> timedelta | None:
     if text.strip().lower() == "never":
         return None
     match = _DURATION.fullmatch(text.strip().lower())
-    if not match or int(match[1]) == 0:
-        raise ManagementError(f"durations look like 90d, 12h, 30m or never; got {text!r}")
-    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    count = parse_decimal(match[1]) if match else None
+    if match is None or not count:
+        raise ManagementError(f"durations look like 90d, 12h, 30m or never; got {text[:80]!r}")
+    seconds = count * _UNITS[match[2]]
+    if seconds > MAX_LIFETIME.total_seconds():
+        raise ManagementError(f"a lifetime is at most 100 years (or never); got {text[:80]!r}")
+    return timedelta(seconds=seconds)
 
 
 def parse_token_scope(text: str) -> tuple[str, str]:
@@ -141,7 +148,7 @@ def parse_actions_or_fail(actions: str) -> frozenset[str]:
 
 @dataclass(frozen=True, slots=True)
 class NewToken:
-    name: str
+    name: str  # the full name, robot$<owner>+<name> or robot$<name>: the login user name
     secret: str  # shown once, never stored
     expires_at: datetime | None
 
@@ -154,15 +161,20 @@ async def create_token(
     owner: str | None = None,
     admin: bool = False,
 ) -> NewToken:
+    """A robot named `robot$<owner>+<name>` (`robot$<name>` without owner), from the short
+    `name`, so no robot can take a user's name or another owner's robot's."""
     check_name("token", name)
+    if owner is not None:
+        check_name("user", owner)
+    full = robot_name(name, owner)
     parsed = [parse_token_scope(s) for s in scopes]
     if not parsed and not admin:
         raise ManagementError("a token needs at least one scope, e.g. 'ci/*:pull'")
     lifetime = parse_duration(expires)
     expires_at = now() + lifetime if lifetime is not None else None
     secret = new_secret(ROBOT_PREFIX)
-    await identity.create_robot(name, owner, secret_digest(secret), parsed, admin, expires_at)
-    return NewToken(name, secret, expires_at)
+    await identity.create_robot(full, owner, secret_digest(secret), parsed, admin, expires_at)
+    return NewToken(full, secret, expires_at)
 
 
 @dataclass

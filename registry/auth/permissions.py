@@ -35,8 +35,23 @@ class PatternError(ValueError):
 
 
 def is_account_name(name: str) -> bool:
-    """User, team and robot names: one repository-name component, so `<user>/*` works."""
+    """User and team names, and a robot's short name: one repository-name component, so
+    `<user>/*` works."""
     return 0 < len(name) <= 64 and _ACCOUNT_NAME.fullmatch(name) is not None
+
+
+# Robots live in a namespace of their own, as in Harbor: `robot$<owner>+<name>` for a user's
+# robot, `robot$<name>` for one an admin made without owner. `$` and `+` never appear in a
+# user name, so no user can be named like a robot, nor one user's robot like another's.
+ROBOT_NAME_PREFIX = "robot$"
+
+
+def robot_name(short: str, owner: str | None) -> str:
+    return f"{ROBOT_NAME_PREFIX}{owner}+{short}" if owner else f"{ROBOT_NAME_PREFIX}{short}"
+
+
+def is_robot_name(name: str) -> bool:
+    return name.startswith(ROBOT_NAME_PREFIX)
 
 
 def validate_pattern(pattern: str) -> str:

@@ -2,10 +2,12 @@
 
 The counters live in the metadata database (table `login_failures`), so every worker and
 replica sharing it sees the same counts: a limit that one process alone kept would let an
-attacker spread guesses across replicas. Each key ("account:<name>", "address:<ip>") counts
-failures in a fixed window; once a key reaches its limit, logins through it get 429
-TOOMANYREQUESTS with `Retry-After` until the window ends. Unknown account names are
-counted too, so the answer does not tell which names exist.
+attacker spread guesses across replicas. Each key ("account:<identity>", "address:<ip>")
+counts failures in a fixed window; once a key reaches its limit, logins through it get 429
+TOOMANYREQUESTS with `Retry-After` until the window ends. The account's identity is
+`user:<id>` (or `name:<name>` for a name no user has, so the answer does not tell which names
+exist), chosen by `accounts.failure_key`; a login with no account key (a robot's, a refresh
+token's) counts against its address only.
 
 The check happens before the (slow) password check. Concurrent attempts may each pass the
 check before any of their failures is counted, so a burst can overshoot a limit by the
@@ -35,15 +37,15 @@ class LoginLimiter:
         self.identity = identity
         self.limits = limits
 
-    def _keys(self, account: str, address: str) -> dict[str, int]:
+    def _keys(self, account: str | None, address: str) -> dict[str, int]:
         keys = {}
-        if self.limits.per_account > 0:
+        if self.limits.per_account > 0 and account is not None:
             keys[f"account:{account[:150]}"] = self.limits.per_account
         if self.limits.per_address > 0 and address:
             keys[f"address:{address}"] = self.limits.per_address
         return keys
 
-    async def check(self, account: str, address: str) -> None:
+    async def check(self, account: str | None, address: str) -> None:
         """Raise TooManyRequests when the account or the address is over its limit."""
         keys = self._keys(account, address)
         if not keys:
@@ -61,7 +63,7 @@ class LoginLimiter:
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
 
-    async def failed(self, account: str, address: str) -> None:
+    async def failed(self, account: str | None, address: str) -> None:
         keys = self._keys(account, address)
         window = timedelta(seconds=self.limits.window_seconds)
         if keys:
@@ -69,7 +71,7 @@ class LoginLimiter:
         if random.random() < 0.01:  # now and then, forget windows long over
             await self.identity.purge_failures(now() - window * 2)
 
-    async def succeeded(self, account: str) -> None:
+    async def succeeded(self, account: str | None) -> None:
         """A right password clears its account's count (never the address's)."""
-        if self.limits.per_account > 0:
+        if self.limits.per_account > 0 and account is not None:
             await self.identity.clear_failures(f"account:{account[:150]}")

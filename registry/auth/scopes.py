@@ -12,6 +12,12 @@ The grammar, from Docker's token-scope documentation:
 A resource name may hold colons (`localhost:5000/app`), so the type ends at the first colon
 and the actions begin after the last one. Parsing says only whether a scope is well formed;
 what it grants is decided in `permissions`.
+
+Two readers: `parse_scope(s)` is strict (the `access` claim of a token we are asked to
+trust), `requested_scopes` is lenient (what a client asks the token endpoint for). Docker's
+and Distribution's token servers grant the intersection of what was asked and what is
+allowed, so a request is never refused for what it asks: an action outside the grammar is
+dropped from its scope, a scope that cannot be read at all is dropped whole.
 """
 
 from __future__ import annotations
@@ -74,6 +80,36 @@ def parse_scope(text: str) -> Scope:
         if not _ACTION.fullmatch(action):
             raise ScopeError(f"malformed action {action[:20]!r}")
     return Scope(resource_type, name, tuple(dict.fromkeys(actions)))
+
+
+def requested_scopes(values: Iterable[str]) -> list[Scope]:
+    """What a token request asks for, leniently: unreadable scopes and actions are dropped.
+
+    Only the number of scopes is a hard limit (ScopeError), as it bounds the work.
+    """
+    scopes: list[Scope] = []
+    count = 0
+    for value in values:
+        for part in value.split(" "):
+            if not part:
+                continue
+            count += 1
+            if count > MAX_SCOPES:
+                raise ScopeError("too many scopes")
+            scope = _requested_scope(part)
+            if scope is not None:
+                scopes.append(scope)
+    return merge(scopes)
+
+
+def _requested_scope(text: str) -> Scope | None:
+    resource_type, _, rest = text.partition(":")
+    name, _, actions_text = rest.rpartition(":")
+    actions = [a for a in actions_text.split(",") if a and _ACTION.fullmatch(a)]
+    try:
+        return parse_scope(f"{resource_type}:{name}:{','.join(actions)}")
+    except ScopeError:
+        return None
 
 
 def parse_scopes(values: Iterable[str]) -> list[Scope]:

@@ -1,19 +1,25 @@
 """Everything auth needs, built once from the configuration (in the app's lifespan).
 
-`build_auth` checks the settings, loads or makes the signing keys (the first start makes
-them), loads the trusted issuers' keys, and returns the parts; `TokenAccessController`,
-the token endpoint and the admin API all work from one `AuthServices`.
+`build_auth` checks the settings, loads the trusted issuers' keys, and returns the parts;
+`TokenAccessController`, the token endpoint and the admin API all work from one
+`AuthServices`. The signing keys are read (or made, on the very first start) by
+`prepare_keys` before `registry serve` starts its workers, then by each worker's lifespan.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from registry.auth.accounts import Accounts
 from registry.auth.audit import AuditLog
-from registry.auth.keys import SIGNING_ALGORITHMS, KeyFolderError, KeyRing
+from registry.auth.bearer import BearerTokens
+from registry.auth.key_stores import KEYS_STORES, MIN_SECRET_LENGTH, DatabaseKeys, FolderKeys
+from registry.auth.keys import SIGNING_ALGORITHMS, KeyRing, KeyStore, KeyStoreError
 from registry.auth.ratelimit import LoginLimiter, LoginLimits
 from registry.auth.tokens import (
     TokenIssuer,
@@ -36,6 +42,7 @@ class AuthServices:
     keys: KeyRing
     issuer: TokenIssuer
     verifier: TokenVerifier
+    bearer: BearerTokens
 
     @property
     def settings(self) -> AuthConfig:
@@ -44,6 +51,25 @@ class AuthServices:
 
 def keys_folder(config: Config) -> Path:
     return Path(config.auth.keys_dir or Path(config.data_dir) / "auth" / "keys")
+
+
+def key_ring(config: Config, db: Database | None) -> KeyRing:
+    """The signing keys of `auth.keys_store`, not read yet (`ensure` reads or makes them);
+    `db` is needed by the database store only."""
+    auth = config.auth
+    store: KeyStore
+    if auth.keys_store == "database":
+        if db is None:
+            raise ValueError("the database key store needs the database")
+        store = DatabaseKeys(db, auth.keys_secret)
+    else:
+        store = FolderKeys(keys_folder(config))
+    return KeyRing(
+        store,
+        auth.signing_algorithm,
+        rotation_seconds=auth.key_rotation_seconds,
+        overlap_seconds=auth.token_ttl_seconds + auth.leeway_seconds,
+    )
 
 
 def validate(config: Config) -> None:
@@ -61,6 +87,19 @@ def validate(config: Config) -> None:
         raise ConfigError("auth.token_ttl_seconds must be between 1 and 86400")
     if auth.leeway_seconds < 0 or auth.leeway_seconds > 300:
         raise ConfigError("auth.leeway_seconds must be between 0 and 300")
+    if auth.token_cache_size < 0 or auth.token_cache_size > 1_000_000:
+        raise ConfigError("auth.token_cache_size must be between 0 and 1000000")
+    if auth.revocation_delay_seconds < 0 or auth.revocation_delay_seconds > 3600:
+        raise ConfigError("auth.revocation_delay_seconds must be between 0 and 3600")
+    if auth.keys_store not in KEYS_STORES:
+        raise ConfigError(f"auth.keys_store must be folder or database, got {auth.keys_store!r}")
+    if auth.keys_store == "database" and len(auth.keys_secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            f"auth.keys_store database needs auth.keys_secret of at least {MIN_SECRET_LENGTH} "
+            "characters, the same on every replica (REGISTRY_AUTH_KEYS_SECRET, or "
+            "REGISTRY_AUTH_KEYS_SECRET_FILE naming a file; make one with "
+            "`openssl rand -base64 32`)"
+        )
     if not auth.service or not auth.issuer:
         raise ConfigError("auth.service and auth.issuer must not be empty")
     for value in (auth.service, auth.realm):
@@ -81,16 +120,7 @@ def build_auth(config: Config, db: Database) -> AuthServices:
             auth.login_failure_window_seconds,
         ),
     )
-    try:
-        keys = KeyRing(
-            keys_folder(config),
-            auth.signing_algorithm,
-            rotation_seconds=auth.key_rotation_seconds,
-            overlap_seconds=auth.token_ttl_seconds + auth.leeway_seconds,
-        )
-        keys.ensure()
-    except (KeyFolderError, OSError) as exc:
-        raise ConfigError(f"signing keys in {keys_folder(config)}: {exc}") from None
+    keys = key_ring(config, db)
     try:
         trusted = [trusted_issuer(entry, auth.service) for entry in auth.trusted_issuers]
         verifier = TokenVerifier(
@@ -98,14 +128,22 @@ def build_auth(config: Config, db: Database) -> AuthServices:
         )
     except TrustConfigError as exc:
         raise ConfigError(f"auth: {exc}") from None
+    accounts = Accounts(identity, limiter, audit, auth.refresh_token_ttl_seconds)
     return AuthServices(
         config=config,
         identity=identity,
-        accounts=Accounts(identity, limiter, audit, auth.refresh_token_ttl_seconds),
+        accounts=accounts,
         audit=audit,
         keys=keys,
         issuer=TokenIssuer(keys, auth.issuer, auth.service, auth.token_ttl_seconds),
         verifier=verifier,
+        bearer=BearerTokens(
+            verifier,
+            accounts,
+            auth.token_cache_size,
+            auth.revocation_delay_seconds,
+            auth.leeway_seconds,
+        ),
     )
 
 
@@ -130,22 +168,41 @@ def check_listen_address(config: Config) -> None:
 
 
 def preflight(config: Config) -> None:
-    """Before serving: refuse unsafe addresses and bad auth settings with a ConfigError, and
-    make the signing keys, so a mistake stops `registry serve` with a clear message."""
+    """Before serving: refuse unsafe addresses and bad auth settings with a ConfigError, so
+    a mistake stops `registry serve` with a clear message (the keys: `prepare_keys`)."""
     check_listen_address(config)
     if not config.auth.enabled:
         return
     validate(config)
     try:
-        KeyRing(
-            keys_folder(config),
-            config.auth.signing_algorithm,
-            rotation_seconds=config.auth.key_rotation_seconds,
-            overlap_seconds=config.auth.token_ttl_seconds + config.auth.leeway_seconds,
-        ).ensure()
         for entry in config.auth.trusted_issuers:
             trusted_issuer(entry, config.auth.service)
-    except (KeyFolderError, OSError) as exc:
-        raise ConfigError(f"signing keys in {keys_folder(config)}: {exc}") from None
     except TrustConfigError as exc:
         raise ConfigError(f"auth: {exc}") from None
+
+
+def prepare_keys(config: Config) -> None:
+    """Before serving, once the schema is current: read the signing keys, or make the first
+    one; keys that cannot be used (a folder we may not write, a database whose keys do not
+    decrypt with `auth.keys_secret`) stop `registry serve` with a ConfigError."""
+    if config.auth.enabled:
+        asyncio.run(ensure_keys(config))
+
+
+async def ensure_keys(config: Config) -> None:
+    """Read the signing keys of these settings (make one if none); errors as ConfigError."""
+    shared = config.auth.keys_store == "database"
+    db = Database(config.database_url, pool_size=1) if shared else None
+    where = "the database" if shared else str(keys_folder(config))
+    try:
+        await key_ring(config, db).ensure()
+    except (KeyStoreError, OSError) as exc:
+        raise ConfigError(f"signing keys in {where}: {exc}") from None
+    except SQLAlchemyError as exc:
+        raise ConfigError(
+            f"signing keys in the database: {exc.__class__.__name__}: {exc} (is the schema "
+            "current? `registry migrate`)"
+        ) from None
+    finally:
+        if db is not None:
+            await db.dispose()

@@ -6,8 +6,11 @@
                        grant_type=refresh_token (refresh_token); service, client_id,
                        access_type=offline, scope (space-separated)
 
-The token grants the intersection of what was asked and what the account may do; asking
-for more is never an error, it just yields less. `offline_token=true` (GET) and
+Credentials are checked first: a wrong password is 401 (and counts toward the failed-login
+limit) whatever else the request says. Then the request itself: without `service`, or with
+another registry's, it is 400. The token grants the intersection of what was asked and what
+the account may do; asking for more, or for something unreadable, is never an error, it
+just yields less (possibly a token with empty `access`). `offline_token=true` (GET) and
 `access_type=offline` (POST password grant) also return a `refresh_token`, which
 `docker login` keeps as its identity token and later trades with the refresh grant.
 """
@@ -25,9 +28,9 @@ from registry.api.context import services
 from registry.auth.accounts import ANONYMOUS, Principal
 from registry.auth.controller import TokenAccessController, client_address, parse_basic
 from registry.auth.passwords import REFRESH_PREFIX
-from registry.auth.scopes import Scope, ScopeError, parse_scopes
+from registry.auth.scopes import Scope, ScopeError, requested_scopes
 from registry.auth.services import AuthServices
-from registry.errors import Denied, NameUnknown, RegistryError, Unauthorized, Unsupported
+from registry.errors import NameUnknown, RegistryError, Unauthorized, Unsupported
 
 MAX_FORM_BYTES = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -49,22 +52,29 @@ def _basic_challenge(auth: AuthServices) -> dict[str, str]:
 
 
 def _check_service(auth: AuthServices, service: str | None) -> None:
-    if service and service != auth.settings.service:
-        raise Denied("tokens here are for another service", detail={"service": service[:200]})
+    ours = auth.settings.service
+    if not service:
+        raise InvalidRequest(
+            f"a token request needs `service` (the one the challenge names: {ours})"
+        )
+    if service != ours:
+        raise InvalidRequest(
+            f"tokens here are for service {ours!r}", detail={"service": service[:200]}
+        )
 
 
 def _scopes(values: list[str]) -> list[Scope]:
     try:
-        return parse_scopes(values)
+        return requested_scopes(values)
     except ScopeError as exc:
-        raise Denied(f"malformed scope: {exc}") from None
+        raise InvalidRequest(str(exc)) from None
 
 
 async def _grant(
     auth: AuthServices, principal: Principal, wanted: list[Scope]
 ) -> tuple[str, list[Scope], float, int]:
     granted = (await auth.accounts.permissions(principal)).grant(wanted)
-    issued = auth.issuer.issue(principal.subject, granted)
+    issued = await auth.issuer.issue(principal.subject, granted, principal.account)
     return issued.token, granted, issued.issued_at, issued.expires_in
 
 
@@ -103,9 +113,9 @@ async def _login(auth: AuthServices, username: str, password: str, address: str)
 async def get_token(request: Request) -> Response:
     auth = auth_services(request)
     params = request.query_params
+    principal = await _basic_principal(request, auth)
     _check_service(auth, params.get("service"))
     wanted = _scopes(params.getlist("scope"))
-    principal = await _basic_principal(request, auth)
     token, _granted, issued_at, expires_in = await _grant(auth, principal, wanted)
     extra = {}
     if params.get("offline_token", "").lower() == "true" and principal.authenticated:
@@ -137,20 +147,13 @@ async def _form(request: Request) -> dict[str, str]:
 async def post_token(request: Request) -> Response:
     auth = auth_services(request)
     form = await _form(request)
-    _check_service(auth, form.get("service"))
-    wanted = _scopes([form.get("scope", "")])
     address = client_address(request)
     grant_type = form.get("grant_type")
-    extra: dict[str, Any] = {}
     if grant_type == "password":
         username, password = form.get("username", ""), form.get("password", "")
         if not username:
             raise Unauthorized("username and password are required", headers=_basic_challenge(auth))
         principal = await _login(auth, username, password, address)
-        if form.get("access_type") == "offline":
-            extra["refresh_token"] = await auth.accounts.new_refresh_token(
-                principal, form.get("client_id")
-            )
     elif grant_type == "refresh_token":
         secret = form.get("refresh_token", "")
         if not secret.startswith(REFRESH_PREFIX):
@@ -162,6 +165,13 @@ async def post_token(request: Request) -> Response:
             detail={"grant_type": (grant_type or "")[:50]},
             status=400,
         )
+    _check_service(auth, form.get("service"))
+    wanted = _scopes([form.get("scope", "")])
+    extra: dict[str, Any] = {}
+    if grant_type == "password" and form.get("access_type") == "offline":
+        extra["refresh_token"] = await auth.accounts.new_refresh_token(
+            principal, form.get("client_id")
+        )
     token, granted, issued_at, expires_in = await _grant(auth, principal, wanted)
     extra["scope"] = " ".join(str(s) for s in granted)
     return _answer(token, issued_at, expires_in, extra)
@@ -169,4 +179,4 @@ async def post_token(request: Request) -> Response:
 
 async def jwks(request: Request) -> Response:
     auth = auth_services(request)
-    return JSONResponse(auth.keys.jwks(), headers={"Cache-Control": "max-age=60"})
+    return JSONResponse(await auth.keys.jwks(), headers={"Cache-Control": "max-age=60"})

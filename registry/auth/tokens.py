@@ -5,6 +5,7 @@ Claims, as Docker's token specification has them:
     iss  who signed it (ours: `auth.issuer`)    aud  the registry (`auth.service`)
     sub  the account ("" when anonymous)        exp, nbf, iat  seconds since the epoch
     jti  a random id                            access  [{type, name, actions}, ...]
+    account  ours only: the account's id, `user:<id>` or `robot:<id>` (none if anonymous)
 
 Verification accepts only the configured asymmetric algorithms, and only with a key of the
 matching type, so neither `alg=none` nor an HMAC signature keyed with a public key gets in.
@@ -93,6 +94,24 @@ class VerifiedToken:
     access: list[Scope]
     builtin: bool  # signed by us (so `sub` names one of our accounts)
     jti: str | None
+    account: str | None = None  # ours: `user:<id>` or `robot:<id>`
+    kid: str | None = None  # the key it was verified with
+    expires_at: float = 0.0  # its `exp`
+    # `access` by resource, as every request with the token asks (see `permits`).
+    _index: dict[tuple[str, str], frozenset[str]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        index: dict[tuple[str, str], set[str]] = {}
+        for scope in self.access:
+            index.setdefault((scope.type, scope.name), set()).update(scope.actions)
+        object.__setattr__(self, "_index", {k: frozenset(v) for k, v in index.items()})
+
+    def permits(self, resource_type: str, name: str, actions: Iterable[str]) -> bool:
+        """Whether `access` allows every one of `actions` on the resource (as `covers`)."""
+        have = self._index.get((resource_type, name), frozenset())
+        return "*" in have or have.issuperset(actions)
 
 
 class TokenIssuer:
@@ -107,10 +126,12 @@ class TokenIssuer:
         self.keys, self.issuer, self.audience = keys, issuer, audience
         self.ttl_seconds, self.clock = ttl_seconds, clock
 
-    def issue(self, subject: str, access: Iterable[Scope]) -> IssuedToken:
-        key = self.keys.signing_key()
+    async def issue(
+        self, subject: str, access: Iterable[Scope], account: str | None = None
+    ) -> IssuedToken:
+        key = await self.keys.signing_key()
         now = int(self.clock())
-        claims = {
+        claims: dict[str, Any] = {
             "iss": self.issuer,
             "sub": subject,
             "aud": self.audience,
@@ -120,6 +141,8 @@ class TokenIssuer:
             "jti": secrets.token_urlsafe(16),
             "access": [scope.claim() for scope in access],
         }
+        if account is not None:
+            claims["account"] = account
         token = jwt.encode(
             claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid, "typ": "JWT"}
         )
@@ -149,6 +172,10 @@ class TrustedIssuer:
             await self._fetch()
             key = self._known(kid)
         return key
+
+    def known(self, kid: str | None) -> VerifyingKey | None:
+        """The key for `kid` among those already loaded."""
+        return self._known(kid)
 
     def _known(self, kid: str | None) -> VerifyingKey | None:
         if kid is not None and kid in self.keys:
@@ -273,7 +300,7 @@ class TokenVerifier:
         if issuer == self.issuer:
             if algorithm not in self.algorithms:
                 raise InvalidToken("signing algorithm not allowed")
-            signing = self.keys.verification_key(kid) if kid else None
+            signing = await self.keys.verification_key(kid) if kid else None
             if signing is None:
                 raise InvalidToken("unknown signing key")
             key: Any = signing.public_key
@@ -294,13 +321,28 @@ class TokenVerifier:
         claims = self._decode(token, key, algorithm, audience, issuer, required)
         subject = claims.get("sub", "")
         jti = claims.get("jti")
-        if not isinstance(subject, str) or (jti is not None and not isinstance(jti, str)):
+        account = claims.get("account") if builtin else None
+        if (
+            not isinstance(subject, str)
+            or (jti is not None and not isinstance(jti, str))
+            or (account is not None and not isinstance(account, str))
+        ):
             raise InvalidToken("malformed claims")
         try:
             access = parse_access_claim(claims.get("access"))
         except ScopeError:
             raise InvalidToken("malformed access claim") from None
-        return VerifiedToken(subject, issuer, access, builtin, jti)
+        expires = claims["exp"]
+        return VerifiedToken(subject, issuer, access, builtin, jti, account, kid, float(expires))
+
+    def still_trusted(self, verified: VerifiedToken) -> bool:
+        """Whether the key that verified this token still verifies tokens (without reading
+        the key store or fetching a JWKS): a key rotated out, or gone from a trusted issuer's
+        JWKS, ends the tokens it signed, cached ones included."""
+        if verified.builtin:
+            return verified.kid is not None and self.keys.known(verified.kid) is not None
+        trusted = self.trusted.get(verified.issuer)
+        return trusted is not None and trusted.known(verified.kid) is not None
 
     def _decode(
         self, token: str, key: Any, algorithm: str, audience: str, issuer: str, required: list[str]

@@ -9,7 +9,8 @@ What goes
   index, or as the subject or a referrer of a kept manifest: `metadata/reachability.py`)
   for `gc.manifest_grace_seconds`.
 - Upload sessions untouched for `limits.upload_expiry_seconds`, with their bytes (and, on
-  S3, their multipart uploads: `StorageDriver.abort_upload`).
+  S3, their multipart uploads, through `StorageDriver.delete`), and the multipart uploads a
+  push that died midway left at a blob's key (`StorageDriver.abort_abandoned`).
 
 Nothing is found by walking storage or every table: deletes and new blobs feed review queues
 (`gc_blob_reviews`, `gc_manifest_reviews`: one entry per digest with the time of its latest

@@ -180,6 +180,8 @@ class Collector:
                 await self._held(self.blobs.delete_upload(upload_id))
             report.uploads_expired += len(ids)
             await self._pause()
+        # Multipart uploads a push that died midway left at blob keys (S3 only).
+        report.uploads_expired += await self.blobs.driver.abort_abandoned(cutoff)
 
     async def _manifests(self, report: Report) -> None:
         cutoff = now() - timedelta(seconds=self.settings.manifest_grace_seconds)

@@ -153,6 +153,19 @@ class Database:
         """An INSERT that leaves an existing row (same key) alone: `ON CONFLICT DO NOTHING`."""
         return self.insert(table).on_conflict_do_nothing()
 
+    def connections_in_use(self) -> int:
+        """Connections serving a block right now (for the metrics)."""
+        if self.dialect == "sqlite":
+            return int(self._sqlite_reader.lock.locked()) + int(self._sqlite_writer.lock.locked())
+        return int(self._engine.sync_engine.pool.checkedout())  # type: ignore[attr-defined]
+
+    def pool_capacity(self) -> int:
+        """Connections that may be open at once: SQLite's two, or the pool and its overflow."""
+        if self.dialect == "sqlite":
+            return 2
+        pool = self._engine.sync_engine.pool
+        return int(pool.size() + getattr(pool, "_max_overflow", 0))  # type: ignore[attr-defined]
+
     async def dispose(self) -> None:
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.stop)

@@ -74,13 +74,14 @@ class GrantRecord:
 @dataclass(frozen=True, slots=True)
 class RobotRecord:
     id: int
-    name: str
+    name: str  # robot$<owner>+<name> or robot$<name>
     owner: str | None
     scopes: list[tuple[str, str]]
     admin: bool
     created_at: datetime
     expires_at: datetime | None
     last_used_at: datetime | None
+    legacy_name: str | None = None  # its name before robots had their own namespace
 
     def expired(self, at: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= at
@@ -388,6 +389,7 @@ class IdentityStore:
             robot_tokens.c.created_at,
             robot_tokens.c.expires_at,
             robot_tokens.c.last_used_at,
+            robot_tokens.c.legacy_name,
         ).select_from(robot_tokens.outerjoin(users, users.c.id == robot_tokens.c.owner_id))
 
     @staticmethod
@@ -395,7 +397,7 @@ class IdentityStore:
         scopes = [(str(p), str(a)) for p, a in json.loads(row[3])]
         return RobotRecord(
             row[0], row[1], row[2], scopes, bool(row[4]),
-            aware(row[5]) or now(), aware(row[6]), aware(row[7]),
+            aware(row[5]) or now(), aware(row[6]), aware(row[7]), row[8],
         )  # fmt: skip
 
     async def robot_by_secret(self, secret_hash: str) -> RobotRecord | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 
 from registry.metadata.db import Database, SQLConnection
 from registry.metadata.reviews import (
@@ -45,6 +45,8 @@ class Upload:
     repository_id: int
     size: int
     created_at: datetime
+    hash_state: bytes | None = None
+    storage_state: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +79,14 @@ _BLOB_SIZE_IN_REPOSITORY = (
         repository_blobs.c.digest == bindparam("digest"),
     )
 )
-_UPLOAD_COLUMNS = (uploads.c.id, uploads.c.repository_id, uploads.c.size, uploads.c.created_at)
+_UPLOAD_COLUMNS = (
+    uploads.c.id,
+    uploads.c.repository_id,
+    uploads.c.size,
+    uploads.c.created_at,
+    uploads.c.hash_state,
+    uploads.c.storage_state,
+)
 _UPLOAD = (
     select(*_UPLOAD_COLUMNS)
     .select_from(uploads.join(repositories, repositories.c.id == uploads.c.repository_id))
@@ -99,11 +108,18 @@ _CLAIM_UPLOAD = (
 _ADVANCE_UPLOAD = (
     update(uploads)
     .where(uploads.c.id == bindparam("upload"), uploads.c.size == bindparam("old_size"))
-    .values(size=bindparam("new_size"), updated_at=bindparam("stamp"))
+    .values(
+        size=bindparam("new_size"),
+        updated_at=bindparam("stamp"),
+        hash_state=bindparam("hash_state"),
+        storage_state=bindparam("storage_state"),
+    )
 )
 _ADVANCE_CLAIMED_UPLOAD = _ADVANCE_UPLOAD.where(uploads.c.writer == bindparam("claimant"))
 _INSERT_UPLOAD = insert(uploads)
 _DELETE_UPLOAD = delete(uploads).where(uploads.c.id == bindparam("upload"))
+_BLOB_TOTALS = select(func.count(), func.coalesce(func.sum(blobs.c.size), 0)).select_from(blobs)
+_UPLOAD_COUNT = select(func.count()).select_from(uploads)
 _RELEASE_UPLOAD = (
     update(uploads)
     .where(uploads.c.id == bindparam("upload"), uploads.c.writer == bindparam("claimant"))
@@ -308,11 +324,25 @@ class MetadataStore:
             await conn.execute(_RELEASE_UPLOAD, {"upload": upload_id, "claimant": writer})
 
     async def advance_upload(
-        self, upload_id: str, old_size: int, new_size: int, writer: str | None = None
+        self,
+        upload_id: str,
+        old_size: int,
+        new_size: int,
+        writer: str | None = None,
+        hash_state: bytes | None = None,
+        storage_state: str | None = None,
     ) -> bool:
-        """Move the upload's recorded size from `old_size`; False if someone else moved it
-        (or, given a `writer`, if that writer no longer holds the upload)."""
-        params = {"upload": upload_id, "old_size": old_size, "new_size": new_size, "stamp": now()}
+        """Move the upload's recorded size from `old_size`, with the states that go with the
+        new size; False if someone else moved it (or, given a `writer`, if that writer no
+        longer holds the upload)."""
+        params: dict[str, Any] = {
+            "upload": upload_id,
+            "old_size": old_size,
+            "new_size": new_size,
+            "stamp": now(),
+            "hash_state": hash_state,
+            "storage_state": storage_state,
+        }
         statement = _ADVANCE_UPLOAD
         if writer is not None:
             statement = _ADVANCE_CLAIMED_UPLOAD
@@ -374,6 +404,13 @@ class MetadataStore:
         async with self.db.read() as conn:
             query = select(uploads.c.id).where(uploads.c.updated_at < older_than)
             return list((await conn.execute(query)).scalars())
+
+    async def totals(self) -> tuple[int, int, int]:
+        """(blobs stored, their bytes, upload sessions open), for the metrics."""
+        async with self.db.read() as conn:
+            count, size = (await conn.execute(_BLOB_TOTALS)).one()
+            sessions = (await conn.execute(_UPLOAD_COUNT)).scalar_one()
+        return int(count), int(size or 0), int(sessions)
 
     # Manifests and tags -------------------------------------------------------------------
 
@@ -616,3 +653,4 @@ class MetadataStore:
             )
             for r in rows
         ]
+

@@ -139,11 +139,18 @@ uploads = Table(
     # The one request (of any process) writing to the upload now, and until when it may.
     Column("writer", String(32), nullable=True),
     Column("writer_until", DateTime(timezone=True), nullable=True),
+    # What the next request (on any replica) needs to go on without reading the bytes back:
+    # the hash state at the upload's end, and the storage driver's own state (S3: the
+    # multipart upload's id and parts). Saved with `size`, in the same statement.
+    Column("hash_state", LargeBinary, nullable=True),
+    Column("storage_state", Text, nullable=True),
 )
 
 
 # Identity and access control (registry/auth/; the SQL is in registry/metadata/identity.py) --
 
+# Account ids are never reused (AUTOINCREMENT on SQLite, a sequence on PostgreSQL): tokens
+# name their account by id, so a removed account's tokens cannot come back with a new one.
 users = Table(
     "users",
     metadata,
@@ -153,6 +160,7 @@ users = Table(
     Column("admin", Boolean, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("password_changed_at", DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
 )
 
 teams = Table(
@@ -193,12 +201,15 @@ public_repositories = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
-# CI tokens: the secret is shown once; only its SHA-256 is kept.
+# CI tokens: the secret is shown once; only its SHA-256 is kept. Named `robot$<owner>+<name>`
+# or `robot$<name>` (registry/auth/permissions.py); robots made before that naming keep their
+# old name as `legacy_name`, still accepted at login with their secret.
 robot_tokens = Table(
     "robot_tokens",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(64), nullable=False, unique=True),
+    Column("name", String(160), nullable=False, unique=True),
+    Column("legacy_name", String(64), nullable=True),
     Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
     Column("secret_hash", String(64), nullable=False, unique=True),
     Column("scopes", Text, nullable=False),  # JSON [[pattern, "pull,push"], ...]
@@ -206,6 +217,7 @@ robot_tokens = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=True),
     Column("last_used_at", DateTime(timezone=True), nullable=True),
+    sqlite_autoincrement=True,
 )
 
 # Identity tokens (`docker login` keeps one instead of the password): hashed like robots'.
@@ -226,7 +238,8 @@ audit_log = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", DateTime(timezone=True), nullable=False),
-    Column("actor", String(128), nullable=False),  # user, "robot:<name>", or "" (anonymous)
+    # A user, a robot (`robot$...`), `external:<issuer>:<subject>`, or "" (anonymous).
+    Column("actor", String(128), nullable=False),
     Column("address", String(64), nullable=False),
     Column("action", String(32), nullable=False),  # login, login_failed, push, delete, denied...
     Column("target", String(512), nullable=False),
@@ -235,14 +248,26 @@ audit_log = Table(
     Index("ix_audit_log_actor", "actor"),
 )
 
-# Failed logins per key ("account:<name>" or "address:<ip>") in a fixed window, shared by
-# every replica through the database.
+# Failed logins per key in a fixed window, shared by every replica through the database:
+# "account:user:<id>" (a user), "account:name:<name>" (a name no user has), "address:<ip>".
 login_failures = Table(
     "login_failures",
     metadata,
     Column("key", String(200), primary_key=True),
     Column("failures", Integer, nullable=False),
     Column("window_started_at", DateTime(timezone=True), nullable=False),
+)
+
+# Token-signing keys shared by every replica (`auth.keys_store: database`; registry/auth/
+# key_stores.py). The private key is sealed with AES-256-GCM under `auth.keys_secret`; the
+# newest signs, older ones verify until their successor has signed for a token's lifetime.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),  # the RFC 7638 thumbprint of its public key
+    Column("algorithm", String(16), nullable=False),  # ES256 or RS256
+    Column("created_ms", BigInteger, nullable=False),  # unix milliseconds; orders the keys
+    Column("sealed_key", LargeBinary, nullable=False),  # 0x01, nonce, AES-GCM(PKCS#8 DER)
 )
 
 

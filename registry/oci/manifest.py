@@ -18,6 +18,9 @@ class ManifestError(ValueError):
     """Bytes that are not a valid manifest or index."""
 
 
+MAX_SIZE = 2**63 - 1  # a descriptor's size must fit the database's 64-bit integers
+
+
 @dataclass(frozen=True, slots=True)
 class Platform:
     architecture: str
@@ -97,6 +100,8 @@ def parse_manifest(data: bytes, content_type: str | None = None) -> Manifest:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+    except ValueError:  # a number of more than 4,300 digits: Python's int-conversion limit
+        raise ManifestError("manifest holds a number too long to read") from None
     except RecursionError:
         raise ManifestError("manifest JSON is nested too deeply") from None
     if not isinstance(doc, dict):
@@ -150,8 +155,8 @@ def _descriptor(raw: Any, where: str) -> Descriptor:
     except DigestError as exc:
         raise ManifestError(f"{where}.digest: {exc}") from None
     size = raw.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ManifestError(f"{where}.size must be a non-negative integer")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
+        raise ManifestError(f"{where}.size must be a non-negative 64-bit integer")
     urls = raw.get("urls") or []
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
         raise ManifestError(f"{where}.urls must be a list of strings")

@@ -34,6 +34,7 @@ MANIFEST_ACCEPT = ", ".join(
     [mt.OCI_INDEX, mt.DOCKER_MANIFEST_LIST, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST]
 )
 MAX_MANIFEST_BYTES = 4 << 20
+UPLOAD_PIECE = 256 << 10
 _CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^,\s]*))')
 
 
@@ -68,6 +69,15 @@ def _error_message(response: httpx.Response) -> str:
         return f"{code}: {first.get('message', '')}".strip(": ")
     except (ValueError, AttributeError, IndexError, TypeError):
         return f"HTTP {response.status_code}"
+
+
+def _pieces(data: bytes, progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(view), UPLOAD_PIECE):
+        piece = view[start : start + UPLOAD_PIECE]
+        yield bytes(piece)
+        if progress is not None:
+            progress(len(piece))
 
 
 def _manifest_name(host: str, repo: str, reference: str) -> str:
@@ -118,8 +128,12 @@ class RegistryClient:
             return
         if scheme != "bearer" or "realm" not in params:
             raise AccessDenied(f"{self.host} asks for unsupported authentication {challenge!r}")
-        query = {"service": params["service"]} if params.get("service") else {}
-        wanted = params.get("scope") or scope
+        query: dict[str, str | list[str]] = {}
+        if params.get("service"):
+            query["service"] = params["service"]
+        # what the challenge names and what this request needs (a push asks pull,push, a
+        # mount pull on its source too), one `scope` parameter each, as Docker sends them
+        wanted = list(dict.fromkeys((params.get("scope") or "").split() + scope.split()))
         if wanted:
             query["scope"] = wanted
         headers = {}
@@ -147,16 +161,24 @@ class RegistryClient:
     @contextmanager
     def _request(self, method: str, path: str, scope: str,
                  headers: dict[str, str] | None = None,
-                 missing: str = "") -> Iterator[httpx.Response]:
+                 missing: str = "", content: bytes | None = None,
+                 progress: Callable[[int], None] | None = None,
+                 allow: tuple[int, ...] = ()) -> Iterator[httpx.Response]:
         """Send with auth (answering one challenge), yield the streamed response. `missing`
-        names what a 404 means (`manifest for host/name:tag`), as docker says it."""
+        names what a 404 means (`manifest for host/name:tag`), as docker says it; a status
+        in `allow` is no error. `content` goes out in pieces that `progress` counts."""
         url = path if path.startswith("http") else self.base + path
         for attempt in range(2):
             send_headers = dict(headers or {})
             if scope in self._auth:
                 send_headers["Authorization"] = self._auth[scope]
+            body = None
+            if content is not None:
+                send_headers["Content-Length"] = str(len(content))
+                body = _pieces(content, progress)
             try:
-                request = self._http.build_request(method, url, headers=send_headers)
+                request = self._http.build_request(method, url, headers=send_headers,
+                                                   content=body)
                 response = self._http.send(request, stream=True)
             except httpx.HTTPError as exc:
                 raise RegistryUnreachable(f"cannot reach registry {self.host}: {exc}") from None
@@ -166,7 +188,8 @@ class RegistryClient:
                 self._authorize(challenge, scope)
                 continue
             try:
-                self._check(response, missing)
+                if response.status_code not in allow:
+                    self._check(response, missing)
                 yield response
             finally:
                 response.close()
@@ -179,6 +202,9 @@ class RegistryClient:
         response.read()
         detail = _error_message(response)
         if status == 401:
+            if self.credentials is None:
+                raise AccessDenied(f"{self.host}: a login is required "
+                                   f"(run `registry login {self.host}`)")
             raise AccessDenied(f"{self.host}: authentication failed ({detail})")
         if status == 403:
             raise AccessDenied(f"{self.host}: access denied ({detail})")
@@ -225,3 +251,76 @@ class RegistryClient:
                 writer.write(chunk)
                 if progress is not None:
                     progress(len(chunk))
+
+    # --- pushing -----------------------------------------------------------------------
+
+    def blob_exists(self, repo: str, digest: str) -> bool:
+        scope = f"repository:{repo}:pull,push"
+        with self._request("HEAD", f"/v2/{repo}/blobs/{digest}", scope,
+                           allow=(404,)) as response:
+            return response.status_code == 200
+
+    def manifest_exists(self, repo: str, digest: str) -> bool:
+        scope = f"repository:{repo}:pull,push"
+        with self._request("HEAD", f"/v2/{repo}/manifests/{digest}", scope,
+                           headers={"Accept": MANIFEST_ACCEPT}, allow=(404,)) as response:
+            return response.status_code == 200
+
+    def start_upload(self, repo: str, mount: str | None = None,
+                     source: str | None = None) -> tuple[bool, str]:
+        """POST an upload session: (True, blob location) when `mount` from `source` worked,
+        else (False, the session's location)."""
+        path = f"/v2/{repo}/blobs/uploads/"
+        scope = f"repository:{repo}:pull,push"
+        if mount and source:
+            path += f"?mount={mount}&from={source}"
+            scope += f" repository:{source}:pull"
+        with self._request("POST", path, scope, content=b"") as response:
+            return response.status_code == 201, self._location(response)
+
+    def _location(self, response: httpx.Response) -> str:
+        location = str(response.headers.get("Location") or "")
+        if not location:
+            raise RegistryError(f"{self.host} answered {response.status_code} without a Location")
+        if location.startswith("http"):
+            return location
+        return self.base + ("" if location.startswith("/") else "/") + location
+
+    def upload_chunk(self, repo: str, location: str, offset: int, data: bytes,
+                     progress: Callable[[int], None] | None = None) -> str:
+        """PATCH `data` at `offset` (Content-Range); the session's next location."""
+        headers = {"Content-Type": "application/octet-stream",
+                   "Content-Range": f"{offset}-{offset + len(data) - 1}"}
+        with self._request("PATCH", location, f"repository:{repo}:pull,push", headers,
+                           content=data, progress=progress) as response:
+            if response.status_code != 202:
+                raise RegistryError(f"{self.host} answered {response.status_code} to a chunk")
+            return self._location(response)
+
+    def upload_status(self, repo: str, location: str) -> tuple[int, str]:
+        """(bytes the registry holds, location) of an upload session, from its `Range`."""
+        with self._request("GET", location, f"repository:{repo}:pull,push") as response:
+            text = response.headers.get("Range", "")
+            location = self._location(response)
+        start, _, end = text.removeprefix("bytes=").partition("-")
+        if start != "0" or not end.isdigit():
+            raise RegistryError(f"{self.host} gave no valid Range for an upload: {text!r}")
+        return int(end) + 1 if int(end) > 0 else 0, location
+
+    def finish_upload(self, repo: str, location: str, digest: str, data: bytes = b"",
+                      progress: Callable[[int], None] | None = None) -> None:
+        """PUT `?digest=` (with the whole blob as `data`, or nothing after chunks)."""
+        url = location + ("&" if "?" in location else "?") + f"digest={digest}"
+        headers = {"Content-Type": "application/octet-stream"}
+        with self._request("PUT", url, f"repository:{repo}:pull,push", headers,
+                           content=data, progress=progress) as response:
+            if response.status_code != 201:
+                raise RegistryError(f"{self.host} answered {response.status_code} to the "
+                                    f"end of an upload of {digest}")
+
+    def put_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> str:
+        """PUT a manifest (or index) by tag or digest; its digest as the registry says it."""
+        with self._request("PUT", f"/v2/{repo}/manifests/{reference}",
+                           f"repository:{repo}:pull,push", {"Content-Type": media_type},
+                           content=data) as response:
+            return response.headers.get("Docker-Content-Digest") or str(Digest.of(data))

@@ -12,8 +12,12 @@
     ├── LocalImageNotFound         an image not in the local store
     ├── ContainerNotFound          no container by that id or name
     ├── ContainerConflict          a name in use, a running container removed, ...
+    ├── NetworkNotFound            no network by that name
+    ├── NetworkConflict            a network name or subnet in use, a network still used
     ├── NotPrivileged              not root, or namespaces unavailable
     ├── StartFailure               the container's command could not start (126/127)
+    ├── BuildFailure               a build step that failed (a RUN's exit code, a COPY source)
+    │   └── DockerfileError        a Dockerfile that does not parse, with its file and line
     └── Interrupted                Ctrl-C: work in threads stops at its next step (130)
 
 The CLI prints `Error: <message>` on one line and exits with `exit_code`; no tracebacks.
@@ -78,6 +82,14 @@ class ContainerConflict(RuntimeFailure):
     """An operation that conflicts with a container's state or name."""
 
 
+class NetworkNotFound(RuntimeFailure):
+    """No network by that name (or id prefix)."""
+
+
+class NetworkConflict(RuntimeFailure):
+    """A network name in use, an overlapping subnet, a network its containers still use."""
+
+
 class NotPrivileged(RuntimeFailure):
     """Running containers needs root (and namespaces); we do not have them."""
 
@@ -86,6 +98,20 @@ class StartFailure(RuntimeFailure):
     """The container's command could not be started (126 not executable, 127 not found)."""
 
     exit_code = 125
+
+
+class BuildFailure(RuntimeFailure):
+    """A build that cannot go on: a failing RUN, a missing COPY source, a bad FROM..."""
+
+
+class DockerfileError(BuildFailure):
+    """A syntax error or an unsupported instruction, located as `file:line: message`."""
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+        self.path = path
+        self.line = line
+        self.reason = message
 
 
 class Interrupted(RuntimeFailure):

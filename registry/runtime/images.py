@@ -21,6 +21,8 @@ from registry.runtime.store import Store
 
 @dataclass
 class ImageRecord:
+    """One image of the store and the references that name it (see the module docstring)."""
+
     id: str
     repository: str
     manifest_digest: str
@@ -32,6 +34,9 @@ class ImageRecord:
     created: str
     pulled: float
     refs: list[str] = field(default_factory=list)
+    # blob digest -> repositories (host/name) known to hold it, for cross-repository
+    # mounts when pushing; a pulled image's own repository holds all of its blobs
+    blob_sources: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> ImageRecord:

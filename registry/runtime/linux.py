@@ -1,5 +1,5 @@
-"""Thin ctypes bindings for the Linux calls Python 3.11 lacks: unshare, mount, pivot_root,
-capset and prctl. Each raises `OSError` with errno, like the `os` module does."""
+"""Thin ctypes bindings for the Linux calls Python 3.11 lacks: unshare, setns, mount,
+pivot_root, capset and prctl. Each raises `OSError` with errno, like the `os` module does."""
 
 from __future__ import annotations
 
@@ -46,6 +46,12 @@ def _check(result: int, what: str) -> None:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """Move the calling thread into the namespace `fd` refers to (a network namespace only
+    changes this thread's; the process's other threads stay where they are)."""
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,

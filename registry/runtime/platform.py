@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import platform as _platform
+import os
 from collections.abc import Sequence
 
 from registry.oci.manifest import Descriptor, Platform
@@ -24,7 +24,8 @@ _ARCH_ALIASES = {
 
 
 def host_platform() -> Platform:
-    arch, variant = _ARCH_ALIASES.get(_platform.machine(), (_platform.machine(), None))
+    machine = os.uname().machine  # what platform.machine() says, without loading it
+    arch, variant = _ARCH_ALIASES.get(machine, (machine, None))
     return Platform(arch, "linux", variant)
 
 

@@ -9,7 +9,6 @@ store are neither downloaded nor unpacked again; the rest download in parallel.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -28,17 +27,20 @@ from rich.progress import (
 
 from registry.oci import mediatypes as mt
 from registry.oci.manifest import Descriptor, Manifest, ManifestError, Platform, parse_manifest
-from registry.oci.reference import Reference, ReferenceError
+from registry.oci.reference import Reference
 from registry.runtime import credentials
 from registry.runtime.client import RegistryClient
 from registry.runtime.errors import (
     ContentInvalid,
     Interrupted,
-    InvalidReference,
     RegistryError,
 )
 from registry.runtime.images import ImageIndex, ImageRecord
 from registry.runtime.platform import format_platform, host_platform, matches, select_manifest
+from registry.runtime.references import DEFAULT_REGISTRY as DEFAULT_REGISTRY
+from registry.runtime.references import DEFAULT_REGISTRY_ENV as DEFAULT_REGISTRY_ENV
+from registry.runtime.references import parse_reference as parse_reference
+from registry.runtime.references import reference_key as reference_key
 from registry.runtime.store import Store, remove_tree
 from registry.runtime.unpack import unpack_layer
 
@@ -48,24 +50,6 @@ LAYER_TYPES = frozenset(
     {mt.OCI_LAYER, mt.OCI_LAYER_GZIP, mt.OCI_LAYER_ZSTD, mt.DOCKER_LAYER_GZIP,
      "application/vnd.docker.image.rootfs.diff.tar"}
 ) | mt.NON_DISTRIBUTABLE_LAYERS
-
-
-DEFAULT_REGISTRY_ENV = "POCKET_DEFAULT_REGISTRY"
-DEFAULT_REGISTRY = "localhost:5000"
-
-
-def parse_reference(value: str) -> Reference:
-    """A reference; a name without a registry host (`busybox`, `team/app:1`) is on
-    $POCKET_DEFAULT_REGISTRY, else localhost:5000 (there is no Docker Hub default)."""
-    try:
-        return Reference.parse(value, os.environ.get(DEFAULT_REGISTRY_ENV) or DEFAULT_REGISTRY)
-    except ReferenceError as exc:
-        raise InvalidReference(f"invalid reference format: {exc}") from None
-
-
-def reference_key(ref: Reference) -> str:
-    """The canonical text of a reference as image records keep it."""
-    return str(ref)
 
 
 @dataclass

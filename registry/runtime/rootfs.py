@@ -1,6 +1,7 @@
 """A container's root filesystem: an overlay of its image layers with its own upper dir,
 or, where overlayfs is unavailable (or `POCKET_RUNTIME_STORAGE=copy`), a copy of the
-layers applied in order. Also `secure_join`, resolving paths as if `root` were `/`."""
+layers applied in order. Also `secure_join`, resolving paths as if `root` were `/` (from
+`paths`, which needs nothing of Linux's mount calls)."""
 
 from __future__ import annotations
 
@@ -12,47 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from registry.runtime import linux
+from registry.runtime.paths import MAX_SYMLINKS as MAX_SYMLINKS
+from registry.runtime.paths import makedirs_in as makedirs_in
+from registry.runtime.paths import secure_join as secure_join
 from registry.runtime.store import remove_tree
 from registry.runtime.unpack import read_layer_info
 
-MAX_SYMLINKS = 255
-
-
-def secure_join(root: str, path: str) -> str:
-    """`root/path` with symlinks resolved inside `root` (never above it), like chroot."""
-    pending = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    links = 0
-    while pending:
-        part = pending.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *resolved, part)
-        try:
-            st = os.lstat(candidate)
-        except OSError:
-            resolved.append(part)
-            continue
-        if not stat.S_ISLNK(st.st_mode):
-            resolved.append(part)
-            continue
-        links += 1
-        if links > MAX_SYMLINKS:
-            raise OSError(40, f"too many levels of symbolic links in {path}")
-        target = os.readlink(candidate)
-        if target.startswith("/"):
-            resolved = []
-        pending = [p for p in target.split("/") if p not in ("", ".")] + pending
-    return os.path.join(root, *resolved)
-
-
-def makedirs_in(root: str, path: str, mode: int = 0o755) -> str:
-    """Create `path` inside `root` (resolving symlinks inside it); return the host path."""
-    target = secure_join(root, path)
-    os.makedirs(target, mode, exist_ok=True)
-    return target
+MOUNT_OPTIONS_MAX = 3000  # bytes; the kernel takes one page of mount data
 
 
 def mount_overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path,
@@ -61,7 +28,26 @@ def mount_overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path,
     for folder in (upper, work, target):  # 0755: the merged root takes upper's mode
         folder.mkdir(mode=0o755, parents=True, exist_ok=True)
     options = f"lowerdir={':'.join(str(p) for p in lowers)},upperdir={upper},workdir={work}"
-    linux.mount("overlay", str(target), "overlay", flags, options)
+    if len(options) < MOUNT_OPTIONS_MAX:
+        linux.mount("overlay", str(target), "overlay", flags, options)
+        return
+    # Mount options end at a page: past ~35 layers under the store's long paths, name the
+    # lower dirs by short links (0, 1, ...) next to `work`, relative to the working
+    # directory of the call, as Docker's overlay2 does with its l/ folder.
+    links = work.parent / (work.name + ".lowers")
+    remove_tree(links)
+    links.mkdir(mode=0o700)
+    for index, lower in enumerate(lowers):
+        os.symlink(lower, links / str(index))
+    back = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(links)
+        relative = ":".join(str(i) for i in range(len(lowers)))
+        linux.mount("overlay", str(target), "overlay", flags,
+                    f"lowerdir={relative},upperdir={upper},workdir={work}")
+    finally:
+        os.fchdir(back)
+        os.close(back)
 
 
 def copy_layers(layer_dirs: Sequence[Path], target: Path) -> None:

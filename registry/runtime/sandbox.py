@@ -5,7 +5,8 @@ Design (a helper process per container, no long-lived daemon)::
     supervisor (the `run` CLI in the foreground, a detached process for `-d`)
       └─ stage 1: setsid, stdio, unshare(PID), fork, wait; exits with pid 1's status
            └─ stage 2 = pid 1 of the new PID namespace:
-                unshare(mount, UTS, IPC[, net]) -> make / rprivate -> overlay (or copy)
+                unshare(mount, UTS, IPC[, net]) (or join a network's namespace made for
+                it) -> make / rprivate -> overlay (or copy)
                 at rootfs -> volumes and /etc/{hostname,hosts,resolv.conf} bind mounts
                 -> /proc (with Docker's masked paths), /dev (tmpfs, nodes, pts, shm,
                 mqueue), read-only /sys -> pivot_root(".", ".") and detach the old root
@@ -59,6 +60,7 @@ class Launch:
     last_cap: int = 40
     keep_mknod: bool = True  # False where no devices cgroup filters what mknod makes
     seccomp_filter: bytes | None = None  # compiled before the fork; None: unconfined
+    netns_fd: int = -1  # a network's container: the namespace made for it (`endpoints`)
 
 
 def stage1(launch: Launch, info_fd: int) -> None:
@@ -70,13 +72,15 @@ def stage1(launch: Launch, info_fd: int) -> None:
         for target, fd in enumerate(launch.stdio):
             if fd != target:
                 os.dup2(fd, target)
-        for fd in set(launch.stdio) - {0, 1, 2}:
-            os.close(fd)
+        _close_all_but({0, 1, 2, info_fd, launch.error_fd, launch.netns_fd,
+                        *launch.cgroup_fds})
         linux.unshare(linux.CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:
             os.close(info_fd)
             container_init(launch)
+        if launch.netns_fd >= 0:
+            os.close(launch.netns_fd)  # pid 1 holds it now
         os.write(info_fd, f"{pid}\n".encode())
         os.close(info_fd)
         os.close(launch.error_fd)
@@ -89,6 +93,17 @@ def stage1(launch: Launch, info_fd: int) -> None:
             os.write(launch.error_fd, f"125\n{exc}".encode())
     finally:
         os._exit(code)
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Close every descriptor this process inherited from the supervisor (listening
+    sockets of published ports, log pipes, the store's lock...) but those in `keep`: pid 1
+    runs inside the container, which could reach anything it holds through /proc/1/fd."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def container_init(launch: Launch) -> None:
@@ -125,6 +140,9 @@ def _setup(launch: Launch) -> tuple[ExecUser, list[str]]:
     flags = linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC
     if c.network == "none":
         flags |= linux.CLONE_NEWNET
+    if launch.netns_fd >= 0:  # its eth0 is configured already; /sys shows this namespace
+        linux.setns(launch.netns_fd, linux.CLONE_NEWNET)
+        os.close(launch.netns_fd)
     linux.unshare(flags)
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     rootfs = launch.container_dir / "rootfs"

@@ -37,6 +37,27 @@ class Mount:
 
 
 @dataclass
+class PortBinding:
+    """`-p host_ip:host_port:container_port/tcp`; host_port 0 until the kernel picks one."""
+
+    host_ip: str
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+
+
+@dataclass
+class Endpoint:
+    """A running container's place on its network (see `endpoints`); None once it left."""
+
+    network_id: str
+    ip_address: str
+    prefix_len: int
+    gateway: str
+    veth: str  # the host end's name, in the network's namespace
+
+
+@dataclass
 class Container:
     id: str
     name: str
@@ -49,7 +70,10 @@ class Container:
     workdir: str
     hostname: str
     mounts: list[Mount] = field(default_factory=list)
-    network: str = "host"
+    network: str = "host"  # host, none, or the name of a network (`networks`)
+    aliases: list[str] = field(default_factory=list)
+    ports: list[PortBinding] = field(default_factory=list)
+    endpoint: Endpoint | None = None
     init: bool = False
     auto_remove: bool = False
     detached: bool = False
@@ -60,11 +84,13 @@ class Container:
     seccomp: str = "default"  # default, unconfined or custom (then seccomp_profile)
     seccomp_profile: dict[str, Any] | None = None
     no_new_privileges: bool = False
+    extra_lowers: list[str] = field(default_factory=list)  # above the image's (a build's)
     created: float = field(default_factory=time.time)
     status: str = "created"
     pid: int = 0
     pid_start: str = ""
     supervisor_pid: int = 0
+    supervisor_start: str = ""  # its process_start, so a reused pid is not taken for it
     started_at: float = 0.0
     finished_at: float = 0.0
     exit_code: int | None = None
@@ -75,6 +101,8 @@ class Container:
     def from_json(cls, doc: dict[str, Any]) -> Container:
         fields = {k: doc[k] for k in cls.__dataclass_fields__ if k in doc}
         fields["mounts"] = [Mount(**m) for m in doc.get("mounts", [])]
+        fields["ports"] = [PortBinding(**p) for p in doc.get("ports", [])]
+        fields["endpoint"] = Endpoint(**doc["endpoint"]) if doc.get("endpoint") else None
         return cls(**fields)
 
     @property

@@ -98,6 +98,17 @@ class Store:
         os.replace(tmp, path)
         return path
 
+    def adopt_blob(self, temp: Path, digest: str) -> Path:
+        """Move a file of ours from `tmp/` into `blobs/` under `digest`, which the caller
+        computed while writing it (a built layer); an existing blob wins."""
+        path = self.blob_path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():
+            temp.unlink()
+        else:
+            os.replace(temp, path)
+        return path
+
     def blob_writer(self, digest: str, size: int | None = None) -> BlobWriter:
         return BlobWriter(self, digest, size)
 

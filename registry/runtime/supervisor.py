@@ -27,6 +27,7 @@ from types import FrameType
 
 from registry.runtime import capabilities, seccomp
 from registry.runtime.cgroups import Cgroup, Limits
+from registry.runtime.endpoints import Plumbing
 from registry.runtime.errors import NotPrivileged, RuntimeFailure, StartFailure
 from registry.runtime.sandbox import FORWARDED_SIGNALS, Launch, stage1
 from registry.runtime.state import Container, ContainerStore, process_start
@@ -65,6 +66,7 @@ class Supervisor:
         self.cgroup = Cgroup(container.id, Limits(container.memory, container.pids_limit,
                                                   container.cpus))
         self.stage1_pid = 0
+        self.plumbing = Plumbing(store, container)  # a network's veth, hosts, ports
         self._log_pipes: list[tuple[int, str]] = []
         self._tee = False  # copy the output to our stdout/stderr as well as to the log
         self._pending: list[int] = []
@@ -86,6 +88,11 @@ class Supervisor:
             self.cgroup.create()
         except OSError as exc:
             raise RuntimeFailure(f"cannot set up the container's cgroups: {exc}") from None
+        try:
+            self.plumbing.setup()
+        except BaseException:
+            self.finish()
+            raise
 
     def start(self) -> None:
         """Fork the container; return once its command runs (or raise StartFailure)."""
@@ -94,13 +101,15 @@ class Supervisor:
         self._prepare()
         launch = Launch(
             container=c,
-            lowers=[self.store.layer_dir(d) / "fs" for d in c.diff_ids],
+            lowers=[self.store.layer_dir(d) / "fs" for d in c.diff_ids]
+            + [Path(p) for p in c.extra_lowers],
             container_dir=self.dir,
             storage=os.environ.get("POCKET_RUNTIME_STORAGE", "auto"),
             cgroup_fds=self.cgroup.open_procs(),
             last_cap=capabilities.last_cap(),
             keep_mknod=self.cgroup.filters_devices,
             seccomp_filter=_seccomp_filter(c),
+            netns_fd=self.plumbing.netns_fd,
         )
         stdin = os.open("/dev/null", os.O_RDONLY) if not c.interactive else 0
         if c.detached or not c.auto_remove:
@@ -116,12 +125,9 @@ class Supervisor:
         launch.error_fd = error_w
         pid = os.fork()
         if pid == 0:
-            os.close(info_r)
-            os.close(error_r)
-            for fd, _ in self._log_pipes:
-                os.close(fd)
-            stage1(launch, info_w)
+            stage1(launch, info_w)  # closes every descriptor it was not handed
         self.stage1_pid = pid
+        self.plumbing.started()
         os.close(info_w)
         os.close(error_w)
         for fd in launch.cgroup_fds:
@@ -226,6 +232,7 @@ class Supervisor:
         return 130 if self._interrupts > 1 else code
 
     def finish(self) -> None:
+        self.plumbing.teardown()
         self.cgroup.remove()
         if self.container.auto_remove:
             self.containers.remove(self.container.id)

@@ -1,30 +1,32 @@
 """Blobs by digest over a storage driver: streamed uploads hashed on the fly, verified commits.
 
-An upload's bytes go to `uploads/<id>/data`. `commit_upload` checks the digest, then moves them
-to the blob's key in one atomic step; a blob key therefore only ever holds verified bytes. The
-API does the same in two steps (`verify_upload`, then `place_upload`) with the blob reserved
-against garbage collection in between (registry/gc/).
-Hash state is cached per process to avoid re-reading an upload; when it is missing (a restart,
-another replica took the previous chunk) the bytes already stored are hashed again. Callers
-keep to one writer per upload at a time (the API holds a claim in the database for that).
-"""
+An upload's bytes go to `uploads/<id>/data`. `commit_upload` checks the digest, then has the
+driver commit them to the blob's key in one atomic step; a blob key therefore only ever holds
+verified bytes. The API does the same in two steps (`verify_upload`, then `place_upload`) with
+the blob reserved against garbage collection in between (registry/gc/). Whatever an upload
+needs to continue, in any process, travels with its session in the database: its size, the
+hash state at its end (`hashstate`), and the driver's upload state. When a saved hash state
+cannot be used (saved by a build that could not export it, or a digest of another
+algorithm), the bytes already stored are read back and hashed again.
+Callers keep to one writer per upload at a time (the API holds a claim in the database)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from registry.errors import DigestInvalid
 from registry.oci.digest import Digest, Hasher, new_hasher
-from registry.storage import layout
-from registry.storage.driver import StorageDriver
+from registry.storage import hashstate, layout
+from registry.storage.driver import AppendWriter, StorageDriver
 from registry.storage.pipeline import BlockPipeline
 
 DEFAULT_ALGORITHM = "sha256"
-_MAX_CACHED_HASHERS = 1024
+_MAX_REMEMBERED_COMMITS = 1024
 MIN_BLOCK_BYTES = 256 * 1024
 _HASH_ON_LOOP_BYTES = 64 * 1024  # hashing this much takes ~50 us: not worth a thread hop
 _MAX_PIECES = 256  # body pieces in one block; more (tiny ones) are joined
@@ -41,15 +43,28 @@ def _join_small_tail(pieces: list[bytes]) -> None:
     pieces[start:] = [b"".join(pieces[start:])]
 
 
+@dataclass(frozen=True, slots=True)
+class UploadProgress:
+    """Where an upload stands after a request: what its session keeps for the next one."""
+
+    size: int
+    hash_state: bytes | None = None  # None: the hash cannot be resumed (it is recomputed)
+    storage_state: str | None = None  # the driver's, opaque
+
+
+def _saved(hasher: Any) -> bytes | None:
+    save = getattr(hasher, "save", None)
+    return save() if save is not None else None
+
+
 class BlobStore:
     def __init__(self, driver: StorageDriver, buffer_bytes: int = 4 * 1024 * 1024) -> None:
         self.driver = driver
         self.buffer_bytes = buffer_bytes
         self._appending = 0  # appends in progress in this process
-        self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
-        # Uploads this process verified and moved into place, as (digest, size): when the
-        # database then fails to record the blob (its disk is full), the client's retry of
-        # the same PUT finds the bytes already where they belong.
+        # Uploads this process verified and committed, as (digest, size): when the database
+        # then fails to record the blob (its disk is full), the client's retry of the same
+        # PUT finds the bytes already where they belong.
         self._committed: OrderedDict[str, tuple[Digest, int]] = OrderedDict()
 
     async def stat(self, digest: Digest) -> int | None:
@@ -73,11 +88,22 @@ class BlobStore:
         except FileNotFoundError:
             return None
 
+    async def redirect_url(self, digest: Digest) -> str | None:
+        return await self.driver.redirect_url(layout.blob_key(digest))
+
     async def read_all(self, digest: Digest) -> bytes:
         return b"".join([chunk async for chunk in self.read(digest)])
 
-    async def append_upload(self, upload_id: str, offset: int, body: AsyncIterator[bytes]) -> int:
-        """Append a request body to an upload at `offset`; return the new size.
+    async def append_upload(
+        self,
+        upload_id: str,
+        offset: int,
+        body: AsyncIterator[bytes],
+        hash_state: bytes | None = None,
+        storage_state: str | None = None,
+    ) -> UploadProgress:
+        """Append a request body to an upload at `offset` (its session's saved states given);
+        return where the upload stands now.
 
         Bytes are hashed and written in large blocks (lists of the body's pieces, not joined)
         in worker threads while the next block arrives. If the body fails midway (client
@@ -85,7 +111,7 @@ class BlobStore:
         """
         self._appending += 1
         try:
-            return await self._append(upload_id, offset, body)
+            return await self._append(upload_id, offset, body, hash_state, storage_state)
         finally:
             self._appending -= 1
 
@@ -95,10 +121,26 @@ class BlobStore:
         shared = self.buffer_bytes * 2 // max(self._appending, 1)
         return min(self.buffer_bytes, max(shared, MIN_BLOCK_BYTES))
 
-    async def _append(self, upload_id: str, offset: int, body: AsyncIterator[bytes]) -> int:
-        hasher = await self._hasher_at(upload_id, offset)
-        resume_point = hasher.copy()
-        writer = await self.driver.append(layout.upload_key(upload_id), offset)
+    async def _append(
+        self,
+        upload_id: str,
+        offset: int,
+        body: AsyncIterator[bytes],
+        hash_state: bytes | None,
+        storage_state: str | None,
+    ) -> UploadProgress:
+        key = layout.upload_key(upload_id)
+        hasher, storage_state = await self._resume(key, offset, hash_state, storage_state)
+        writer = await self.driver.append(key, offset, storage_state)
+        size = await self._pour(body, hasher, writer, offset)
+        storage_state = await _closed(writer)
+        return UploadProgress(size, _saved(hasher), storage_state)
+
+    async def _pour(
+        self, body: AsyncIterator[bytes], hasher: Hasher, writer: AppendWriter, offset: int
+    ) -> int:
+        """Hash and write `body` through `writer`; its new end. On failure the writer is
+        aborted (the upload is back where it was) and the error propagates."""
         pipeline = BlockPipeline(hasher, writer)
         size = offset
         pieces: list[bytes] = []
@@ -117,64 +159,126 @@ class BlobStore:
                 size += buffered
                 await pipeline.push(pieces)
             await pipeline.finish()
-            await writer.close()
         except BaseException:
             await pipeline.stop()
             await writer.abort()
-            self._remember(upload_id, offset, resume_point)
             raise
-        self._remember(upload_id, size, hasher)
         return size
 
-    async def commit_upload(self, upload_id: str, size: int, digest: Digest) -> None:
-        """Verify the upload's bytes against `digest` and move them to the blob's key.
+    async def _resume(
+        self, key: str, offset: int, hash_state: bytes | None, storage_state: str | None
+    ) -> tuple[Hasher, str | None]:
+        """The hash of the upload's first `offset` bytes, and the storage state to go on with:
+        from the saved hash state, else by reading the bytes back (the driver's upload made a
+        plain object first, since an unfinished S3 multipart upload cannot be read)."""
+        if offset == 0:
+            return hashstate.new(DEFAULT_ALGORITHM), storage_state
+        hasher = hashstate.load(hash_state, DEFAULT_ALGORITHM)
+        if hasher is not None:
+            return hasher, storage_state
+        await self._sealed(key, storage_state)
+        return await self._rehash(key, offset, DEFAULT_ALGORITHM), None
+
+    async def _sealed(self, key: str, storage_state: str | None) -> None:
+        """Make the upload a plain, readable object at its own key."""
+        if storage_state is not None:
+            await self.driver.commit(key, storage_state, key)
+
+    async def commit_upload(
+        self,
+        upload_id: str,
+        size: int,
+        digest: Digest,
+        hash_state: bytes | None = None,
+        storage_state: str | None = None,
+    ) -> None:
+        """Verify the upload's bytes against `digest` and commit them to the blob's key.
 
         Raises DigestInvalid when they do not match; the upload is left for the caller to drop.
         """
-        await self.verify_upload(upload_id, size, digest)
-        await self.place_upload(upload_id, size, digest)
+        storage_state = await self.verify_upload(upload_id, size, digest, hash_state, storage_state)
+        await self.place_upload(upload_id, size, digest, storage_state)
 
-    async def verify_upload(self, upload_id: str, size: int, digest: Digest) -> None:
+    async def verify_upload(
+        self,
+        upload_id: str,
+        size: int,
+        digest: Digest,
+        hash_state: bytes | None = None,
+        storage_state: str | None = None,
+    ) -> str | None:
         """Check that the upload holds `size` bytes whose digest is `digest`, leaving them
-        where they are (the API reserves the blob against garbage collection before it moves
-        them: registry/gc/). Raises DigestInvalid when they do not match."""
-        stored = await self.driver.stat(layout.upload_key(upload_id))
+        where they are (the API reserves the blob against garbage collection before it places
+        them: registry/gc/); the storage state to place them with. Raises DigestInvalid when
+        they do not match."""
         if (
-            stored is None
-            and self._committed.get(upload_id) == (digest, size)
+            self._committed.get(upload_id) == (digest, size)
             and await self.driver.stat(layout.blob_key(digest)) == size
         ):
-            return  # a retry: this upload's bytes were verified and moved by the last try
-        if stored is None and size == 0:  # nothing was ever sent: the empty blob
-            await self.start_upload(upload_id)
-            stored = 0
-        if stored != size:
+            return storage_state  # a retry: this upload's bytes were placed by the last try
+        if size == 0:  # nothing was ever sent: the empty blob
+            _check(new_hasher(digest.algorithm), digest)
+            return None
+        key = layout.upload_key(upload_id)
+        if storage_state is None and await self.driver.stat(key) != size:
             raise DigestInvalid(
                 "the upload's stored bytes are not the size recorded",
                 detail={"digest": str(digest)},
             )
-        actual = await self._digest_of_upload(upload_id, size, digest.algorithm)
-        if actual != digest.encoded:
-            raise DigestInvalid(
-                detail={"digest": str(digest), "actual": f"{digest.algorithm}:{actual}"}
-            )
+        hasher: Hasher | None = hashstate.load(hash_state, digest.algorithm)
+        if hasher is None:  # read the bytes back: the fallback
+            await self._sealed(key, storage_state)
+            storage_state = None
+            hasher = await self._rehash(key, size, digest.algorithm)
+        _check(hasher, digest)
+        return storage_state
 
-    async def place_upload(self, upload_id: str, size: int, digest: Digest) -> None:
-        """Move a verified upload's bytes to the blob's key (unless they are there already)
+    async def place_upload(
+        self, upload_id: str, size: int, digest: Digest, storage_state: str | None = None
+    ) -> None:
+        """Commit a verified upload's bytes to the blob's key (unless they are there already)
         and drop the upload. Raises DigestInvalid when the upload's bytes are gone."""
-        key = layout.blob_key(digest)
-        if await self.driver.stat(key) != size:
-            if await self.driver.stat(layout.upload_key(upload_id)) != size:
+        blob = layout.blob_key(digest)
+        if size == 0:
+            if await self.driver.stat(blob) != 0:
+                await self.driver.put(blob, b"")
+        elif await self.driver.stat(blob) != size:  # else someone stored it already: one copy
+            key = layout.upload_key(upload_id)
+            if storage_state is None and await self.driver.stat(key) != size:
                 raise DigestInvalid(
                     "the upload's bytes are gone; push the blob again",
                     detail={"digest": str(digest)},
                 )
-            await self.driver.move(layout.upload_key(upload_id), key)
-        # else someone stored these bytes already: one copy is enough.
+            await self.driver.commit(key, storage_state, blob)
         await self.delete_upload(upload_id)
         self._committed[upload_id] = (digest, size)
-        while len(self._committed) > _MAX_CACHED_HASHERS:
+        while len(self._committed) > _MAX_REMEMBERED_COMMITS:
             self._committed.popitem(last=False)
+
+    async def store_stream(
+        self, upload_id: str, body: AsyncIterator[bytes], digest: Digest, expected: int | None
+    ) -> int:
+        """A whole blob in one streamed body, its digest known up front: verified as it is
+        written, and committed where the driver allows writing it in place (S3) without a
+        copy. A blob already stored (with the `expected` size) is only hashed, not stored
+        again. Raises DigestInvalid when the bytes do not match; returns their size."""
+        blob = layout.blob_key(digest)
+        hasher = hashstate.new(digest.algorithm)
+        if expected is not None and await self.driver.stat(blob) == expected:
+            size = await self._pour(body, hasher, _Discard(), 0)
+            _check(hasher, digest)
+            return size
+        key = layout.upload_key(upload_id)
+        writer = await self.driver.append(key, 0, None, destination=blob)
+        size = await self._pour(body, hasher, writer, 0)
+        try:
+            _check(hasher, digest)
+        except DigestInvalid:
+            await writer.abort()
+            raise
+        state = await _closed(writer)
+        await self.driver.commit(key, state, blob)
+        return size
 
     async def store(self, data: bytes, digest: Digest) -> None:
         """Verify a small blob held in memory against `digest`, and store it (once).
@@ -191,11 +295,7 @@ class BlobStore:
             await asyncio.to_thread(hasher.update, data)
         else:
             hasher.update(data)
-        actual = hasher.hexdigest()
-        if actual != digest.encoded:
-            raise DigestInvalid(
-                detail={"digest": str(digest), "actual": f"{digest.algorithm}:{actual}"}
-            )
+        _check(hasher, digest)
 
     async def place_data(self, data: bytes, digest: Digest) -> None:
         """Store verified bytes under the blob's key, unless they are there already."""
@@ -212,8 +312,6 @@ class BlobStore:
         return await self.driver.stat(layout.upload_key(upload_id))
 
     async def delete_upload(self, upload_id: str) -> None:
-        self._hashers.pop(upload_id, None)
-        await self.driver.abort_upload(layout.upload_key(upload_id))
         await self.driver.delete(layout.upload_prefix(upload_id))
 
     async def delete_blob(self, digest: Digest) -> None:
@@ -223,28 +321,39 @@ class BlobStore:
         """Remove the bytes of many blobs, in one batch of the driver's (garbage collection)."""
         await self.driver.delete_many([layout.blob_key(digest) for digest in digests])
 
-    async def _digest_of_upload(self, upload_id: str, size: int, algorithm: str) -> str:
-        if algorithm == DEFAULT_ALGORITHM:
-            hasher = await self._hasher_at(upload_id, size)
-            return hasher.copy().hexdigest()
-        hasher = await self._rehash(upload_id, size, algorithm)
-        return hasher.hexdigest()
-
-    async def _hasher_at(self, upload_id: str, offset: int) -> Hasher:
-        cached = self._hashers.get(upload_id)
-        if cached is not None and cached[0] == offset:
-            return cached[1]
-        return await self._rehash(upload_id, offset, DEFAULT_ALGORITHM)
-
-    async def _rehash(self, upload_id: str, size: int, algorithm: str) -> Hasher:
-        hasher = new_hasher(algorithm)
+    async def _rehash(self, key: str, size: int, algorithm: str) -> Hasher:
+        hasher: Hasher = hashstate.new(algorithm)
         if size:
-            async for chunk in self.driver.read(layout.upload_key(upload_id), 0, size):
+            async for chunk in self.driver.read(key, 0, size):
                 await asyncio.to_thread(hasher.update, chunk)
         return hasher
 
-    def _remember(self, upload_id: str, offset: int, hasher: Hasher) -> None:
-        self._hashers[upload_id] = (offset, hasher)
-        self._hashers.move_to_end(upload_id)
-        while len(self._hashers) > _MAX_CACHED_HASHERS:
-            self._hashers.popitem(last=False)
+
+async def _closed(writer: AppendWriter) -> str | None:
+    """Close `writer` (its last writes may fail there); on failure, abort it."""
+    try:
+        return await writer.close()
+    except BaseException:
+        await writer.abort()
+        raise
+
+
+def _check(hasher: Hasher, digest: Digest) -> None:
+    actual = hasher.hexdigest()
+    if actual != digest.encoded:
+        raise DigestInvalid(
+            detail={"digest": str(digest), "actual": f"{digest.algorithm}:{actual}"}
+        )
+
+
+class _Discard:
+    """A writer that keeps nothing: the body of a blob stored already is only hashed."""
+
+    async def write(self, *pieces: bytes) -> None:
+        pass
+
+    async def close(self) -> str | None:
+        return None
+
+    async def abort(self) -> None:
+        pass

@@ -2,11 +2,22 @@
 
 Drivers know nothing of digests, manifests or repositories; `BlobStore` adds that meaning.
 Keys are relative, `/`-separated paths built only by `registry.storage.layout`.
+
+An upload is written by `append` and made an object by `commit`. Between requests (which
+may land on different processes or machines) the driver's progress travels as an opaque
+*upload state*: the string a writer's `close` returns, which the caller saves with the upload
+session and hands back to the next `append` and to `commit`. The filesystem driver needs none
+(its file is the state); the S3 driver keeps its multipart upload's id and parts there.
+
+    StorageError                  the driver could not complete an operation
+    ├── PathNotFound              the key does not exist
+    └── StorageUnavailable        a transient failure (unreachable, throttled): retry later
 """
 
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +46,23 @@ def storage_error(exc: OSError, what: str) -> StorageError:
     return cls(f"{what}: {exc.strerror or exc}")
 
 
+class StorageUnavailable(StorageError):
+    """A failure that may pass (storage unreachable, throttling): the client may retry."""
+
+    retry_after_seconds = 5
+
+
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*\Z")
+
+
+def check_key(key: str) -> str:
+    """`key`, when it is a safe relative key (no `.`/`..` parts, no empty or odd ones)."""
+    # Keys come from layout.py, but refuse anything that could leave the root all the same.
+    if not _SAFE_KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
+        raise StorageError(f"unsafe storage key {key!r}")
+    return key
+
+
 @dataclass(frozen=True, slots=True)
 class StoredObject:
     """One object found by `StorageDriver.walk`."""
@@ -45,14 +73,17 @@ class StoredObject:
 
 
 class AppendWriter(Protocol):
-    """Bytes appended to an upload in progress. `close` ends the writer; the bytes are made
-    durable when they are moved into place, not before."""
+    """Bytes appended to an upload in progress."""
 
     async def write(self, *pieces: bytes) -> None:
         """Append `pieces`, in order, after what came before."""
         ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> str | None:
+        """End the writer once everything is stored; the upload's new state (None when the
+        driver keeps none). The bytes are made durable when committed, not before."""
+        ...
+
     async def abort(self) -> None:
         """Drop everything written through this writer, back to where it started."""
         ...
@@ -74,16 +105,25 @@ class StorageDriver(Protocol):
         """Write a small object atomically: readers see the old bytes or the new, never a mix."""
         ...
 
-    async def append(self, key: str, offset: int) -> AppendWriter:
-        """A writer that appends to `key` from `offset`, discarding anything past it."""
+    async def append(
+        self, key: str, offset: int, state: str | None = None, destination: str | None = None
+    ) -> AppendWriter:
+        """A writer that appends to the upload at `key` from `offset`, discarding anything
+        past it. `state` is what the upload's last writer returned (None for a new upload, or
+        for an object at `key` written whole). `destination`, when already known, is where
+        `commit` will put the bytes: a driver whose unfinished writes are invisible may write
+        them there directly, so that the commit moves nothing."""
         ...
 
-    async def move(self, source: str, destination: str) -> None:
-        """Atomically rename `source` to `destination`, replacing it if present."""
+    async def commit(self, source: str, state: str | None, destination: str) -> None:
+        """Make the upload at `source` (with its last `state`) the object at `destination`,
+        atomically and without the bytes leaving the storage; `source` may be `destination`
+        (the upload becomes a plain object there, readable and appendable with state None)."""
         ...
 
     async def delete(self, key: str) -> None:
-        """Remove a key, or everything under a prefix; absent keys are not an error."""
+        """Remove a key, or everything under a prefix (unfinished uploads included); absent
+        keys are not an error."""
         ...
 
     async def list(self, prefix: str) -> list[str]:
@@ -92,6 +132,10 @@ class StorageDriver(Protocol):
 
     def local_path(self, key: str) -> Path | None:
         """A filesystem path holding the bytes of `key`, when the driver has one."""
+        ...
+
+    async def redirect_url(self, key: str) -> str | None:
+        """A short-lived URL a client may GET the bytes of `key` from directly, or None."""
         ...
 
     # For garbage collection and fsck (registry/gc/) ------------------------------------------
@@ -106,14 +150,15 @@ class StorageDriver(Protocol):
         """
         ...
 
-    async def abort_upload(self, key: str) -> None:
-        """Forget an unfinished upload written at `key` through `append`: its bytes, and
-        whatever the driver keeps for it (S3 aborts the multipart upload, whose parts would
-        otherwise be kept and billed forever). Absent is not an error."""
-        ...
-
     def walk(self, prefix: str) -> AsyncIterator[StoredObject]:
         """Every object under `prefix`, at any depth, in no particular order, with its size and
         modification time: one listing for fsck, not a stat per key (S3: ListObjectsV2 pages).
         Nothing when the prefix holds nothing."""
+        ...
+
+    async def abort_abandoned(self, older_than: datetime) -> int:
+        """Drop unfinished writes at blob keys begun before `older_than`, which only a process
+        that died mid-push leaves (an upload's own go with its session, through `delete`);
+        how many. S3 aborts such multipart uploads, which would otherwise be billed forever;
+        the filesystem driver writes to an upload's own key first and has none."""
         ...

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -17,10 +16,15 @@ import aiofiles.os
 from aiofiles.threadpool.binary import AsyncFileIO
 
 from registry.filemodes import FILE_MODE, make_private_folder
-from registry.storage.driver import PathNotFound, StorageError, StoredObject, storage_error
+from registry.storage.driver import (
+    PathNotFound,
+    StorageError,
+    StoredObject,
+    check_key,
+    storage_error,
+)
 from registry.storage.writeback import WriteBehind
 
-_SAFE_KEY = re.compile(r"^[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*\Z")
 READ_BLOCK = 4 * 1024 * 1024
 WRITES_IN_FLIGHT = 2  # positional writes of one upload running at once (page-cache latency)
 _IOV_MAX = 1024  # buffers per pwritev (Linux's limit)
@@ -36,10 +40,7 @@ class FilesystemDriver:
         self.fsync = fsync
 
     def _path(self, key: str) -> Path:
-        # Keys come from layout.py, but refuse anything that could leave the root all the same.
-        if not _SAFE_KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
-            raise StorageError(f"unsafe storage key {key!r}")
-        return self.root / key
+        return self.root / check_key(key)
 
     async def stat(self, key: str) -> int | None:
         # A stat of a local file costs microseconds, far less than a hop to a worker thread,
@@ -79,7 +80,10 @@ class FilesystemDriver:
         except OSError as exc:
             raise storage_error(exc, f"put {key}") from exc
 
-    async def append(self, key: str, offset: int) -> FileAppendWriter:
+    async def append(
+        self, key: str, offset: int, state: str | None = None, destination: str | None = None
+    ) -> FileAppendWriter:
+        # The file is the whole state; a partly written file must never sit at `destination`.
         path = self._path(key)
         try:
             await asyncio.to_thread(_create_empty, path)
@@ -102,8 +106,12 @@ class FilesystemDriver:
             raise
         return FileAppendWriter(fh, offset, write_behind=self.fsync)
 
-    async def move(self, source: str, destination: str) -> None:
+    async def commit(self, source: str, state: str | None, destination: str) -> None:
         src, dst = self._path(source), self._path(destination)
+        if src == dst:
+            if not await asyncio.to_thread(src.is_file):
+                raise PathNotFound(source)
+            return
         try:
             await asyncio.to_thread(_durable_rename, src, dst, self.fsync)
         except FileNotFoundError:
@@ -126,14 +134,16 @@ class FilesystemDriver:
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
+    async def redirect_url(self, key: str) -> str | None:
+        return None
+
     async def delete_many(self, keys: Sequence[str]) -> None:
         paths = [self._path(key) for key in keys]  # refuse an unsafe key before removing any
         if paths:
             await asyncio.to_thread(_remove_files, paths)
 
-    async def abort_upload(self, key: str) -> None:
-        # Nothing but the file: the bytes are all the state an upload has here.
-        await self.delete_many([key])
+    async def abort_abandoned(self, older_than: datetime) -> int:
+        return 0  # every write goes to an upload's own key first (see `append`)
 
     async def walk(self, prefix: str) -> AsyncIterator[StoredObject]:
         top = self._path(prefix)
@@ -189,15 +199,16 @@ class FileAppendWriter:
             await asyncio.wait(self._in_flight)
         return self._take_finished()
 
-    async def close(self) -> None:
+    async def close(self) -> str | None:
         # No flush here: every block's writeback has started, and the blob's bytes are made
-        # durable once, before they become visible (`move`). A power cut can therefore take
+        # durable once, before they become visible (`commit`). A power cut can therefore take
         # the tail of an unfinished upload (its file is then shorter than its session says,
         # and `append` refuses to resume it), never bytes of a finished blob; waiting for
         # the disk after every chunk halved chunked pushes. On failure the file stays open
         # for the caller's `abort`.
         _raise(await self._drain())
         await self._fh.close()
+        return None
 
     async def abort(self) -> None:
         try:

@@ -1,4 +1,6 @@
-"""Fixtures of the API tests: one shared HTTP client, and a second, differently configured server.
+"""Fixtures of the API tests: the servers, one shared HTTP client, and a second, differently
+configured server. Every server runs on the session's `backend` (support/backends.py), so
+the whole API suite runs on each storage driver with each database.
 
 Building an httpx.Client (its SSL context) costs ~60 ms, more than most of these tests take.
 """
@@ -10,7 +12,23 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from support.backends import ServerFactory
 from support.server import RegistryServer
+
+
+@pytest.fixture(scope="session")
+def registry_server(make_server: ServerFactory) -> Iterator[RegistryServer]:
+    server = make_server("registry")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_url(registry_server: RegistryServer) -> str:
+    # Its own, not tests/conftest.py's: a session fixture of that name made for another
+    # directory's server would otherwise be reused here.
+    return registry_server.url
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +43,9 @@ def client(shared_client: httpx.Client) -> httpx.Client:
 
 
 @pytest.fixture(scope="session")
-def configured_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+def configured_server(make_server: ServerFactory) -> Iterator[RegistryServer]:
     """A server told its public URL (it answers absolute Locations), with deletes disabled."""
-    server = RegistryServer(tmp_path_factory.mktemp("configured") / "data")
+    server = make_server("configured")
     server.env["REGISTRY_SERVER_PUBLIC_URL"] = server.url + "/"
     server.env["REGISTRY_STORAGE_DELETE_ENABLED"] = "false"
     server.start()

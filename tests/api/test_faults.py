@@ -33,6 +33,7 @@ from api.helpers import (
 )
 from registry.oci import mediatypes as mt
 
+from support.backends import ServerFactory
 from support.server import RegistryServer
 from support.tmpfs import small_disk
 
@@ -40,9 +41,9 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+def own(make_server: ServerFactory) -> Iterator[RegistryServer]:
     """A server for this module alone: restarting it disturbs no other test."""
-    server = RegistryServer(tmp_path_factory.mktemp("faults") / "data")
+    server = make_server("faults")
     server.start()
     yield server
     server.stop()
@@ -68,12 +69,8 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
-def stored_size(data_dir: Path, location: str) -> int:
-    return Path(data_dir, "storage", "uploads", location.rsplit("/", 1)[1], "data").stat().st_size
-
-
-def files_under(path: Path) -> list[Path]:
-    return sorted(p for p in path.rglob("*") if p.is_file())
+def upload_id_of(location: str) -> str:
+    return location.rsplit("/", 1)[1]
 
 
 class TestDisconnect:
@@ -87,7 +84,8 @@ class TestDisconnect:
         assert patch_chunk(client, location, first, 0).status_code == 202
         send_and_vanish(registry_url, "PATCH", location, len(second), second[: 6 * MiB])
         # The part-sent chunk leaves no trace, in the session or in storage.
-        wait_for(lambda: stored_size(registry_server.data_dir, location) == len(first))
+        storage = registry_server.storage
+        wait_for(lambda: storage.upload_bytes(upload_id_of(location)) == len(first))
         assert upload_range(client, location) == f"0-{len(first) - 1}"
         response = patch_chunk(client, location, second, len(first))
         assert response.status_code == 202
@@ -180,12 +178,10 @@ def test_parallel_pushes_of_one_blob_store_one_copy(own: RegistryServer) -> None
         statuses = list(pool.map(push, repos))
     assert statuses == [201] * len(repos)
 
-    storage = own.data_dir / "storage"
-    hex_digest = digest.split(":", 1)[1]
-    blob_dir = storage / "blobs" / "sha256" / hex_digest[:2] / hex_digest
-    assert files_under(blob_dir) == [blob_dir / "data"]
-    assert [p for p in files_under(storage / "blobs") if p.name != "data"] == []
-    assert [p for p in files_under(storage / "uploads") if p.parent.name in upload_ids] == []
+    storage = own.storage
+    assert [k for k in storage.keys("blobs/") if k.endswith(digest.split(":", 1)[1] + "/data")]
+    assert [k for k in storage.keys("blobs/") if not k.endswith("/data")] == []
+    assert [i for i in upload_ids if storage.upload_exists(i)] == []
     with httpx.Client(base_url=own.url, timeout=60) as c:
         for repo in repos:
             assert_blob(c, repo, data, digest)
@@ -197,14 +193,10 @@ def test_blob_bytes_lost_from_storage(own: RegistryServer, damage: str) -> None:
     pushing the blob again puts them back."""
     repo, data = unique_repo("faults"), os.urandom(1000)
     digest = digest_of(data)
-    hex_digest = digest.split(":", 1)[1]
-    path = own.data_dir / "storage" / "blobs" / "sha256" / hex_digest[:2] / hex_digest / "data"
     with httpx.Client(base_url=own.url, timeout=60) as c:
         push_blob(c, repo, data)
-        if damage == "deleted":
-            path.unlink()
-        else:
-            path.write_bytes(data[:10])
+        key = own.storage.blob_key(digest)
+        own.storage.replace(key, None if damage == "deleted" else data[:10])
         assert_error(c.get(f"/v2/{repo}/blobs/{digest}"), 404, "BLOB_UNKNOWN")
         assert c.head(f"/v2/{repo}/blobs/{digest}").status_code == 404
         push_blob(c, repo, data)
@@ -212,15 +204,11 @@ def test_blob_bytes_lost_from_storage(own: RegistryServer, damage: str) -> None:
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["one-worker", "two-workers"])
-def race_target(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def race_target(request: pytest.FixtureRequest, make_server: ServerFactory) -> Iterator[str]:
     """A server with one worker, and one with two: racing requests on one upload then run
     in different processes, which only the database's single-writer claim keeps apart."""
     workers = int(request.param)
-    server = RegistryServer(
-        tmp_path_factory.mktemp(f"race{workers}") / "data", extra_args=["--workers", str(workers)]
-    )
+    server = make_server(f"race{workers}", extra_args=["--workers", str(workers)])
     server.start()
     yield server.url
     server.stop()
@@ -291,7 +279,6 @@ def test_requests_queued_behind_a_cancel(
     repo = unique_repo("faults")
     location = start_upload(client, repo)
     url = registry_url + location
-    upload_dir = registry_server.data_dir / "storage" / "uploads" / location.rsplit("/", 1)[1]
     late = b"c" * 10
 
     def slow_body() -> Iterator[bytes]:
@@ -316,7 +303,7 @@ def test_requests_queued_behind_a_cancel(
     assert_error(patch, 404, "BLOB_UPLOAD_UNKNOWN")
     assert_error(put, 404, "BLOB_UPLOAD_UNKNOWN")
     assert_error(client.get(f"/v2/{repo}/blobs/{digest_of(late)}"), 404, "BLOB_UNKNOWN")
-    assert not upload_dir.exists()
+    assert not registry_server.storage.upload_exists(upload_id_of(location))
 
 
 def vm_hwm_kib(pid: int) -> int:
@@ -329,7 +316,9 @@ def vm_hwm_kib(pid: int) -> int:
 
 def test_big_streamed_upload_keeps_memory_flat(own: RegistryServer) -> None:
     """256 MiB pushed in one streamed PATCH, made up on the fly: the server's peak RSS stays
-    under 150 MB while receiving, committing and serving it back."""
+    under 150 MB while receiving, committing and serving it back. On S3 the process starts
+    larger (boto3's client and its service model, ~25 MB) and keeps parts in memory while
+    they are sent: there its peak grows by less than half the blob over its size at rest."""
     total, block = 256 * MiB, MiB
     seed = os.urandom(block)
     sent = hashlib.sha256()
@@ -343,6 +332,7 @@ def test_big_streamed_upload_keeps_memory_flat(own: RegistryServer) -> None:
     own.restart()  # a new process: its peak RSS is this test's alone
     assert own.process is not None
     pid = own.process.pid
+    at_rest_mb = vm_hwm_kib(pid) * 1024 / 1e6
     with httpx.Client(base_url=own.url, timeout=120) as c:
         location = start_upload(c, "faults/big")
         response = c.patch(location, content=body())
@@ -360,7 +350,12 @@ def test_big_streamed_upload_keeps_memory_flat(own: RegistryServer) -> None:
         assert size == total
         assert received.hexdigest() == sent.hexdigest()
     peak_mb = vm_hwm_kib(pid) * 1024 / 1e6
-    assert peak_mb < 150, f"server peak RSS {peak_mb:.0f} MB"
+    if own.backend.storage == "s3":  # type: ignore[attr-defined]
+        assert peak_mb - at_rest_mb < total / 2 / 1e6, (
+            f"peak {peak_mb:.0f}, {at_rest_mb:.0f} at rest"
+        )
+    else:
+        assert peak_mb < 150, f"server peak RSS {peak_mb:.0f} MB"
 
 
 def test_full_disk_answers_an_error_and_loses_nothing(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import re
-from pathlib import Path
 
 import httpx
 import pytest
@@ -471,12 +470,12 @@ def test_nothing_left_in_uploads_after_commit(
     client: httpx.Client, registry_server: RegistryServer, repo: str
 ) -> None:
     location = start_upload(client, repo)
-    upload_dir = Path(registry_server.data_dir, "storage", "uploads", location.rsplit("/", 1)[1])
+    upload_id = location.rsplit("/", 1)[1]
     data = os.urandom(100)
     assert patch_chunk(client, location, data[:60], 0).status_code == 202
-    assert upload_dir.exists()  # the bytes so far wait there
+    assert registry_server.storage.upload_exists(upload_id)  # the bytes so far wait there
     assert client.put(location, params={"digest": digest_of(data)}, content=data[60:]).is_success
-    assert not upload_dir.exists()
+    assert not registry_server.storage.upload_exists(upload_id)
 
 
 # A monolithic body up to 1 MiB is verified in memory and stored in one step; larger ones
@@ -493,23 +492,21 @@ def test_monolithic_put_either_side_of_the_in_memory_limit(
     assert_error(client.get(f"/v2/{repo}/blobs/{digest_of(data)}"), 404, "BLOB_UNKNOWN")
     assert_error(client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
     location = start_upload(client, repo)
-    upload_dir = Path(registry_server.data_dir, "storage", "uploads", location.rsplit("/", 1)[1])
     response = client.put(location, params={"digest": digest_of(data)}, content=data)
     assert response.status_code == 201
     assert_blob(client, repo, data)
-    assert not upload_dir.exists()
+    assert not registry_server.storage.upload_exists(location.rsplit("/", 1)[1])
 
 
 def test_small_put_after_an_empty_patch(
     client: httpx.Client, registry_server: RegistryServer, repo: str
 ) -> None:
     location = start_upload(client, repo)
-    upload_dir = Path(registry_server.data_dir, "storage", "uploads", location.rsplit("/", 1)[1])
     assert client.patch(location, content=b"").status_code == 202
     data = os.urandom(3000)
     assert client.put(location, params={"digest": digest_of(data)}, content=data).is_success
     assert_blob(client, repo, data)
-    assert not upload_dir.exists()
+    assert not registry_server.storage.upload_exists(location.rsplit("/", 1)[1])
 
 
 def test_small_put_of_a_blob_stored_already(client: httpx.Client, repo: str) -> None:

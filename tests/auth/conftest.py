@@ -73,12 +73,13 @@ class AuthRegistry:
         assert self.admin_api("POST", "/public", json={"pattern": pattern}).status_code == 201
 
     def new_token(self, scopes: list[str], **extra: Any) -> tuple[str, str]:
+        """A robot token made by the admin: (its full name, robot$..., and its secret)."""
         name = unique("ci")
         answer = self.admin_api("POST", "/tokens", json={"name": name, "scopes": scopes, **extra})
         assert answer.status_code == 201, answer.text
         secret = str(answer.json()["token"])
         self.secrets.append(secret)
-        return name, secret
+        return str(answer.json()["name"]), secret
 
 
 def start_auth_server(

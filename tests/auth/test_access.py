@@ -152,6 +152,44 @@ def test_revoked_and_expired_tokens(auth_server: AuthRegistry, client: httpx.Cli
     assert_error(get_token(auth_server.url, [], (short, short_secret)), 401)
 
 
+def test_a_name_used_again_does_not_revive_old_tokens(
+    auth_server: AuthRegistry, client: httpx.Client
+) -> None:
+    """Tokens name their account by id: a robot or user made again under a removed one's
+    name is another account, and the removed one's tokens stay dead."""
+    owner = auth_server.new_user()
+    short, repo = unique("ci"), f"{owner[0]}/app"
+
+    def make_robot() -> tuple[str, str]:
+        answer = httpx.post(
+            f"{auth_server.url}/auth/admin/tokens",
+            json={"name": short, "scopes": [f"{owner[0]}/*:pull"]},
+            auth=owner,
+        )
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["name"]), str(answer.json()["token"])
+
+    name, secret = make_robot()
+    old = token_for(auth_server.url, [scope(repo, "pull")], (name, secret))
+    assert_error(client.get(f"/v2/{repo}/tags/list", headers=bearer(old)), 404, "NAME_UNKNOWN")
+    revoked = httpx.delete(f"{auth_server.url}/auth/admin/tokens/{name}", auth=owner)
+    assert revoked.status_code == 204
+    again, new_secret = make_robot()
+    assert again == name
+    answer = client.get(f"/v2/{repo}/tags/list", headers=bearer(old))
+    assert "no longer exists" in assert_error(answer, 401)["message"]
+    new = token_for(auth_server.url, [scope(repo, "pull")], (again, new_secret))
+    assert_error(client.get(f"/v2/{repo}/tags/list", headers=bearer(new)), 404, "NAME_UNKNOWN")
+
+    user, password = auth_server.new_user()
+    theirs = token_for(auth_server.url, [scope(f"{user}/app", "pull")], (user, password))
+    assert auth_server.admin_api("DELETE", f"/users/{user}").status_code == 204
+    made = auth_server.admin_api("POST", "/users", json={"name": user, "password": password})
+    assert made.status_code == 201
+    answer = client.get(f"/v2/{user}/app/tags/list", headers=bearer(theirs))
+    assert "no longer exists" in assert_error(answer, 401)["message"]
+
+
 def test_basic_auth_on_v2(auth_server: AuthRegistry, client: httpx.Client) -> None:
     owner, other = auth_server.new_user(), auth_server.new_user()
     repo = f"{owner[0]}/scripted"
@@ -278,18 +316,61 @@ def test_the_challenge_of_a_mount_names_its_source(
     wide = token_for(auth_server.url, [asked["scope"]], owner)
     answer = client.post(f"/v2/{target}/blobs/uploads/", params=params, headers=bearer(wide))
     assert answer.status_code == 201
-    # A token naming only the target gets an ordinary upload session, not a second 401.
-    narrow = token_for(auth_server.url, [scope(f"{owner[0]}/other")], owner)
+    # A token naming only the target, of an account that may pull the source: 401 again,
+    # naming both, so the client widens its token instead of uploading the layer again.
+    other_target = f"{owner[0]}/other"
+    narrow = token_for(auth_server.url, [scope(other_target)], owner)
     answer = client.post(
-        f"/v2/{owner[0]}/other/blobs/uploads/", params=params, headers=bearer(narrow)
+        f"/v2/{other_target}/blobs/uploads/", params=params, headers=bearer(narrow)
     )
-    assert answer.status_code == 202
+    error = assert_error(answer, 401, "UNAUTHORIZED")
+    assert error["detail"] == [{"type": "repository", "name": source, "actions": ["pull"]}]
+    asked = challenge(answer)
+    assert asked["error"] == "insufficient_scope"
+    assert asked["scope"] == f"repository:{other_target}:pull,push repository:{source}:pull"
+    wide = token_for(auth_server.url, [asked["scope"]], owner)
+    answer = client.post(f"/v2/{other_target}/blobs/uploads/", params=params, headers=bearer(wide))
+    assert answer.status_code == 201
+    # Basic credentials carry the account's rights: no challenge, the mount just happens.
+    with httpx.Client(base_url=auth_server.url, auth=owner, timeout=30) as basic:
+        answer = basic.post(f"/v2/{owner[0]}/third/blobs/uploads/", params=params)
+        assert answer.status_code == 201
     # Nor can someone who may not read the source get it by answering the challenge.
-    theirs = token_for(auth_server.url, [asked["scope"].replace(target, f"{other[0]}/copy")], other)
+    theirs = token_for(
+        auth_server.url, [scope(f"{other[0]}/copy"), f"repository:{source}:pull"], other
+    )
     answer = client.post(
         f"/v2/{other[0]}/copy/blobs/uploads/", params=params, headers=bearer(theirs)
     )
     assert answer.status_code == 202
+
+
+def test_a_down_scoped_token_mounts_nothing_beyond_its_scopes(
+    auth_server: AuthRegistry, client: httpx.Client
+) -> None:
+    """A CI token for one repository, leaked: its account may read more, the token may not."""
+    owner = auth_server.new_user()
+    secret_repo, ci_repo = f"{owner[0]}/secret", f"{owner[0]}/ci"
+    full = token_for(auth_server.url, [scope(secret_repo), scope(ci_repo)], owner)
+    blob = b"a layer only the secret repository has " + unique().encode()
+    assert push_blob(client, secret_repo, blob, bearer(full)).status_code == 201
+    leaked = token_for(auth_server.url, [scope(ci_repo)], owner)
+    uploads = f"/v2/{ci_repo}/blobs/uploads/"
+    # Without `from`: the blob is in no repository the token may pull, so no mount.
+    answer = client.post(uploads, params={"mount": digest_of(blob)}, headers=bearer(leaked))
+    assert answer.status_code == 202
+    answer = client.get(f"/v2/{ci_repo}/blobs/{digest_of(blob)}", headers=bearer(leaked))
+    assert_error(answer, 404, "BLOB_UNKNOWN")
+    # With `from`: not with this token either; the challenge says what a token would need.
+    params = {"mount": digest_of(blob), "from": secret_repo}
+    answer = client.post(uploads, params=params, headers=bearer(leaked))
+    assert challenge(assert_response(answer, 401))["error"] == "insufficient_scope"
+    answer = client.get(f"/v2/{ci_repo}/blobs/{digest_of(blob)}", headers=bearer(leaked))
+    assert_error(answer, 404, "BLOB_UNKNOWN")
+    # A token that carries pull on the source mounts, with or without `from`.
+    both = token_for(auth_server.url, [scope(ci_repo), scope(secret_repo, "pull")], owner)
+    answer = client.post(uploads, params={"mount": digest_of(blob)}, headers=bearer(both))
+    assert answer.status_code == 201
 
 
 def assert_response(answer: httpx.Response, status: int) -> httpx.Response:

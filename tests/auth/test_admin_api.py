@@ -80,13 +80,16 @@ def test_tokens_are_shown_once_and_stored_hashed(auth_server: AuthRegistry) -> N
     )
     assert made.status_code == 201
     body = made.json()
-    secret = body["token"]
+    secret, full = body["token"], body["name"]
     assert secret.startswith("pkr_") and body["scopes"] == ["ci/*:pull"] and body["expires_at"]
+    assert full == f"robot${name}" and body["owner"] is None  # an admin's token, no owner
+    assert body["old_name"] is None
     listed = api(auth_server, "GET", "/tokens", auth_server.admin).text
-    assert name in listed and secret not in listed
-    assert get_token(auth_server.url, [], (name, secret)).status_code == 200
-    assert api(auth_server, "DELETE", f"/tokens/{name}", auth_server.admin).status_code == 204
-    assert_error(get_token(auth_server.url, [], (name, secret)), 401)
+    assert full in listed and secret not in listed
+    assert get_token(auth_server.url, [], (full, secret)).status_code == 200
+    assert_error(get_token(auth_server.url, [], (name, secret)), 401)  # the short name is not it
+    assert api(auth_server, "DELETE", f"/tokens/{full}", auth_server.admin).status_code == 204
+    assert_error(get_token(auth_server.url, [], (full, secret)), 401)
 
 
 def test_users_manage_their_own_tokens_only(auth_server: AuthRegistry) -> None:
@@ -96,6 +99,7 @@ def test_users_manage_their_own_tokens_only(auth_server: AuthRegistry) -> None:
     )
     assert made.status_code == 201 and made.json()["owner"] == alice[0]
     mine = made.json()["name"]
+    assert mine.startswith(f"robot${alice[0]}+")
     listed = api(auth_server, "GET", "/tokens", alice).json()["tokens"]
     assert [t["name"] for t in listed] == [mine]
     assert api(auth_server, "GET", "/tokens", bob).json()["tokens"] == []

@@ -44,6 +44,7 @@ def craft(data_dir: Path, **overrides: Any) -> str:
         "iat": now,
         "jti": "crafted",
         "access": [{"type": "repository", "name": "crafted/app", "actions": ["pull"]}],
+        "account": "user:1",  # root, the first user
     }
     claims.update(overrides)
     claims = {k: v for k, v in claims.items() if v is not None}
@@ -150,6 +151,11 @@ def assert_response(answer: httpx.Response, status: int) -> httpx.Response:
         ({"access": {"all": True}}, "access claim"),
         ({"access": [{"type": "repository", "name": "UPPER", "actions": ["pull"]}]}, "access"),
         ({"sub": "no-such-user"}, "no longer exists"),
+        ({"account": None}, "no longer exists"),  # as issued before tokens named the id
+        ({"account": "user:999999"}, "no longer exists"),
+        ({"account": "robot:1"}, "no longer exists"),
+        ({"account": "team:1"}, "no longer exists"),
+        ({"account": 1}, "malformed claims"),
     ],
 )
 def test_bad_tokens_signed_with_the_real_key(

@@ -73,23 +73,28 @@ def test_tokens(tmp_path: Path) -> None:
     )
     assert made.returncode == 0, made.stderr
     secret = made.stdout.strip()
-    assert secret.startswith("pkr_") and "docker login -u ci-pull" in made.stderr
+    assert secret.startswith("pkr_") and "docker login -u 'robot$alice+ci-pull'" in made.stderr
     listed = ok(data, "token", "list", "--json")
     assert secret not in listed
     [token] = json.loads(listed)
-    assert token["name"] == "ci-pull" and token["owner"] == "alice"
+    assert token["name"] == "robot$alice+ci-pull" and token["owner"] == "alice"
     assert token["scopes"] == ["alice/*:pull"] and token["expires"]
     forever = run_cli(data, "token", "create", "ci-all", "--scope", "*:pull", "--expires", "never")
     assert forever.returncode == 0
-    assert json.loads(ok(data, "token", "list", "--json"))[0]["expires"] is None
-    fails(data, "token", "create", "ci-pull", "--scope", "x/*:pull")
+    tokens = {t["name"]: t for t in json.loads(ok(data, "token", "list", "--json"))}
+    assert tokens["robot$ci-all"]["expires"] is None and tokens["robot$ci-all"]["owner"] is None
+    fails(data, "token", "create", "ci-pull", "--scope", "x/*:pull", "--owner", "alice")
+    ok(data, "token", "create", "ci-pull", "--scope", "x/*:pull")  # robot$ci-pull: another name
+    fails(data, "token", "create", "robot$ci-x", "--scope", "x/*:pull")  # names are short
     fails(data, "token", "create", "ci-bad", "--scope", "x/*")
     fails(data, "token", "create", "ci-bad", "--scope", "x/*:pull", "--expires", "tomorrow")
     fails(data, "token", "create", "ci-bad")
     fails(data, "token", "create", "ci-bad", "--scope", "x/*:pull", "--owner", "nobody")
-    ok(data, "token", "revoke", "ci-pull")
-    fails(data, "token", "revoke", "ci-pull")
-    assert [t["name"] for t in json.loads(ok(data, "token", "list", "--json"))] == ["ci-all"]
+    fails(data, "token", "revoke", "ci-pull")  # revoked by full name only
+    ok(data, "token", "revoke", "robot$alice+ci-pull")
+    fails(data, "token", "revoke", "robot$alice+ci-pull")
+    ok(data, "token", "revoke", "robot$ci-pull")
+    assert [t["name"] for t in json.loads(ok(data, "token", "list", "--json"))] == ["robot$ci-all"]
 
 
 def test_htpasswd_import(tmp_path: Path) -> None:
@@ -132,3 +137,21 @@ def test_htpasswd_import(tmp_path: Path) -> None:
     with sqlite3.connect(data / "registry.db") as db:
         stored = dict(db.execute("SELECT name, password_hash FROM users").fetchall())
     assert stored["dave"].startswith("$argon2id$") and stored["erin"].startswith("$argon2id$")
+
+
+def test_keys_list_and_rotate(tmp_path: Path) -> None:
+    """`registry keys`, on the default store (the folder), as the server would read it."""
+    data = tmp_path / "data"
+    assert json.loads(ok(data, "keys", "list", "--json")) == []  # listing makes none
+    [first] = json.loads(ok(data, "keys", "rotate", "--json"))
+    assert first["algorithm"] == "ES256" and first["verifies_until"] is None
+    assert (data / "auth" / "keys").is_dir()
+    first_again, second = json.loads(ok(data, "keys", "rotate", "--json"))
+    assert first_again["kid"] == first["kid"] and first_again["verifies_until"]
+    assert second["kid"] != first["kid"] and second["verifies_until"] is None
+    table = ok(data, "keys", "list")
+    assert table.splitlines()[0].split() == ["KID", "ALGORITHM", "CREATED", "VERIFIES_UNTIL"]
+    assert first["kid"] in table and second["kid"] in table
+    done = run_cli(data, "keys", "list", env={"REGISTRY_AUTH_KEYS_STORE": "database"})
+    assert done.returncode == 2 and "at least 32 characters" in done.stderr
+    assert "Traceback" not in done.stderr

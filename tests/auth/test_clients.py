@@ -8,9 +8,11 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ import httpx
 import oras.client
 import pytest
 
-from auth.conftest import AuthRegistry
+from auth.conftest import AuthRegistry, start_auth_server
 from auth.helpers import bearer, token_for
 
 from support.dockerd import BusyboxImagePlan, DockerDaemon, build_busybox_image, in_ci
@@ -304,3 +306,57 @@ def test_docker(auth_server: AuthRegistry, dockerd: DockerDaemon, image: str) ->
     dockerd.docker("logout", host)
     for ref in (mine, theirs, built, private):
         dockerd.docker("rmi", "--force", ref, check=False)
+
+
+def blob_requests(log: str, repository: str) -> list[tuple[str, str, int]]:
+    """(method, path and query, status) of every blob-upload request to `repository` in an
+    access log."""
+    found = []
+    pattern = re.compile(r'"(POST|PATCH|PUT) (/v2/([^ ]+)/blobs/uploads/[^ "]*)" (\d+)')
+    for match in pattern.finditer(log):
+        if match[3] == repository:
+            found.append((match[1], match[2], int(match[4])))
+    return found
+
+
+def query_digest(path: str, key: str) -> str:
+    return urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)[key][0]
+
+
+def test_docker_mounts_layers_the_user_can_read(
+    dockerd: DockerDaemon, image: str, tmp_path: Path
+) -> None:
+    """docker push of an image whose layers are in a repository the user may pull: each
+    layer is mounted from there, none sent again; a user who may not pull uploads them."""
+    server = start_auth_server(tmp_path, env={"REGISTRY_SERVER_ACCESS_LOG": "true"})
+    registry = AuthRegistry(server)
+    try:
+        host = server.host
+        bob, alice, carol = registry.new_user(), registry.new_user(), registry.new_user()
+        base = f"{host}/{bob[0]}/base:v1"
+        docker_login(dockerd, host, *bob)
+        dockerd.docker("tag", image, base)
+        dockerd.docker("push", base)
+        registry.grant(f"{bob[0]}/base", "pull", user=alice[0])
+        for user, pushed_ok_by_mount in ((alice, True), (carol, False)):
+            docker_login(dockerd, host, *user)
+            target = f"{user[0]}/app"
+            dockerd.docker("tag", image, f"{host}/{target}:v1")
+            dockerd.docker("push", f"{host}/{target}:v1")
+            assert manifest_exists(registry, target, "v1")
+            requests = blob_requests(server.log_path.read_text(errors="replace"), target)
+            mounts = [r for r in requests if "mount=" in r[1] and "from=" in r[1]]
+            layers = {query_digest(r[1], "mount") for r in mounts}
+            sent = {query_digest(r[1], "digest") for r in requests if r[0] == "PUT"}
+            assert len(layers) == 2, requests  # docker mounts layers, and sends the config
+            if pushed_ok_by_mount:
+                assert {r[2] for r in mounts} == {201}, requests
+                assert len(sent) == 1 and not sent & layers, requests  # no layer sent again
+            else:  # each mount refused quietly (202), then the layer uploaded
+                assert {r[2] for r in mounts} == {202}, requests
+                assert layers < sent, requests
+        dockerd.docker("logout", host)
+        for ref in (base, f"{host}/{alice[0]}/app:v1", f"{host}/{carol[0]}/app:v1"):
+            dockerd.docker("rmi", "--force", ref, check=False)
+    finally:
+        server.stop()

@@ -11,21 +11,31 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import text
 
 from registry.auth import management
 from registry.auth.accounts import Accounts, BadCredentials, Principal
 from registry.auth.audit import AuditLog
+from registry.auth.passwords import secret_digest
 from registry.auth.ratelimit import LoginLimiter, LoginLimits
 from registry.errors import TooManyRequests
-from registry.metadata.db import Database, upgrade_schema
+from registry.metadata.db import Database, migrations_path, upgrade_schema
 from registry.metadata.identity import IdentityConflict, IdentityNotFound, IdentityStore, now
 
 from support.postgres import PostgresServer
 
 
-def migrate(url: str) -> None:
+def migrate(url: str, revision: str = "head") -> None:
+    def upgrade() -> None:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(migrations_path()))
+        cfg.attributes["database_url"] = url
+        command.upgrade(cfg, revision)
+
     with ThreadPoolExecutor(1) as pool:  # Alembic's env calls asyncio.run
-        pool.submit(upgrade_schema, url).result()
+        pool.submit(upgrade if revision != "head" else lambda: upgrade_schema(url)).result()
 
 
 @pytest.fixture(scope="session")
@@ -117,30 +127,37 @@ async def test_grants_through_teams_and_their_removal(identity: IdentityStore) -
 async def test_robot_and_refresh_tokens(identity: IdentityStore) -> None:
     await management.add_user(identity, "alice", "alice-password", admin=False)
     token = await management.create_token(identity, "ci", ["alice/*:pull"], "1d", "alice")
+    assert token.name == "robot$alice+ci"
     with pytest.raises(IdentityConflict):
-        await management.create_token(identity, "ci", ["x/*:pull"])
+        await management.create_token(identity, "ci", ["x/*:pull"], owner="alice")
+    other = await management.create_token(identity, "ci", ["x/*:pull"])  # no owner: robot$ci
+    assert other.name == "robot$ci"
     logins = accounts(identity)
-    robot = await logins.login("ci", token.secret, "10.0.0.1")
-    assert robot == Principal("robot", "ci", robot_id=robot.robot_id)
+    robot = await logins.login("robot$alice+ci", token.secret, "10.0.0.1")
+    assert robot.kind == "robot" and robot.name == "robot$alice+ci" and robot.robot_id
+    assert robot.subject == "robot$alice+ci" and robot.account == f"robot:{robot.robot_id}"
+    for wrong_name in ("ci", "robot$ci", "alice"):
+        with pytest.raises(BadCredentials):
+            await logins.login(wrong_name, token.secret, "10.0.0.1")
     rights = await logins.permissions(robot)
     assert rights.actions_on("alice/app") == {"pull"}
     assert rights.actions_on("bob/app") == set()
     refresh = await logins.new_refresh_token(robot, "docker")
-    assert (await logins.refresh_login(refresh, "10.0.0.1")).name == "ci"
+    assert (await logins.refresh_login(refresh, "10.0.0.1")).name == "robot$alice+ci"
     # Removing the owner takes the robot and its refresh tokens along.
     await identity.delete_user("alice")
-    assert await identity.robot_by_name("ci") is None
+    assert await identity.robot_by_name("robot$alice+ci") is None
     with pytest.raises(BadCredentials):
         await logins.refresh_login(refresh, "10.0.0.1")
     with pytest.raises(BadCredentials):
-        await logins.login("ci", token.secret, "10.0.0.1")
+        await logins.login("robot$alice+ci", token.secret, "10.0.0.1")
 
 
 async def test_expired_robots_do_not_log_in(identity: IdentityStore) -> None:
     token = await management.create_token(identity, "short", ["x/*:pull"], "1s")
     await asyncio.sleep(1.2)
     with pytest.raises(BadCredentials):
-        await accounts(identity).login("short", token.secret, "10.0.0.1")
+        await accounts(identity).login("robot$short", token.secret, "10.0.0.1")
 
 
 async def test_failed_login_counting(identity: IdentityStore) -> None:
@@ -152,11 +169,14 @@ async def test_failed_login_counting(identity: IdentityStore) -> None:
     with pytest.raises(TooManyRequests) as caught:
         await logins.login("alice", "alice-password", "10.0.0.2")
     assert 0 < int(caught.value.headers["Retry-After"]) <= 300
-    state = await identity.failures(["account:alice", "address:10.0.0.2"])
-    assert state["account:alice"][0] == 2 and state["address:10.0.0.2"][0] == 2
+    alice = await identity.get_user("alice")
+    assert alice is not None
+    key = f"account:user:{alice.id}"  # the account's identity, not the name typed
+    state = await identity.failures([key, "address:10.0.0.2"])
+    assert state[key][0] == 2 and state["address:10.0.0.2"][0] == 2
     # A window that is over starts again at one.
-    await identity.count_failure(["account:alice"], timedelta(seconds=0))
-    assert (await identity.failures(["account:alice"]))["account:alice"][0] == 1
+    await identity.count_failure([key], timedelta(seconds=0))
+    assert (await identity.failures([key]))[key][0] == 1
 
 
 async def test_audit_entries(identity: IdentityStore) -> None:
@@ -179,3 +199,74 @@ async def test_public_patterns(identity: IdentityStore) -> None:
     await identity.remove_public("library/*")
     with pytest.raises(IdentityNotFound):
         await identity.remove_public("library/*")
+
+
+async def test_ids_are_never_reused(identity: IdentityStore) -> None:
+    """Tokens name accounts by id, so a removed account's id must never come back (SQLite
+    would hand out the highest rowid again without AUTOINCREMENT)."""
+    await management.add_user(identity, "alice", "alice-password", admin=False)
+    first = await management.create_token(identity, "ci", ["x/*:pull"], owner="alice")
+    robot = await identity.robot_by_name(first.name)
+    user = await identity.get_user("alice")
+    assert robot is not None and user is not None
+    await identity.delete_robot(first.name)
+    await management.create_token(identity, "ci", ["x/*:pull"], owner="alice")
+    again = await identity.robot_by_name(first.name)
+    assert again is not None and again.id != robot.id
+    await identity.delete_user("alice")
+    await management.add_user(identity, "alice", "alice-password", admin=False)
+    alice = await identity.get_user("alice")
+    assert alice is not None and alice.id != user.id
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_robots_made_before_the_robot_namespace(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Migration 0005 renames robots to robot$<owner>+<name> (robot$<name> without owner);
+    their old names still log in with their secrets, and count no failures against users."""
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+    else:
+        postgres: PostgresServer = request.getfixturevalue("postgres")
+        url = postgres.create_database("pre_robot_namespace")
+    await asyncio.to_thread(migrate, url, "0004")
+    db = Database(url, pool_size=2)
+    identity = IdentityStore(db)
+    try:
+        await management.add_user(identity, "alice", "alice-password", admin=False)
+        secrets = {"ci": "pkr_" + "c" * 43, "deploy": "pkr_" + "d" * 43}
+        async with db.write() as conn:
+            for name, owner in (("ci", "alice"), ("deploy", None)):
+                await conn.execute(
+                    text(
+                        "INSERT INTO robot_tokens (name, owner_id, secret_hash, scopes, admin,"
+                        " created_at) VALUES (:name, (SELECT id FROM users WHERE name = :owner),"
+                        " :hash, :scopes, false, :now)"
+                    ),
+                    {"name": name, "owner": owner, "hash": secret_digest(secrets[name]),
+                     "scopes": '[["alice/*", "pull"]]', "now": now()},
+                )  # fmt: skip
+            await conn.execute(
+                text("INSERT INTO login_failures VALUES ('account:alice', 4, :now)"), {"now": now()}
+            )
+    finally:
+        await db.dispose()
+    await asyncio.to_thread(migrate, url)
+    db = Database(url, pool_size=2)
+    identity = IdentityStore(db)
+    try:
+        robots = {r.name: r for r in await identity.list_robots()}
+        assert set(robots) == {"robot$alice+ci", "robot$deploy"}
+        assert robots["robot$alice+ci"].legacy_name == "ci"
+        assert robots["robot$alice+ci"].owner == "alice"
+        logins = accounts(identity)
+        for login_name in ("ci", "robot$alice+ci"):
+            robot = await logins.login(login_name, secrets["ci"], "10.0.0.5")
+            assert robot.name == "robot$alice+ci"
+        assert (await logins.login("deploy", secrets["deploy"], "10.0.0.5")).name == "robot$deploy"
+        with pytest.raises(BadCredentials):
+            await logins.login("deploy", secrets["ci"], "10.0.0.5")
+        assert await identity.failures(["account:alice"]) == {}  # keyed by name: dropped
+    finally:
+        await db.dispose()

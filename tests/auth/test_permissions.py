@@ -13,8 +13,10 @@ from registry.auth.permissions import (
     for_robot,
     for_user,
     is_account_name,
+    is_robot_name,
     parse_actions,
     pattern_matches,
+    robot_name,
     validate_pattern,
 )
 from registry.auth.scopes import Scope
@@ -57,8 +59,15 @@ def test_actions() -> None:
 
 def test_account_names() -> None:
     assert is_account_name("alice") and is_account_name("ci.bot-1")
-    for bad in ("", "Alice", "a/b", "a:b", "-a", "a" * 65, "robot:x", "alice\n"):
+    for bad in ("", "Alice", "a/b", "a:b", "-a", "a" * 65, "robot:x", "alice\n", "robot$x"):
         assert not is_account_name(bad)
+
+
+def test_robot_names_are_never_user_names() -> None:
+    assert robot_name("ci", "alice") == "robot$alice+ci" and robot_name("ci", None) == "robot$ci"
+    for name in (robot_name("ci", "alice"), robot_name("alice", None)):
+        assert is_robot_name(name) and not is_account_name(name)
+    assert not is_robot_name("alice") and not is_robot_name("robot")
 
 
 def test_users_own_their_namespace_and_get_team_grants() -> None:
@@ -86,6 +95,22 @@ def test_grant_is_the_intersection() -> None:
         Scope("repository", "alice/y", ("pull",)),
         CATALOG,
     ]
+
+
+def test_a_star_scope_grants_only_what_the_caller_has() -> None:
+    """`*` asks for every action; it must not become every action where the caller has fewer."""
+    alice = for_user("alice", False, [Grant("shared/*", parse_actions("pull"))], ["library/*"])
+    wanted = [
+        Scope("repository", "bob/app", ("*",)),
+        Scope("repository", "shared/lib", ("*",)),
+        Scope("repository", "library/busybox", ("*",)),
+    ]
+    assert alice.grant(wanted) == [
+        Scope("repository", "shared/lib", ("pull",)),
+        Scope("repository", "library/busybox", ("pull",)),
+    ]
+    robot = for_robot([Grant("*", parse_actions("*"))], alice, [])
+    assert robot.grant([Scope("repository", "bob/app", ("*",))]) == []
 
 
 def test_admins_may_do_everything() -> None:

@@ -11,6 +11,7 @@ from registry.auth.scopes import (
     parse_access_claim,
     parse_scope,
     parse_scopes,
+    requested_scopes,
 )
 
 
@@ -85,6 +86,28 @@ def test_several_scopes_per_value_and_merging() -> None:
 def test_too_many_scopes() -> None:
     with pytest.raises(ScopeError):
         parse_scopes([f"repository:r{i}:pull" for i in range(100)])
+
+
+def test_requested_scopes_drop_what_cannot_be_read() -> None:
+    """The token endpoint's reader: a bad action leaves the rest of its scope, a bad scope
+    leaves the others; only the number of scopes is a hard limit."""
+    wanted = requested_scopes(
+        [
+            "repository:a:pull,no-such-action repository:b:PUSH,push,pu;ll",
+            "repository:UPPER:pull repository:c:;;; :: repository",
+            "registry:other:* registry:catalog:* nosuchtype:d:pull",
+            "repository:" + "a" * 2000 + ":pull repository:a:delete",
+        ]
+    )
+    assert wanted == [
+        Scope("repository", "a", ("pull", "delete")),
+        Scope("repository", "b", ("push",)),
+        Scope("registry", "catalog", ("*",)),
+        Scope("nosuchtype", "d", ("pull",)),  # well formed: `permissions` grants it nothing
+    ]
+    assert requested_scopes(["", "  "]) == []
+    with pytest.raises(ScopeError):
+        requested_scopes([" ".join(f"repository:r{i}:x;" for i in range(100))])
 
 
 def test_access_claim() -> None:

@@ -197,6 +197,16 @@ def test_external_issuers(tmp_path: Path) -> None:
         ):
             refused = httpx.get(url, headers=bearer(jwt.encode(bad, sso_key, "RS256")))
             assert challenge(assert_response(refused))["error"] == "invalid_token"
+        # An external subject acts under its issuer's name, never as our account of that name.
+        posing = jwt.encode({**sso_claims, "sub": ADMIN[0]}, sso_key, "RS256")
+        denied = httpx.get(f"{registry_b.url}/v2/ext/secret/tags/list", headers=bearer(posing))
+        assert_response(denied)
+        log = httpx.get(
+            f"{registry_b.url}/auth/admin/audit", params={"action": "denied"}, auth=ADMIN
+        ).json()["entries"]
+        assert log[0]["actor"] == f"external:https://sso.example:{ADMIN[0]}"
+        assert log[0]["target"] == "repository:ext/secret:pull"
+        assert not [e for e in log if e["actor"] == ADMIN[0]]
         other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         forged = httpx.get(url, headers=bearer(jwt.encode(sso_claims, other_key, "RS256")))
         assert challenge(assert_response(forged))["error"] == "invalid_token"

@@ -97,3 +97,20 @@ def test_listen_address_check() -> None:
         check_listen_address(config("0.0.0.0:5000"))
     with pytest.raises(ConfigError, match="refusing"):
         check_listen_address(config("[::]:5000"))
+
+
+def test_the_keys_store_and_its_secret(tmp_path: Path) -> None:
+    secret = tmp_path / "keys-secret"
+    secret.write_text("x" * 32 + "\n")
+    shared = {"REGISTRY_AUTH_KEYS_STORE": "database"}
+    config = load_config(environ={**shared, "REGISTRY_AUTH_KEYS_SECRET_FILE": str(secret)})
+    assert config.auth.keys_secret == "x" * 32
+    validate(config)
+    validate(load_config(environ={}))  # the folder, as before: no secret needed
+    for environ, message in (
+        ({"REGISTRY_AUTH_KEYS_STORE": "vault"}, "folder or database"),
+        (shared, "at least 32 characters"),
+        ({**shared, "REGISTRY_AUTH_KEYS_SECRET": "x" * 31}, "at least 32 characters"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            validate(load_config(environ=environ))

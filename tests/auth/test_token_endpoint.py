@@ -33,9 +33,9 @@ def test_answer_shape_and_claims(auth_server: AuthRegistry) -> None:
     header = jwt.get_unverified_header(body["token"])
     assert header["alg"] == "ES256" and header["kid"]
     claims = claims_of(body["token"])
-    assert set(claims) == {"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "access"}
+    assert set(claims) == {"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "access", "account"}
     assert claims["iss"] == "pocket-registry" and claims["aud"] == SERVICE
-    assert claims["sub"] == name
+    assert claims["sub"] == name and str(claims["account"]).startswith("user:")
     assert claims["access"] == [
         {"type": "repository", "name": f"{name}/app", "actions": ["pull", "push"]}
     ]
@@ -93,17 +93,75 @@ def test_wrong_passwords(auth_server: AuthRegistry) -> None:
     assert_error(get_token(auth_server.url, [], ("nobody-here", "whatever1")), 401, "UNAUTHORIZED")
 
 
+def test_credentials_are_checked_before_anything_else(auth_server: AuthRegistry) -> None:
+    """A wrong password is 401 whatever the rest of the request says, and it counts."""
+    name, _ = auth_server.new_user()
+    for scope in ("repository:UPPER:pull", "::", "repository:a:pull;x"):
+        answer = get_token(auth_server.url, [scope], (name, "not-the-password"))
+        assert_error(answer, 401, "UNAUTHORIZED")
+    answer = httpx.get(f"{auth_server.url}/auth/token", auth=(name, "not-the-password"))
+    assert_error(answer, 401, "UNAUTHORIZED")  # no service either
+    form = {"grant_type": "password", "username": name, "password": "nope-nope", "scope": "::"}
+    assert_error(httpx.post(f"{auth_server.url}/auth/token", data=form), 401, "UNAUTHORIZED")
+    failed = auth_server.admin_api(
+        "GET", "/audit", params={"actor": name, "action": "login_failed"}
+    ).json()["entries"]
+    assert len(failed) == 5  # the account's limit: the next attempt waits
+    assert_error(get_token(auth_server.url, [], (name, "not-the-password")), 429)
+
+
+def test_unreadable_scopes_and_actions_are_dropped(auth_server: AuthRegistry) -> None:
+    name, password = auth_server.new_user()
+    scopes = [
+        f"repository:{name}/app:pull,no-such-action",
+        f"repository:{name}/b:frobnicate,push,PULL",
+        f"repository:{name}/UPPER:pull",
+        f"repository(plugin):{name}/x:pull",
+        f"nosuchtype:{name}/y:pull",
+        "registry:other:*",
+        "repository",
+        "::",
+    ]
+    answer = get_token(auth_server.url, scopes, (name, password))
+    assert answer.status_code == 200, answer.text
+    assert access_of(answer.json()["token"]) == [
+        {"type": "repository", "name": f"{name}/app", "actions": ["pull"]},
+        {"type": "repository", "name": f"{name}/b", "actions": ["push"]},
+    ]
+
+
+def test_nothing_granted_is_a_token_with_empty_access(auth_server: AuthRegistry) -> None:
+    name, password = auth_server.new_user()
+    other, _ = auth_server.new_user()
+    for scopes in (["repository:UPPER:pull"], [f"repository:{other}/app:pull"], ["::"]):
+        answer = get_token(auth_server.url, scopes, (name, password))
+        assert answer.status_code == 200, answer.text
+        assert claims_of(answer.json()["token"])["sub"] == name
+        assert access_of(answer.json()["token"]) == []
+    form = {
+        "grant_type": "password", "username": name, "password": password,
+        "service": SERVICE, "scope": "repository:x:no-such-action",
+    }  # fmt: skip
+    answer = httpx.post(f"{auth_server.url}/auth/token", data=form)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["scope"] == "" and access_of(answer.json()["token"]) == []
+
+
 def test_malformed_requests(auth_server: AuthRegistry) -> None:
     name, password = auth_server.new_user()
-    for scope in ("repository", "repository:UPPER:pull", "repository:a:pull;x", "::"):
-        answer = get_token(auth_server.url, [scope], (name, password))
-        assert "malformed scope" in assert_error(answer, 403, "DENIED")["message"]
-    answer = httpx.get(
-        f"{auth_server.url}/auth/token", params={"service": "someone-else"}, auth=(name, password)
-    )
-    assert_error(answer, 403, "DENIED")
+    url = f"{auth_server.url}/auth/token"
+    for params in ({}, {"service": ""}, {"service": "someone-else"}):
+        for credentials in ((name, password), None):
+            answer = httpx.get(url, params=params, auth=credentials)
+            assert "service" in assert_error(answer, 400)["message"]
+    form = {"grant_type": "password", "username": name, "password": password}
+    for extra in ({}, {"service": "someone-else"}):
+        answer = httpx.post(url, data={**form, **extra, "access_type": "offline"})
+        assert "service" in assert_error(answer, 400)["message"]
+    too_many = " ".join(f"repository:{name}/r{i}:pull" for i in range(100))
+    assert_error(get_token(auth_server.url, [too_many], (name, password)), 400)
     for header in ("Bearer abc", "Basic ####", "Weird"):
-        answer = httpx.get(f"{auth_server.url}/auth/token", headers={"Authorization": header})
+        answer = httpx.get(url, headers={"Authorization": header})
         assert_error(answer, 401, "UNAUTHORIZED")
 
 
@@ -166,7 +224,7 @@ def test_the_password_grant(auth_server: AuthRegistry) -> None:
         ({"grant_type": "refresh_token", "refresh_token": "garbage"}, 401, "UNAUTHORIZED"),
         ({"grant_type": "refresh_token"}, 401, "UNAUTHORIZED"),
         ({"grant_type": "password", "password": "x"}, 401, "UNAUTHORIZED"),
-        ({"grant_type": "password", "username": "x", "scope": "bad scope!"}, 403, "DENIED"),
+        ({"grant_type": "password", "username": "x", "scope": "bad scope!"}, 401, "UNAUTHORIZED"),
     ],
 )
 def test_bad_posts(auth_server: AuthRegistry, form: dict[str, str], status: int, code: str) -> None:

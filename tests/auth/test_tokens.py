@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -13,7 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from registry.auth.keys import KeyRing
+from registry.auth.key_stores import FolderKeys
+from registry.auth.keys import KeyRing, SigningKey
 from registry.auth.scopes import Scope
 from registry.auth.tokens import (
     InvalidToken,
@@ -31,9 +33,13 @@ PULL = Scope("repository", "alice/app", ("pull",))
 
 @pytest.fixture(scope="module")
 def ring(tmp_path_factory: pytest.TempPathFactory) -> KeyRing:
-    ring = KeyRing(tmp_path_factory.mktemp("keys"))
-    ring.ensure()
+    ring = KeyRing(FolderKeys(tmp_path_factory.mktemp("keys")))
+    asyncio.run(ring.ensure())
     return ring
+
+
+def newest(ring: KeyRing) -> SigningKey:
+    return ring.current()[-1]
 
 
 def verifier(ring: KeyRing, *trusted: TrustedIssuer, leeway: float = 5) -> TokenVerifier:
@@ -57,7 +63,7 @@ def claims(**overrides: Any) -> dict[str, Any]:
 
 
 def signed(ring: KeyRing, payload: dict[str, Any], **headers: Any) -> str:
-    key = ring.signing_key()
+    key = newest(ring)
     return jwt.encode(payload, key.private_key, "ES256", headers={"kid": key.kid, **headers})
 
 
@@ -68,16 +74,16 @@ async def refused(v: TokenVerifier, token: str) -> str:
 
 
 async def test_issued_tokens_carry_every_claim_and_verify(ring: KeyRing) -> None:
-    issued = TokenIssuer(ring, ISSUER, SERVICE, 300).issue("alice", [PULL])
+    issued = await TokenIssuer(ring, ISSUER, SERVICE, 300).issue("alice", [PULL])
     header = jwt.get_unverified_header(issued.token)
-    assert header["alg"] == "ES256" and header["kid"] == ring.signing_key().kid
+    assert header["alg"] == "ES256" and header["kid"] == newest(ring).kid
     body = jwt.decode(issued.token, options={"verify_signature": False})
     assert set(body) == {"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "access"}
     assert body["exp"] - body["iat"] == 300 == issued.expires_in
     assert body["access"] == [{"type": "repository", "name": "alice/app", "actions": ["pull"]}]
     verified = await verifier(ring).verify(issued.token)
     assert verified.subject == "alice" and verified.builtin and verified.access == [PULL]
-    other = TokenIssuer(ring, ISSUER, SERVICE, 300).issue("alice", [PULL])
+    other = await TokenIssuer(ring, ISSUER, SERVICE, 300).issue("alice", [PULL])
     assert jwt.decode(other.token, options={"verify_signature": False})["jti"] != body["jti"]
 
 
@@ -104,12 +110,12 @@ async def test_audience_issuer_and_required_claims(ring: KeyRing) -> None:
 
 async def test_forgeries(ring: KeyRing, tmp_path: Path) -> None:
     v = verifier(ring)
-    kid = ring.signing_key().kid
+    kid = newest(ring).kid
     # alg=none
     unsigned = jwt.encode(claims(), None, algorithm="none", headers={"kid": kid})
     assert "not allowed" in await refused(v, unsigned)
     # HMAC keyed with our public key (the classic key confusion)
-    public_pem = ring.signing_key().public_key.public_bytes(
+    public_pem = newest(ring).public_key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "kid": kid}).encode())
@@ -195,12 +201,12 @@ async def test_trusted_issuer_with_a_pem_key(ring: KeyRing, tmp_path: Path) -> N
 
 
 async def test_trusted_issuer_with_a_jwks_file(ring: KeyRing, tmp_path: Path) -> None:
-    other = KeyRing(tmp_path / "other")
-    (tmp_path / "jwks.json").write_text(json.dumps(other.jwks()))
+    other = KeyRing(FolderKeys(tmp_path / "other"))
+    (tmp_path / "jwks.json").write_text(json.dumps(await other.jwks()))
     trusted = trusted_issuer(
         {"issuer": "gitlab", "audience": "reg", "jwks_file": str(tmp_path / "jwks.json")}, SERVICE
     )
-    token = TokenIssuer(other, "gitlab", "reg", 60).issue("bob", [PULL]).token
+    token = (await TokenIssuer(other, "gitlab", "reg", 60).issue("bob", [PULL])).token
     verified = await verifier(ring, trusted).verify(token)
     assert verified.issuer == "gitlab" and not verified.builtin
 
@@ -227,3 +233,28 @@ def test_symmetric_algorithms_are_never_allowed() -> None:
     for algorithms in (["HS256"], ["ES256", "none"], ["RS256", "HS512"]):
         with pytest.raises(TrustConfigError):
             allowed_algorithms(algorithms)
+
+
+def test_permits_agrees_with_covers() -> None:
+    """The per-request check of a verified token (an index built once) says what `covers`,
+    the reference, says, for every resource and action asked."""
+    from registry.auth.scopes import Scope, covers
+    from registry.auth.tokens import VerifiedToken
+
+    access = [
+        Scope("repository", "a/b", ("pull",)),
+        Scope("repository", "a/b", ("push",)),
+        Scope("repository", "c", ("*",)),
+        Scope("registry", "catalog", ("*",)),
+    ]
+    token = VerifiedToken("alice", "us", access, True, "jti")
+    for resource_type, name in [
+        ("repository", "a/b"),
+        ("repository", "c"),
+        ("repository", "d"),
+        ("registry", "catalog"),
+        ("x", "a/b"),
+    ]:
+        for actions in [("pull",), ("push",), ("pull", "push"), ("delete",), ("*",), ()]:
+            wanted = Scope(resource_type, name, actions)
+            assert token.permits(resource_type, name, actions) == covers(access, wanted), wanted

@@ -150,3 +150,99 @@ def test_gc_workload_collects_inside_ours_and_offline_in_distribution(tmp_path: 
     assert median["served_during_gc"] == {"ours": 1, "distribution": 0}
     assert median["gc_get_p99_ms"]["ours"] > 0 and median["gc_head_p99_ms"]["ours"] > 0
     assert median["gc_seconds"]["ours"] > 0 and median["gc_seconds"]["distribution"] > 0
+
+
+def test_tiny_run_on_s3(tmp_path: Path) -> None:
+    """The S3 mode: both registries on one SeaweedFS, S3's own throughput as the ceilings,
+    streamed and redirected pulls."""
+    _require_distribution()
+    from support.seaweedfs import weed_available
+
+    if not weed_available():
+        pytest.skip("SeaweedFS (weed) is not installed")
+    out = tmp_path / "report.json"
+    only = "push-chunked,pull,pull-redirect"
+    done = _run_bench(tmp_path, *TINY, "--storage", "s3", "--only", only, "--json", str(out))
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    report = json.loads(out.read_text())
+    assert report["settings"]["storage"] == "s3"
+    for key in ("s3_put_mbps", "s3_multipart_put_mbps", "s3_get_mbps", "s3_ranged_get_mbps"):
+        assert report["limits"][key] > 0
+    assert "sha256_one_core_mbps" not in report["limits"]
+    for name in only.split(","):
+        mbps = report["workloads"][name]["metrics"]["mbps"]
+        assert mbps["ours"]["median"] > 0 and mbps["distribution"]["median"] > 0, name
+        assert mbps["ceiling"]["name"].startswith("s3_"), name
+
+
+def test_token_auth_workloads(tmp_path: Path) -> None:
+    """Both servers in token mode (ours with its own token endpoint, Distribution with the
+    bench's token server): every request of the flood is answered 2xx, so each verified a
+    token, and the report compares each server with itself without auth."""
+    _require_distribution()
+    out = tmp_path / "report.json"
+    only = "head-blob,head-blob-token,get-manifest-token"
+    done = _run_bench(
+        tmp_path, *TINY, "--only", only, "--no-limits", "--client", "python", "--json", str(out)
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(out.read_text())
+    for name in ("head-blob-token", "get-manifest-token"):
+        workload = report["workloads"][name]
+        assert not [n for n in workload["notes"] if "errors" in n], workload["notes"]
+        for side in ("ours", "distribution"):
+            assert workload["metrics"]["rps"][side]["median"] > 0
+            assert workload["metrics"]["cpu_us_per_request"][side]["median"] > 0
+    against = report["workloads"]["head-blob-token"]["versus_baseline"]
+    assert against["baseline"] == "head-blob"
+    for key in ("rps", "cpu_us_per_request"):
+        assert all(_is_number(against[key][side]) for side in ("ours", "distribution"))
+    assert against["meets_target"] in (True, False)
+    assert "get-manifest-token" in report["workloads"]
+    assert "versus_baseline" not in report["workloads"]["get-manifest-token"]  # no baseline run
+    assert "with token auth / without" in done.stdout
+
+
+TOKEN_MODE_CHECK = """
+import sys, tempfile
+from pathlib import Path
+from bench import rawhttp, servers
+
+with servers.make_server(sys.argv[1], Path(sys.argv[2]), auth=True) as server:
+    with rawhttp.Connection(server.host) as conn:
+        refused = conn.request("GET", "/v2/bench/x/tags/list")
+        headers = server.bearer(["repository:bench/x:pull"])
+        print(refused.status, "Bearer realm=" in refused.header("www-authenticate"),
+              conn.request("GET", "/v2/bench/x/tags/list", headers).status,
+              conn.request("GET", "/v2/", headers).status)
+"""
+
+
+@pytest.mark.parametrize("side", ["ours", "distribution"])
+def test_servers_in_token_mode_refuse_requests_without_a_token(tmp_path: Path, side: str) -> None:
+    if side == "distribution":
+        _require_distribution()
+    done = subprocess.run(
+        [sys.executable, "-c", TOKEN_MODE_CHECK, side, str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.split() == ["401", "True", "404", "200"]
+
+def test_build_workload_measures_both_builders(tmp_path: Path) -> None:
+    """Ours and docker's classic builder, cold and cached, on a tiny context (root only:
+    building needs it; the private dockerd is the tests' own)."""
+    _require_distribution()
+    if os.geteuid() != 0:
+        pytest.skip("building needs root")
+    out = tmp_path / "report.json"
+    done = _run_bench(tmp_path, "--only", "build", "--repeat", "1", "--no-limits",
+                      "--build-files", "12", "--build-mib", "1", "--json", str(out))
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    metrics = json.loads(out.read_text())["workloads"]["build"]["metrics"]
+    assert set(metrics) == {"cold_s", "cached_s", "cold_cpu_s", "cached_cpu_s"}
+    for metric in metrics.values():
+        for side in ("ours", "distribution"):
+            assert len(metric[side]["samples"]) == 1 and metric[side]["median"] > 0
+    assert metrics["cached_s"]["meets_target"] == (metrics["cached_s"]["ratio"] <= 0.5)
+    assert "docker" in done.stdout

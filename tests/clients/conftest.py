@@ -1,7 +1,8 @@
 """Fixtures for the client tests: which registry they talk to, and a daemon to talk to it.
 
-By default the clients drive our own server (`registry_server` from tests/conftest.py).
-Two environment variables point them elsewhere, to compare behaviour with another registry:
+By default the clients drive our own server, on each backend in turn (each storage driver
+with each database: support/backends.py). Two environment variables point them elsewhere
+instead, to compare behaviour with another registry (then on one backend only):
 
     REGISTRY_TEST_EXTERNAL_URL=http://127.0.0.1:5000   a registry that is already running
     REGISTRY_TEST_DISTRIBUTION=1                       start CNCF Distribution
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from support.backends import DEFAULT, Backend, ServerFactory
 from support.server import free_port
 
 DISTRIBUTION_BINARY = "/usr/bin/docker-registry"
@@ -106,21 +108,38 @@ def _start_distribution(root: Path) -> ExternalRegistry:
 
 @pytest.fixture(scope="session")
 def registry_server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    backend: Backend,
+    make_server: ServerFactory,
 ) -> Iterator[Any]:
     """Our server, unless the environment names another registry (see the module docstring)."""
     external = os.environ.get("REGISTRY_TEST_EXTERNAL_URL")
+    distribution = os.environ.get("REGISTRY_TEST_DISTRIBUTION", "") not in ("", "0")
+    if (external or distribution) and backend != DEFAULT:
+        pytest.skip("another registry is under test: one backend is enough")
     if external:
         yield ExternalRegistry(_require_loopback(external), "external")
-    elif os.environ.get("REGISTRY_TEST_DISTRIBUTION", "") not in ("", "0"):
+    elif distribution:
         registry = _start_distribution(tmp_path_factory.mktemp("distribution"))
         try:
             yield registry
         finally:
             registry.stop()
     else:
-        # The same name one conftest up: our own `python -m registry serve`.
-        yield request.getfixturevalue("registry_server")
+        server = make_server("clients")
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_url(registry_server: Any) -> str:
+    # Its own, not tests/conftest.py's: a session fixture of that name made for another
+    # directory's server would otherwise be reused here.
+    return str(registry_server.url)
 
 
 @pytest.fixture(scope="session")

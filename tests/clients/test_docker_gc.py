@@ -1,6 +1,6 @@
 """Garbage collection seen by real docker: an image's tag is deleted and `registry gc` runs;
-the layers only it had are gone from disk, the layers it shared stay, and every image left
-pulls and runs."""
+the layers only it had are gone from storage (disk, or S3), the layers it shared stay, and
+every image left pulls and runs."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry.oci.digest import Digest
-
+from support.backends import Backend, ServerFactory, StorageView
 from support.dockerd import BusyboxImagePlan, DockerDaemon, build_busybox_image
 from support.server import RegistryServer
 
@@ -30,9 +29,15 @@ ENV = {
 ACCEPT = "application/vnd.docker.distribution.manifest.v2+json"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    server = RegistryServer(tmp_path_factory.mktemp("docker-gc") / "data", env=ENV)
+# Disk with SQLite, and S3 with PostgreSQL: each driver and each database once.
+BACKENDS = {Backend("filesystem", "sqlite"), Backend("s3", "postgres")}
+
+
+@pytest.fixture
+def server(backend: Backend, make_server: ServerFactory) -> Iterator[RegistryServer]:
+    if backend not in BACKENDS:
+        pytest.skip("run on disk with SQLite and on S3 with PostgreSQL")
+    server = make_server("docker-gc", env=ENV)
     server.start()
     yield server
     server.stop()
@@ -55,9 +60,9 @@ def blobs_of(server: RegistryServer, repository: str) -> list[str]:
 
 
 def on_disk(server: RegistryServer, digest: str) -> bool:
-    parsed = Digest.parse(digest)
-    path = server.data_dir / "storage" / "blobs" / parsed.algorithm / parsed.encoded[:2]
-    return (path / parsed.encoded / "data").is_file()
+    """Whether the blob's bytes are in storage (on disk or in the S3 bucket)."""
+    storage: StorageView = server.storage  # type: ignore[attr-defined]
+    return storage.keys(storage.blob_key(digest)) == [storage.blob_key(digest)]
 
 
 def test_deleting_a_tag_then_collecting_frees_only_its_own_layers(

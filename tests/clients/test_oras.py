@@ -71,7 +71,7 @@ def oras_client(registry_server: Any) -> ArtifactClient:
 @pytest.fixture
 def target(registry_server: Any, repo_prefix: str, request: pytest.FixtureRequest) -> str:
     """`HOST/<prefix>/oras/<test name>`, without a tag."""
-    name = request.node.name.removeprefix("test_").replace("_", "-")
+    name = request.node.originalname.removeprefix("test_").replace("_", "-")
     return f"{registry_server.host}/{repo_prefix}/oras/{name}"
 
 

@@ -235,7 +235,7 @@ def busybox_layout(
 @pytest.fixture
 def repository(registry_server: Any, repo_prefix: str, request: pytest.FixtureRequest) -> str:
     """`docker://HOST/<prefix>/skopeo/<test name>` without a tag."""
-    name = request.node.name.removeprefix("test_").replace("_", "-")
+    name = request.node.originalname.removeprefix("test_").replace("_", "-")
     return f"docker://{registry_server.host}/{repo_prefix}/skopeo/{name}"
 
 

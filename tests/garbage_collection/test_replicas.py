@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -155,6 +156,9 @@ class Image:
     tag: str
     blobs: list[bytes]
     manifest: bytes
+    # Let the collectors take its config (unique to it) before the manifest comes: the
+    # race a slow push loses, made to happen at least this often.
+    outwaited: bool = False
 
 
 def _image(clients: Clients, round_index: int, worker: int) -> Image:
@@ -170,14 +174,26 @@ def _image(clients: Clients, round_index: int, worker: int) -> Image:
         ],
     }
     repository, tag = clients.rng.choice(REPOSITORIES), f"t{clients.rng.randrange(4)}"
-    return Image(repository, tag, [config, *layers], json.dumps(doc).encode())
+    outwaited = worker == 0 and round_index % 25 == 5
+    return Image(repository, tag, [config, *layers], json.dumps(doc).encode(), outwaited)
 
 
-def _push(clients: Clients, pending: Image | None, upload: Image | None) -> None:
+def _await_collection(deployment: Deployment, digest: str) -> None:
+    deadline = time.monotonic() + 120
+    while deployment.blob_path(digest).exists():
+        assert time.monotonic() < deadline, f"{digest} was never collected"
+        time.sleep(0.05)
+
+
+def _push(
+    deployment: Deployment, clients: Clients, pending: Image | None, upload: Image | None
+) -> None:
     """A slow client: the manifest of the image whose blobs it uploaded a round ago (the
     collectors may have taken them meanwhile: then it pushes them again), and the blobs of
     the next one."""
     if pending is not None:
+        if pending.outwaited:
+            _await_collection(deployment, digest_of(pending.blobs[0]))
         for _attempt in range(30):
             answer = clients.any().put(
                 f"/v2/{pending.repository}/manifests/{pending.tag}",
@@ -268,7 +284,8 @@ def test_pushes_deletes_mounts_and_two_collectors_at_once(deployment: Deployment
                     for w in range(WORKERS)
                 ]
                 work = [
-                    pool.submit(_push, clients, pending[w], following[w]) for w in range(WORKERS)
+                    pool.submit(_push, deployment, clients, pending[w], following[w])
+                    for w in range(WORKERS)
                 ]
                 work.append(pool.submit(_delete, clients))
                 for future in work:

@@ -3,12 +3,14 @@ the usage line, and where a bare image name points."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -73,12 +75,21 @@ def test_rm_in_the_foreground_shares_the_terminal(busybox: str, store: Store) ->
 
 
 def interrupt(args: list[str], delay: float) -> subprocess.CompletedProcess[str]:
-    """Start the `registry` command as a user does, press Ctrl-C after `delay` seconds, and
-    again every second while it runs on."""
+    """Start the `registry` command as a user does, press Ctrl-C `delay` seconds after our
+    code began (the process names itself `registry` first thing: what comes before is the
+    interpreter's own start, whose Ctrl-C CPython reports itself), and again every second
+    while it runs on."""
     process = subprocess.Popen(
         [*CLI[:1], "-m", "registry", *args], cwd=PROJECT, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )
+    comm = Path(f"/proc/{process.pid}/comm")
+    started = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < started:
+        with contextlib.suppress(OSError):
+            if comm.read_text().strip() == "registry":
+                break
+        time.sleep(0.002)
     deadline = time.monotonic() + delay
     while process.poll() is None:
         time.sleep(max(0.0, deadline - time.monotonic()))
@@ -96,7 +107,7 @@ def interrupt(args: list[str], delay: float) -> subprocess.CompletedProcess[str]
 
 
 @needs_root
-@pytest.mark.parametrize("delay", [0.15, 0.3, 0.6, 1.0, 1.5, 2.5, 4.0])
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2, 0.5, 1.0, 2.0, 4.0])
 def test_ctrl_c_at_any_moment_exits_130_without_a_traceback(
         heavy: str, store: Store, delay: float) -> None:
     """From the interpreter loading our modules, through the pull of a large layer and the

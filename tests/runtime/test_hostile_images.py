@@ -271,3 +271,19 @@ def test_a_hostile_passwd_neither_hangs_nor_floods_the_start(
     image = _push(registry_server, pusher, f"passwd-{node.kind}", [directory("etc"), node])
     done = cli("run", "--rm", "-u", "1000:1000", image, "echo", "started", timeout=30)
     assert (done.returncode, done.stdout) == (0, "started\n"), done.stderr
+
+
+@needs_root
+def test_the_init_process_holds_no_descriptor_of_the_runtime(
+        registry_server: RegistryServer, pusher: Pusher, store: Store) -> None:
+    """pid 1 under --init is the runtime's own code, inside the container: it must keep no
+    file of the host's open (a container could reach it through /proc/1/fd)."""
+    image = _push(registry_server, pusher, "init-fds", [])
+    assert cli("network", "create", "initfds").returncode == 0
+    try:
+        for extra in ([], ["--network", "initfds", "-p", "127.0.0.1::80"]):
+            done = cli("run", "--rm", "--init", "-m", "64m", *extra, image, "ls", "/proc/1/fd")
+            assert done.returncode == 0, done.stderr
+            assert sorted(done.stdout.split(), key=int) == ["0", "1", "2"], extra
+    finally:
+        cli("network", "rm", "initfds")

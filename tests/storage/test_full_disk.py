@@ -41,7 +41,7 @@ async def test_append_on_a_full_disk_fails_and_keeps_the_upload_as_it_was(
     async def one() -> AsyncIterator[bytes]:
         yield first
 
-    assert await store.append_upload(UPLOAD, 0, one()) == len(first)
+    assert (await store.append_upload(UPLOAD, 0, one())).size == len(first)
     with pytest.raises(StorageError):
         await store.append_upload(UPLOAD, len(first), pieces(16, MiB // 4))
     # Back to what was there before the failed request, and still resumable.

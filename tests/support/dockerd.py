@@ -154,6 +154,7 @@ class DockerDaemon:
         self.root = Path(tempfile.mkdtemp(prefix="dockerd-", dir=_short_tempdir()))
         atexit.register(self.stop)
         self._path("config").mkdir()
+        self._path("etc-docker/certs.d").mkdir(parents=True)
         self._path("daemon.json").write_text("{}\n")
         failures: list[str] = []
         for driver in self.storage_drivers:
@@ -171,8 +172,16 @@ class DockerDaemon:
         raise DockerDaemonError("dockerd did not start:\n" + "\n\n".join(failures))
 
     def _launch(self, driver: str, timeout: float) -> None:
-        # A network namespace of its own, with its loopback up (for the relayed ports).
-        isolated = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+        # A network namespace of its own, with its loopback up (for the relayed ports), and a
+        # mount namespace where /etc/docker is a folder of ours: dockerd reads registry CAs
+        # from /etc/docker/certs.d only, and writes its key.json there.
+        script = 'ip link set lo up && mount --bind "$1" /etc/docker && shift && exec "$@"'
+        if not Path("/etc/docker").is_dir():  # no place to mount it on: no certs.d then
+            script = 'ip link set lo up && shift && exec "$@"'
+        isolated = [
+            "unshare", "--net", "--mount", "--propagation", "private", "--",
+            "sh", "-c", script, "sh", str(self._path("etc-docker")),
+        ]  # fmt: skip
         command = [
             *isolated,
             self.dockerd,
@@ -309,11 +318,30 @@ class DockerDaemon:
 
     # -- the CLI -----------------------------------------------------------------------------
 
-    def expose(self, port: int, address: str = "127.0.0.1") -> None:
-        """Make the host's `address:port` reachable from the daemon at the same address."""
+    def expose(self, port: int, address: str = "127.0.0.1", target: str | None = None) -> None:
+        """Make the host's `target:port` (default: `address:port`) reachable from the daemon
+        at `address:port`."""
         if self.relay is None:
             raise DockerDaemonError("daemon not started")
-        self.relay.expose(port, address)
+        self.relay.expose(port, address, target)
+
+    def add_address(self, address: str) -> None:
+        """Give the daemon's namespace `address` (on its loopback), e.g. a non-loopback
+        address for a registry that docker must reach over TLS."""
+        assert self.process is not None
+        subprocess.run(
+            ["nsenter", f"--net=/proc/{self.process.pid}/ns/net",
+             "ip", "addr", "replace", f"{address}/32", "dev", "lo"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+
+    def trust(self, registry: str, ca_pem: bytes) -> None:
+        """Have the daemon trust `ca_pem` for the registry at `registry` (HOST:PORT), as
+        /etc/docker/certs.d/HOST:PORT/ca.crt does for the system's dockerd."""
+        require(Path("/etc/docker").is_dir(), "no /etc/docker to give the daemon a certs.d on")
+        folder = self._path("etc-docker/certs.d") / registry
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ca.crt").write_bytes(ca_pem)
 
     def docker(
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 300

@@ -61,9 +61,9 @@ class LoopbackRelay:
         self._lock = threading.Lock()
         self._closed = False
 
-    def expose(self, port: int, address: str = "127.0.0.1") -> None:
-        """Make `address:port` of the host's namespace reachable at the same address in the
-        other one (once; later calls for it do nothing)."""
+    def expose(self, port: int, address: str = "127.0.0.1", target: str | None = None) -> None:
+        """Make `target:port` of the host's namespace (default: `address:port`) reachable at
+        `address:port` in the other one (once; later calls for it do nothing)."""
         with self._lock:
             if (address, port) in self._listeners or self._closed:
                 return
@@ -72,17 +72,20 @@ class LoopbackRelay:
             )
             self._listeners[(address, port)] = listener
         threading.Thread(
-            target=self._accept, args=(listener, address, port), daemon=True, name=f"relay-{port}"
+            target=self._accept,
+            args=(listener, target or address, port),
+            daemon=True,
+            name=f"relay-{port}",
         ).start()
 
-    def _accept(self, listener: socket.socket, address: str, port: int) -> None:
+    def _accept(self, listener: socket.socket, target: str, port: int) -> None:
         while True:
             try:
                 inside, _ = listener.accept()
             except OSError:
                 return  # closed
             try:
-                outside = socket.create_connection((address, port), timeout=30)
+                outside = socket.create_connection((target, port), timeout=30)
             except OSError:
                 inside.close()  # nothing listens on the host's side: refused there too
                 continue

@@ -56,20 +56,8 @@ class PostgresServer:
             "UTF8",
             "--locale=C.UTF-8",
         )
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(
-            str(self.bin_dir / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-o",
-            options,
-            "-l",
-            str(self.root / "server.log"),
-            "-w",
-            "-t",
-            "60",
-            "start",
-        )
+        self._options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._pg_ctl_start()
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -88,6 +76,28 @@ class PostgresServer:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+
+    def _pg_ctl_start(self) -> None:
+        self._run(
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            self._options,
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (clients see it gone), until `resume`."""
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        self._pg_ctl_start()
 
     def url(self, database: str = "registry") -> str:
         return f"postgresql+asyncpg://registry@127.0.0.1:{self.port}/{database}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -22,12 +23,22 @@ class RegistryServer:
     """`python -m registry serve` in a child process, with its own data folder."""
 
     def __init__(
-        self, data_dir: Path, extra_args: list[str] | None = None, env: dict[str, str] | None = None
+        self,
+        data_dir: Path,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        workers: int | None = 1,
+        ca: Path | None = None,
     ) -> None:
+        """`workers`: one by default (many servers share this machine's cores in a test
+        run); None leaves the server's own default (one per core)."""
         self.data_dir = data_dir
+        self.ca = ca  # a CA file: the server speaks TLS (settings in `env`), verified with it
         self.port = free_port()
         self.extra_args = extra_args or []
         self.env = {**os.environ, **(env or {})}
+        if workers is not None:
+            self.env.setdefault("REGISTRY_SERVER_WORKERS", str(workers))
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
 
@@ -37,7 +48,12 @@ class RegistryServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.ca else 'http'}://{self.host}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What httpx's `verify` wants for this server."""
+        return ssl.create_default_context(cafile=str(self.ca)) if self.ca else True
 
     def start(self) -> None:
         self.launch()
@@ -71,7 +87,8 @@ class RegistryServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"registry exited early:\n{self.log_path.read_text()}")
             try:
-                if httpx.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401):
+                answer = httpx.get(f"{self.url}/v2/", timeout=1, verify=self.verify)
+                if answer.status_code in (200, 401):
                     return
             except httpx.HTTPError:
                 pass

@@ -1,5 +1,6 @@
 """The runtime's subcommands, one module per group: `images` (login, pull, images, rmi),
-`run`, `containers` (ps, logs, stop, rm, inspect); `common` holds what they share.
+`run`, `containers` (ps, logs, stop, rm, inspect), `network` (network create, ls, rm,
+inspect), `build`, `push` (push, tag); `common` holds what they share.
 
 Each command takes the parsed args and returns the exit code. Every `RuntimeFailure`
 becomes one line on stderr (`Error: ...`) and its exit code; `run` returns the
@@ -9,11 +10,17 @@ container's exit code.
 from __future__ import annotations
 
 import argparse
+import importlib
 
-from registry.runtime.commands import containers, images, run
+GROUPS = ("images", "run", "containers", "network", "build", "push")
+# Commands parsed by their own module alone (`registry.cli`): a fully cached build should not
+# wait for every other command's modules (the HTTP client, the sandbox) to load.
+LIGHT_COMMANDS = {"build": "build"}
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add every runtime command to the `registry` CLI's subparsers."""
-    for group in (images, run, containers):
-        group.add_parsers(subparsers)
+def add_commands(subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+                 groups: tuple[str, ...] = GROUPS) -> None:
+    """Add the runtime's commands (every group, or the `groups` named) to the `registry`
+    CLI's subparsers; the modules load here, not when this package is imported."""
+    for name in groups:
+        importlib.import_module(f"registry.runtime.commands.{name}").add_parsers(subparsers)

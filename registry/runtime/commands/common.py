@@ -7,12 +7,14 @@ import functools
 import sys
 import time
 from collections.abc import Callable
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from registry.runtime.errors import RuntimeFailure
-from registry.runtime.pull import parse_reference
+from registry.runtime.references import parse_reference
 from registry.runtime.store import Store
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -45,6 +47,8 @@ def open_store() -> Store:
 
 
 def console() -> Console:
+    from rich.console import Console  # loaded by the commands that print progress only
+
     return Console(stderr=True, highlight=False)
 
 

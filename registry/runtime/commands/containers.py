@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from registry.runtime import endpoints
 from registry.runtime.commands.common import ago, canonical, guard, open_store, print_table
 from registry.runtime.errors import ContainerConflict, ContainerNotFound, RuntimeFailure
 from registry.runtime.images import ImageIndex, ImageRecord
+from registry.runtime.ports import port_map
 from registry.runtime.state import Container, ContainerStore
 from registry.runtime.store import Store
 from registry.runtime.supervisor import LOG_NAME
@@ -31,18 +33,22 @@ def _status(c: Container) -> str:
 
 @guard
 def cmd_ps(args: argparse.Namespace) -> int:
-    everything = ContainerStore(open_store()).all()
+    store = open_store()
+    endpoints.sweep(store)  # what a killed supervisor left on a network
+    everything = ContainerStore(store).all()
     shown = everything if args.all else [c for c in everything if c.running]
     if args.quiet:
         for c in shown:
             print(c.id[:12])
         return 0
-    rows = [["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]]
+    rows = [["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NETWORKS",
+             "NAMES"]]
     for c in shown:
         command = " ".join(c.argv)
         command = command if len(command) <= 20 else command[:19] + "…"
         rows.append(
-            [c.id[:12], c.image, f'"{command}"', f"{ago(c.created)} ago", _status(c), c.name]
+            [c.id[:12], c.image, f'"{command}"', f"{ago(c.created)} ago", _status(c),
+             ", ".join(endpoints.published(c)), c.network, c.name]
         )
     print_table(rows)
     return 0
@@ -167,6 +173,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
         except RuntimeFailure as exc:
             print(f"Error: {exc.message}", file=sys.stderr)
             status = 1
+    endpoints.sweep(store, deep=True)  # veths and /etc/hosts lines a crash left
     return status
 
 
@@ -205,6 +212,7 @@ def inspect_container(c: Container) -> dict[str, Any]:
         },
         "HostConfig": {
             "NetworkMode": c.network,
+            "PortBindings": port_map(c.ports),
             "AutoRemove": c.auto_remove,
             "Init": c.init,
             "Memory": c.memory or 0,
@@ -216,6 +224,7 @@ def inspect_container(c: Container) -> dict[str, Any]:
                 *(["no-new-privileges"] if c.no_new_privileges else []),
             ] or None,
         },
+        "NetworkSettings": endpoints.network_settings(c),
         "Mounts": [
             {
                 "Type": "volume" if m.volume else "bind",

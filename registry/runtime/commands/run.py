@@ -16,11 +16,13 @@ from registry.runtime.cgroups import parse_memory
 from registry.runtime.commands.common import console, guard, open_store
 from registry.runtime.errors import RuntimeFailure, StartFailure
 from registry.runtime.images import ImageRecord
+from registry.runtime.networks import NAME, NetworkStore, check_name, check_network_name, is_named
 from registry.runtime.platform import parse_platform
+from registry.runtime.ports import parse_publishes
 from registry.runtime.pull import ensure_image
 from registry.runtime.seccomp import parse_security_opts
 from registry.runtime.spec import build_spec, cli_env, read_env_file
-from registry.runtime.state import Container, ContainerStore, new_id, random_name
+from registry.runtime.state import Container, ContainerStore, PortBinding, new_id, random_name
 from registry.runtime.store import Store
 from registry.runtime.supervisor import Supervisor, check_privileges
 from registry.runtime.volumes import ensure_volume, parse_volume
@@ -53,10 +55,27 @@ def _limits(args: argparse.Namespace) -> tuple[int | None, int | None, float | N
     return memory, args.pids_limit, args.cpus
 
 
+def _network_options(args: argparse.Namespace,
+                     store: Store) -> tuple[list[str], list[PortBinding]]:
+    """Names that go into other containers' /etc/hosts are checked (Docker's rule), the
+    network must exist, and aliases and ports need one."""
+    if args.name:
+        check_name(args.name)
+    aliases = [check_name(a, "network alias", NAME) for a in args.network_alias]
+    ports = parse_publishes(args.publish)
+    if is_named(args.network):
+        NetworkStore(store).load(check_network_name(args.network))
+    elif aliases or ports:
+        raise RuntimeFailure("--network-alias and -p need a network: `registry network create "
+                             "NAME`, then `run --network NAME`")
+    return aliases, ports
+
+
 @guard
 def cmd_run(args: argparse.Namespace) -> int:
     check_privileges()
     store = open_store()
+    aliases, ports = _network_options(args, store)
     platform = parse_platform(args.platform) if args.platform else None
     record = ensure_image(store, args.image, platform, console())
     cid = new_id()
@@ -76,8 +95,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             ensure_volume(store, m.volume)
     memory, pids, cpus = _limits(args)
     security = parse_security_opts(args.security_opt)
-    if args.network not in ("host", "none"):
-        raise RuntimeFailure(f"network {args.network!r} is not supported (host or none)")
     container = Container(
         id=cid,
         name=args.name or random_name(),
@@ -91,6 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         hostname=hostname,
         mounts=mounts,
         network=args.network,
+        aliases=aliases,
+        ports=ports,
         init=args.init,
         auto_remove=args.rm,
         detached=args.detach,
@@ -187,7 +206,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:  # type: ignore
         default=[],
         help="host-path-or-volume:container-path[:ro]",
     )
-    p.add_argument("--network", "--net", default="host", help="host (default) or none")
+    p.add_argument("--network", "--net", default="host",
+                   help="host (default), none, or a network made by `network create`")
+    p.add_argument("--network-alias", action="append", default=[],
+                   help="another name the network's containers reach this one by")
+    p.add_argument("-p", "--publish", action="append", default=[],
+                   help="[host_ip:][host_port:]container_port[/tcp]: publish a port on the "
+                   "host (on 127.0.0.1 unless host_ip says otherwise)")
     p.add_argument(
         "--init",
         action="store_true",

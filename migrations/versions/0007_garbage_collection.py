@@ -3,8 +3,8 @@
 Existing blobs and untagged manifests are queued for review as of the upgrade: each grace
 period counts from then, so whatever was pushed just before it is not collected at once.
 
-Revision ID: 0004gc
-Revises: 0003
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-02 10:00:00
 """
 
@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004gc"
-down_revision = "0003"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,192 @@
+"""An upload on S3: a multipart upload whose state travels with the upload session.
+
+S3 takes parts of at least 5 MiB (all but the last), and an unfinished multipart upload can
+be neither read nor appended to in place. So an upload is
+
+    the multipart upload (its key, id, and each part's ETag and size)    parts >= 5 MiB
+    + a tail: the last bytes that did not fill a part, as small objects  < 5 MiB in all
+      next to the upload's key (`<key>.tail-<offset>-<random>`), one per request
+
+and all of that is the `UploadState` saved (as JSON) with the session after every request,
+so whichever process takes the next one carries on. A writer cuts parts of `part_size` only
+while more than 5 MiB stays buffered behind the cut; whatever is left at the end of a request
+becomes one last part when it reaches 5 MiB, else a tail object. A request of 5 MiB or more
+therefore leaves no tail, and a tail is read back (once per byte) only when the requests
+before it were small. Tail objects have random names, and parts are checked by ETag when the
+upload completes, so a writer that lost its claim but still runs can never slip its bytes
+into the upload in place of another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+MIN_PART = 5 * 1024 * 1024  # S3's smallest part but the last
+MAX_PARTS = 10_000
+PARTS_IN_FLIGHT = 2  # parts of one writer uploading at once, while the next fills
+
+
+@dataclass
+class UploadState:
+    key: str  # where the multipart upload is (the upload's key, or the blob's)
+    upload_id: str | None = None  # None: no part yet
+    parts: list[tuple[str, int]] = field(default_factory=list)  # (ETag, size), part 1 first
+    tail: list[tuple[str, int]] = field(default_factory=list)  # (object key, first bytes)
+
+    @property
+    def size(self) -> int:
+        return sum(size for _, size in self.parts) + self.tail_size
+
+    @property
+    def tail_size(self) -> int:
+        return sum(size for _, size in self.tail)
+
+    def dump(self) -> str:
+        return json.dumps(
+            {"v": 1, "key": self.key, "id": self.upload_id, "parts": self.parts, "tail": self.tail}
+        )
+
+    @classmethod
+    def load(cls, text: str) -> UploadState:
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("v") != 1:
+            raise ValueError("not an S3 upload state")
+        return cls(
+            key=str(doc["key"]),
+            upload_id=doc["id"],
+            parts=[(str(etag), int(size)) for etag, size in doc["parts"]],
+            tail=[(str(key), int(size)) for key, size in doc["tail"]],
+        )
+
+
+class Operations(Protocol):
+    """What the writer needs from the driver (each runs off the event loop, errors mapped)."""
+
+    budget: asyncio.Semaphore  # parts uploading at once, all writers of the process together
+
+    async def create_multipart(self, key: str) -> str: ...
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str: ...
+    async def put_object(self, key: str, data: bytes) -> None: ...
+    async def read_start(self, key: str, size: int) -> bytes: ...
+    async def abort_multipart(self, key: str, upload_id: str) -> None: ...
+    async def delete_keys(self, keys: list[str]) -> None: ...
+
+
+class S3AppendWriter:
+    def __init__(self, ops: Operations, state: UploadState, part_size: int) -> None:
+        self._ops = ops
+        self._state = state
+        self._start = UploadState(state.key, state.upload_id, list(state.parts), list(state.tail))
+        self._part_size = part_size
+        self._pieces: list[bytes] = []
+        self._buffered = 0
+        self._tail_loaded = not state.tail  # the old tail's bytes are in `_pieces` already
+        self._in_flight: set[asyncio.Future[None]] = set()
+        self._new_tail: list[str] = []
+
+    async def write(self, *pieces: bytes) -> None:
+        for piece in pieces:
+            if piece:
+                self._pieces.append(piece)
+                self._buffered += len(piece)
+        while self._buffered + self._unread_tail() >= self._part_size + MIN_PART:
+            await self._load_tail()
+            await self._send_part(self._cut(self._part_size))
+
+    def _unread_tail(self) -> int:
+        return 0 if self._tail_loaded else self._state.tail_size
+
+    async def _load_tail(self) -> None:
+        """Put the old tail's bytes before the new ones: they go into the next part."""
+        if self._tail_loaded:
+            return
+        old = [await self._ops.read_start(key, size) for key, size in self._state.tail]
+        self._pieces[:0] = old
+        self._buffered += sum(map(len, old))
+        self._state.tail = []
+        self._tail_loaded = True
+
+    def _cut(self, size: int) -> bytes:
+        """The first `size` buffered bytes, as one object (each byte copied once)."""
+        taken, total = [], 0
+        while total < size:
+            piece = self._pieces.pop(0)
+            if total + len(piece) > size:
+                keep = size - total
+                self._pieces.insert(0, piece[keep:])
+                piece = piece[:keep]
+            taken.append(piece)
+            total += len(piece)
+        self._buffered -= size
+        return taken[0] if len(taken) == 1 else b"".join(taken)
+
+    async def _send_part(self, data: bytes) -> None:
+        self._raise_failures()
+        while len(self._in_flight) >= PARTS_IN_FLIGHT:
+            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            self._raise_failures()
+        state = self._state
+        if state.upload_id is None:
+            state.upload_id = await self._ops.create_multipart(state.key)
+        if len(state.parts) >= MAX_PARTS:
+            raise ValueError("the upload has more parts than S3 takes")
+        state.parts.append(("", len(data)))
+        number = len(state.parts)
+        await self._ops.budget.acquire()
+        self._in_flight.add(asyncio.ensure_future(self._upload(number, data)))
+
+    async def _upload(self, number: int, data: bytes) -> None:
+        try:
+            assert self._state.upload_id is not None
+            etag = await self._ops.upload_part(self._state.key, self._state.upload_id, number, data)
+            self._state.parts[number - 1] = (etag, len(data))
+        finally:
+            self._ops.budget.release()
+
+    def _raise_failures(self) -> None:
+        done = {f for f in self._in_flight if f.done()}
+        self._in_flight -= done
+        failures = [f.exception() for f in done if not f.cancelled()]
+        for failure in failures:
+            if failure is not None:
+                raise failure
+
+    async def _drain(self) -> None:
+        if self._in_flight:
+            await asyncio.wait(self._in_flight)
+        self._raise_failures()
+
+    async def close(self) -> str | None:
+        if self._buffered + self._unread_tail() >= MIN_PART:
+            await self._load_tail()
+            await self._send_part(self._cut(self._buffered))
+        elif self._buffered:
+            # Too little for a part: kept as a small object of its own, read back once.
+            data = self._cut(self._buffered)
+            offset = self._state.size
+            key = f"{self._state.key}.tail-{offset:012x}-{secrets.token_hex(4)}"
+            self._new_tail.append(key)
+            await self._ops.put_object(key, data)
+            self._state.tail.append((key, len(data)))
+        await self._drain()
+        return self._state.dump()
+
+    async def abort(self) -> None:
+        """Let parts in flight end, then drop what this writer added: a multipart upload it
+        started, its tail object. Parts it uploaded into an older multipart upload are left
+        out of the state, so the upload's completion leaves them out too."""
+        if self._in_flight:
+            await asyncio.wait(self._in_flight)
+        self._in_flight.clear()
+        if self._start.upload_id is None and self._state.upload_id is not None:
+            await self._ops.abort_multipart(self._state.key, self._state.upload_id)
+        if self._new_tail:
+            await self._ops.delete_keys(self._new_tail)
+
+
+def completed_parts(state: UploadState) -> list[dict[str, Any]]:
+    return [{"PartNumber": i + 1, "ETag": etag} for i, (etag, _) in enumerate(state.parts)]
