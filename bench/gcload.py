@@ -151,7 +151,8 @@ def _measure_ours(
     metrics["served_during_gc"] = 1.0
     errors = floods[0][0].errors + floods[0][1].errors
     notes.append(
-        f"ours: collected inside the server, which answered every request ({errors} errors)"
+        f"ours: collected inside the server ({run['runs']} concurrent runs, one per worker),"
+        f" which answered every request ({errors} errors)"
     )
     return floods[0][0].client_cpu_seconds + floods[0][1].client_cpu_seconds
 
@@ -255,24 +256,37 @@ def _floods(
 
 
 def _wait_for_first_run(server: OursServer) -> dict[str, Any]:
-    """The server's first background run, once finished: its record's figures, and its
-    start and end as Unix times (the database keeps UTC without a zone)."""
+    """The server's first background collection, once finished: with several workers each
+    collects at once (their batches take turns), so the runs that began before the first one
+    ended, taken together: their figures summed, and the span from the first start to the
+    last end as Unix times (the database keeps UTC without a zone)."""
     database = server.workdir / "data" / "registry.db"
     deadline = time.monotonic() + RUN_WAIT_SECONDS
     while True:
         with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30) as conn:
-            row = conn.execute(
-                "SELECT started_at, finished_at, status, detail FROM gc_runs ORDER BY id LIMIT 1"
-            ).fetchone()
-        if row is not None and row[2] != "running":
-            break
+            rows = conn.execute(
+                "SELECT started_at, finished_at, status, detail FROM gc_runs ORDER BY id"
+            ).fetchall()
+        first = rows[0] if rows else None
+        if first is not None and first[2] != "running":
+            together = [row for row in rows if row[0] <= first[1]]
+            if all(row[2] != "running" for row in together):
+                break
         if time.monotonic() > deadline:
             raise RuntimeError("the server's garbage collection did not run")
         time.sleep(0.1)
-    window = tuple(
-        datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp() for stamp in row[:2]
-    )
-    return {**json.loads(row[3]), "window": window}
+
+    def unix(stamp: str) -> float:
+        return datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp()
+
+    window = (min(unix(row[0]) for row in together), max(unix(row[1]) for row in together))
+    figures = [json.loads(row[3]) for row in together]
+    return {
+        "window": window,
+        "runs": len(together),
+        "seconds": window[1] - window[0],
+        "blobs_deleted": sum(f["blobs_deleted"] for f in figures),
+    }
 
 
 def _distribution_offline_gc(server: Server) -> tuple[float, float]:
