@@ -112,6 +112,9 @@ class GCConfig:
     untagged_manifests: bool = False  # also collect manifests no tag reaches
     manifest_grace_seconds: int = 86400
     batch_size: int = 100  # review entries per transaction
+    # One background run at a time over all replicas and workers (the first to offer within
+    # the interval); off: each collects on its own timer, all at once.
+    exclusive: bool = True
 
 
 # Authentication (registry/auth/). Off by default, which is allowed only on a loopback address.
