@@ -66,7 +66,9 @@ class GarbageCollection(Workload):
                better="lower", limit=1.5),
         Metric("head_p99_during_over_idle", "blob HEAD p99: during / idle", "x",
                better="lower", limit=1.5),
-        Metric("gc_seconds", "collection run time", "s", better="lower"),
+        # Not a target: ours paces itself (a quarter of the time at most) while it serves;
+        # Distribution's has the registry to itself, stopped.
+        Metric("gc_seconds", "collection run time", "s", better="lower", target=False),
         Metric("served_during_gc", "serves requests during the collection (1 yes, 0 no)", "",
                target=False),
         Metric("blobs_deleted", "blobs deleted by the collection", "", target=False),
@@ -151,7 +153,7 @@ def _measure_ours(
     metrics["served_during_gc"] = 1.0
     errors = floods[0][0].errors + floods[0][1].errors
     notes.append(
-        f"ours: collected inside the server ({run['runs']} concurrent runs, one per worker),"
+        f"ours: collected inside the server (runs of its workers: {run['runs']}),"
         f" which answered every request ({errors} errors)"
     )
     return floods[0][0].client_cpu_seconds + floods[0][1].client_cpu_seconds
