@@ -26,9 +26,13 @@ from registry.health import Probes, start_metrics_listener
 from registry.lifecycle import Draining, run_dir_from_environment
 from registry.maintenance import run_periodically
 from registry.metadata.db import Database
+from registry.metadata.policystore import PolicyStore
 from registry.metadata.store import MetadataStore
 from registry.metrics import Metrics
 from registry.observe import RequestObserver
+from registry.policies.admin_api import policy_routes
+from registry.policies.pulls import PullRecorder
+from registry.policies.service import Policies
 from registry.storage.blobstore import BlobStore
 from registry.storage.driver import StorageDriver, StorageError, StorageFull, StorageUnavailable
 from registry.storage.filesystem import FilesystemDriver
@@ -193,8 +197,14 @@ def build_services(
     blobs = BlobStore(driver, buffer_bytes=config.limits.upload_buffer_bytes)
     if access is None:  # token auth when auth.enabled, else none (loopback only)
         access = access_controller(config, db)
+    policy_store = PolicyStore(db)
     services = Services(
-        config=config, blobs=blobs, metadata=MetadataStore(db), access=access or AllowAll()
+        config=config,
+        blobs=blobs,
+        metadata=MetadataStore(db),
+        access=access or AllowAll(),
+        policies=Policies(policy_store, config.policies),
+        pulls=PullRecorder(policy_store),
     )
     return services, db
 
@@ -219,6 +229,7 @@ def create_app(
         tasks = [
             asyncio.create_task(run_periodically(services)),
             asyncio.create_task(metrics.sample_pool(db)),
+            asyncio.create_task(services.pulls.run(config.policies.pull_stats_flush_seconds)),
         ]
         keys = signing_keys(services.access)
         if keys is not None:
@@ -241,7 +252,12 @@ def create_app(
             await db.dispose()
 
     app = Starlette(
-        routes=[*probes.routes(with_metrics=not metrics_addr), *ROUTES, *auth_routes(config)],
+        routes=[
+            *probes.routes(with_metrics=not metrics_addr),
+            *ROUTES,
+            *auth_routes(config),
+            *policy_routes(config),
+        ],
         lifespan=lifespan,
         exception_handlers={
             RegistryError: _registry_error,

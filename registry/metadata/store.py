@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 
@@ -40,6 +40,13 @@ class Upload:
     created_at: datetime
     hash_state: bytes | None = None
     storage_state: str | None = None
+
+
+class PushCheck(Protocol):
+    """What a manifest push must pass inside its own transaction, before anything is
+    stored (registry/policies/guard.py: immutable tags, quotas); it raises to refuse."""
+
+    async def __call__(self, conn: SQLConnection, repository_id: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,11 +368,15 @@ class MetadataStore:
         content: bytes,
         manifest: Manifest,
         tag_names: Sequence[str],
+        check: PushCheck | None = None,
     ) -> None:
-        """Store the manifest (idempotent per repository and digest) and point `tag_names` at it."""
+        """Store the manifest (idempotent per repository and digest) and point `tag_names` at it,
+        once `check` (when given) has passed in the same transaction."""
         stamp = now()
         async with self.db.write() as conn:
             repo_id = await self.ensure_repository(conn, repository)
+            if check is not None:
+                await check(conn, repo_id)
             values = {
                 "repository_id": repo_id,
                 "digest": digest,
@@ -474,4 +485,3 @@ class MetadataStore:
             )
             for r in rows
         ]
-

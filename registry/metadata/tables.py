@@ -114,6 +114,9 @@ tags = Table(
     Column("name", name_column_type(128), primary_key=True),
     Column("manifest_digest", DIGEST, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Pull statistics (registry/policies/pulls.py): flushed in batches, never per pull.
+    Column("last_pulled_at", DateTime(timezone=True), nullable=True),
+    Column("pull_count", BigInteger, nullable=False, server_default="0"),
     Index("ix_tags_manifest", "repository_id", "manifest_digest"),
 )
 
@@ -259,4 +262,42 @@ signing_keys = Table(
     Column("algorithm", String(16), nullable=False),  # ES256 or RS256
     Column("created_ms", BigInteger, nullable=False),  # unix milliseconds; orders the keys
     Column("sealed_key", LargeBinary, nullable=False),  # 0x01, nonce, AES-GCM(PKCS#8 DER)
+)
+
+
+# Lifecycle policies (registry/policies/; the SQL is in registry/metadata/policystore.py) ------
+
+# Retention per repository pattern (the longest matching pattern governs a repository).
+# Durations in seconds; a NULL rule is not set. `keep_tags` is comma-separated tag globs.
+retention_policies = Table(
+    "retention_policies",
+    metadata,
+    Column("pattern", String(255), primary_key=True),
+    Column("keep_last", Integer, nullable=True),
+    Column("keep_tags", String(1024), nullable=True),
+    Column("keep_pulled_within", BigInteger, nullable=True),
+    Column("keep_pushed_within", BigInteger, nullable=True),
+    Column("untagged_after", BigInteger, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Tags (comma-separated globs) that, once pushed, never move to another digest nor go.
+immutable_tag_rules = Table(
+    "immutable_tag_rules",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pattern", String(255), nullable=False),
+    Column("tags", String(1024), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("pattern", "tags", name="uq_immutable_tag_rules_pattern_tags"),
+    sqlite_autoincrement=True,
+)
+
+# Storage quota per namespace (a repository name's first component), in bytes.
+namespace_quotas = Table(
+    "namespace_quotas",
+    metadata,
+    Column("namespace", name_column_type(255), primary_key=True),
+    Column("limit_bytes", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
