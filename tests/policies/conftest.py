@@ -7,6 +7,7 @@ namespace, so the tests sharing the session's server never see each other's rule
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from auth.helpers import run_cli
 
 from support.backends import ServerFactory
@@ -50,7 +50,9 @@ class PolicyRegistry:
         return done.stdout
 
 
-def start_policy_server(make_server: ServerFactory, name: str, env: dict[str, str]) -> RegistryServer:
+def start_policy_server(
+    make_server: ServerFactory, name: str, env: dict[str, str]
+) -> RegistryServer:
     server = make_server(name, env={**ENV, **env})
     made = run_cli(
         server.data_dir, "user", "add", ADMIN[0], "--admin", "--password-stdin",
@@ -59,6 +61,29 @@ def start_policy_server(make_server: ServerFactory, name: str, env: dict[str, st
     assert made.returncode == 0, made.stderr
     server.start()
     return server
+
+
+def race(registry: PolicyRegistry, repo: str, pushes: list[tuple[str, bytes]]) -> list[int]:
+    """PUT these (tag, manifest) pairs at once, each on its own connection; the statuses."""
+    answers: list[int] = []
+    start = threading.Barrier(len(pushes))
+
+    def push(tag: str, body: bytes) -> None:
+        with httpx.Client(base_url=registry.url, auth=ADMIN, timeout=30) as own:
+            start.wait()
+            answer = own.put(
+                f"/v2/{repo}/manifests/{tag}",
+                content=body,
+                headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+            )
+            answers.append(answer.status_code)
+
+    threads = [threading.Thread(target=push, args=pair) for pair in pushes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sorted(answers)
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,10 @@ pushing the same content again is fine; racing first pushes cannot both win."""
 
 from __future__ import annotations
 
-import threading
-
 import httpx
-
 from api.helpers import assert_error, encode, image_doc, push_image, push_manifest, put_manifest
-from policies.conftest import ADMIN, PolicyRegistry, namespace
+
+from policies.conftest import PolicyRegistry, namespace, race
 from registry.oci import mediatypes as mt
 
 
@@ -84,17 +82,5 @@ def test_racing_first_pushes_of_an_immutable_tag_cannot_both_win(
     for round_number in range(8):
         tag = f"v{round_number}"
         docs = [encode(image_doc(client, repo)) for _ in range(2)]
-        answers: list[int] = []
-        start = threading.Barrier(len(docs))
-
-        def push(body: bytes) -> None:
-            with httpx.Client(base_url=policy_registry.url, auth=ADMIN, timeout=30) as own:
-                start.wait()
-                answers.append(put_manifest(own, repo, tag, body, mt.OCI_MANIFEST).status_code)
-
-        threads = [threading.Thread(target=push, args=(body,)) for body in docs]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert sorted(answers) == [201, 403], (tag, answers)
+        answers = race(policy_registry, repo, [(tag, body) for body in docs])
+        assert answers == [201, 403], (tag, answers)

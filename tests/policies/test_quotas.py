@@ -5,10 +5,8 @@ a namespace at its quota takes no new uploads; racing pushes cannot both slip un
 from __future__ import annotations
 
 import os
-import threading
 
 import httpx
-
 from api.helpers import (
     assert_error,
     descriptor,
@@ -18,7 +16,8 @@ from api.helpers import (
     push_manifest,
     put_manifest,
 )
-from policies.conftest import ADMIN, PolicyRegistry, namespace
+
+from policies.conftest import PolicyRegistry, namespace, race
 from registry.oci import mediatypes as mt
 
 
@@ -40,9 +39,7 @@ def image(client: httpx.Client, repo: str, layer: bytes) -> bytes:
     push_blob(client, repo, config)
     push_blob(client, repo, layer)
     return encode(
-        image_manifest(
-            descriptor(mt.OCI_CONFIG, config), [descriptor(mt.OCI_LAYER_GZIP, layer)]
-        )
+        image_manifest(descriptor(mt.OCI_CONFIG, config), [descriptor(mt.OCI_LAYER_GZIP, layer)])
     )
 
 
@@ -125,7 +122,9 @@ def test_a_namespace_at_its_quota_takes_no_new_uploads(
         assert error["detail"] == {"namespace": ns, "used": used, "limit": used, "needed": None}
     # Another namespace is not held back.
     assert client.post(f"/v2/{namespace()}/app/blobs/uploads/").status_code == 202
-    assert policy_registry.admin_api("DELETE", "/quotas", params={"namespace": ns}).status_code == 204
+    assert (
+        policy_registry.admin_api("DELETE", "/quotas", params={"namespace": ns}).status_code == 204
+    )
     assert client.post(f"/v2/{ns}/app/blobs/uploads/").status_code == 202
 
 
@@ -137,22 +136,8 @@ def test_racing_pushes_cannot_both_slip_under_the_quota(
     for round_number in range(6):
         repo = f"{ns}/r{round_number}"
         bodies = [image(client, repo, os.urandom(10_000)) for _ in range(2)]
-        answers: list[int] = []
-        start = threading.Barrier(2)
-
-        def push(body: bytes, tag: str) -> None:
-            with httpx.Client(base_url=policy_registry.url, auth=ADMIN, timeout=30) as own:
-                start.wait()
-                answers.append(put_manifest(own, repo, tag, body, mt.OCI_MANIFEST).status_code)
-
-        threads = [
-            threading.Thread(target=push, args=(body, f"t{i}")) for i, body in enumerate(bodies)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert sorted(answers) == [201, 403], answers
+        pushes = [(f"t{i}", body) for i, body in enumerate(bodies)]
+        assert race(policy_registry, repo, pushes) == [201, 403]
         used = usage(policy_registry, ns)["used"]
         assert isinstance(used, int) and used <= 15_000
         # Make room for the next round.
