@@ -1,8 +1,10 @@
 """lifecycle policies: retention, immutable tags, namespace quotas, tag pull statistics
 
 Retention policies and immutable-tag rules per repository pattern, storage quotas per
-namespace (registry/policies/), and on every tag its last pull time and pull count, which
-the registry flushes in batches (never a write per pull).
+namespace (registry/policies/), each namespace's deduplicated usage (counted here from what
+is stored, then kept by every manifest write: registry/metadata/usage.py), and on every tag
+its last pull time and pull count, which the registry flushes in batches (never a write
+per pull).
 
 Revision ID: 0008
 Revises: 0006
@@ -58,9 +60,72 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("namespace", name=op.f("pk_namespace_quotas")),
     )
+    op.create_table(
+        "namespace_blobs",
+        sa.Column("namespace", _name_type(255), nullable=False),
+        sa.Column("digest", sa.String(length=160), nullable=False),
+        sa.Column("size", sa.BigInteger(), nullable=False),
+        sa.Column("refs", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("namespace", "digest", name=op.f("pk_namespace_blobs")),
+    )
+    op.create_table(
+        "namespace_usage",
+        sa.Column("namespace", _name_type(255), nullable=False),
+        sa.Column("bytes", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("namespace", name=op.f("pk_namespace_usage")),
+    )
+    _count_existing_usage()
+
+
+def _count_existing_usage() -> None:
+    """What each namespace holds already (registry/metadata/usage.py keeps it from here on):
+    every digest once per namespace with the number of manifest rows holding it."""
+    conn = op.get_bind()
+    manifests = conn.execute(
+        sa.text(
+            "SELECT m.id, m.digest, m.size, r.name FROM manifests m "
+            "JOIN repositories r ON r.id = m.repository_id"
+        )
+    ).all()
+    if not manifests:
+        return
+    held: dict[int, set[str]] = {row[0]: {row[1]} for row in manifests}
+    references = conn.execute(
+        sa.text(
+            "SELECT DISTINCT mr.manifest_id, mr.digest FROM manifest_references mr "
+            "JOIN blobs b ON b.digest = mr.digest WHERE mr.kind <> 'manifest'"
+        )
+    )
+    for manifest_id, digest in references:
+        held.setdefault(manifest_id, set()).add(digest)
+    sizes = {row[1]: int(row[2]) for row in manifests}
+    for digest, size in conn.execute(sa.text("SELECT digest, size FROM blobs")):
+        sizes.setdefault(digest, int(size))
+    refs: dict[tuple[str, str], int] = {}
+    for manifest_id, _digest, _size, name in manifests:
+        namespace = name.split("/", 1)[0]
+        for digest in held[manifest_id]:
+            refs[(namespace, digest)] = refs.get((namespace, digest), 0) + 1
+    rows = [
+        {"namespace": ns, "digest": d, "size": sizes[d], "refs": n}
+        for (ns, d), n in sorted(refs.items())
+    ]
+    table = sa.table(
+        "namespace_blobs",
+        sa.column("namespace"), sa.column("digest"), sa.column("size"), sa.column("refs"),
+    )  # fmt: skip
+    for start in range(0, len(rows), 5000):
+        op.bulk_insert(table, rows[start : start + 5000])
+    totals: dict[str, int] = {}
+    for row in rows:
+        totals[row["namespace"]] = totals.get(row["namespace"], 0) + row["size"]
+    usage = sa.table("namespace_usage", sa.column("namespace"), sa.column("bytes"))
+    op.bulk_insert(usage, [{"namespace": ns, "bytes": n} for ns, n in sorted(totals.items())])
 
 
 def downgrade() -> None:
+    op.drop_table("namespace_usage")
+    op.drop_table("namespace_blobs")
     op.drop_table("namespace_quotas")
     op.drop_table("immutable_tag_rules")
     op.drop_table("retention_policies")

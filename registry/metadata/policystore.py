@@ -1,30 +1,23 @@
 """The SQL of lifecycle policies (registry/policies/): the policy tables, what a manifest push
 checks inside its own transaction (immutable tags, quota), namespace usage, pull statistics.
 
-Namespace usage is computed, not kept: the distinct blobs (configs and layers) that the
-namespace's manifests refer to, plus the distinct manifests themselves. Blobs uploaded but
-named by no manifest do not count (garbage collection takes them). The query walks the
-namespace's manifests' references through indexes; `registry usage` and the push check run
-it, and README's "Lifecycle policies" gives its cost.
+Namespace usage is kept by registry/metadata/usage.py, which manifest writes call.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, case, delete, insert, or_, select, update
 
+from registry.metadata import usage
 from registry.metadata.db import Database, SQLConnection
 from registry.metadata.identity import aware, now
 from registry.metadata.tables import (
-    blobs,
     immutable_tag_rules,
-    manifest_references,
-    manifests,
     namespace_quotas,
     repositories,
     retention_policies,
@@ -66,31 +59,6 @@ class TagStats:
     pushed_at: datetime
     last_pulled_at: datetime | None
     pull_count: int
-
-
-def in_namespace(namespace: str) -> Any:
-    """Repositories named `namespace` or `namespace/...`: a range over the unique index of
-    names ("0" is the character after "/"), not a LIKE that `_` and `%` would confuse."""
-    return or_(
-        repositories.c.name == namespace,
-        and_(repositories.c.name >= f"{namespace}/", repositories.c.name < f"{namespace}0"),
-    )
-
-
-def _manifests_in(namespace: str) -> Any:
-    return manifests.join(repositories, repositories.c.id == manifests.c.repository_id)
-
-
-def _referenced_blobs_in(namespace: str) -> Any:
-    return (
-        select(manifest_references.c.digest)
-        .select_from(
-            manifest_references.join(
-                manifests, manifests.c.id == manifest_references.c.manifest_id
-            ).join(repositories, repositories.c.id == manifests.c.repository_id)
-        )
-        .where(in_namespace(namespace), manifest_references.c.kind != "manifest")
-    )
 
 
 class PolicyStore:
@@ -203,32 +171,19 @@ class PolicyStore:
     # Usage ----------------------------------------------------------------------------------
 
     async def namespaces(self) -> list[str]:
-        """Every namespace with a manifest, in byte order."""
-        query = (
-            select(repositories.c.name)
-            .where(
-                select(manifests.c.id)
-                .where(manifests.c.repository_id == repositories.c.id)
-                .exists()
-            )
-            .order_by(repositories.c.name)
-        )
+        """Every namespace storing anything, in byte order."""
         async with self.db.read() as conn:
-            names = (await conn.execute(query)).scalars()
-            return list(dict.fromkeys(name.split("/", 1)[0] for name in names))
+            return await usage.namespaces(conn)
 
     async def usage(self, namespace: str, conn: SQLConnection | None = None) -> int:
         if conn is not None:
-            return await namespace_usage(conn, namespace)
+            return await usage.usage(conn, namespace)
         async with self.db.read() as c:
-            return await namespace_usage(c, namespace)
+            return await usage.usage(c, namespace)
 
-    async def lock_namespace(self, conn: SQLConnection, namespace: str) -> None:
-        """Pushes into one namespace check its quota one at a time (on SQLite every write
-        transaction is alone already): a transaction-scoped advisory lock on PostgreSQL."""
-        if self.db.dialect == "postgresql":
-            key = zlib.crc32(f"quota:{namespace}".encode()) - 2**31
-            await conn.execute(select(func.pg_advisory_xact_lock(key)))
+    async def measured_usage(self, namespace: str) -> int:
+        async with self.db.read() as conn:
+            return await usage.measure(conn, namespace)
 
     async def added_bytes(
         self,
@@ -238,37 +193,12 @@ class PolicyStore:
         manifest_digest: str,
         manifest_size: int,
     ) -> int:
-        """What storing this manifest would add to the namespace's usage: its blobs that no
-        manifest of the namespace refers to yet, and itself unless stored there already."""
-        added = 0
-        if blob_digests:
-            elsewhere = (
-                select(manifest_references.c.digest)
-                .select_from(
-                    manifest_references.join(
-                        manifests, manifests.c.id == manifest_references.c.manifest_id
-                    ).join(repositories, repositories.c.id == manifests.c.repository_id)
-                )
-                .where(
-                    manifest_references.c.digest == blobs.c.digest,
-                    manifest_references.c.kind != "manifest",
-                    in_namespace(namespace),
-                )
-                .exists()
-            )
-            query = select(func.coalesce(func.sum(blobs.c.size), 0)).where(
-                blobs.c.digest.in_(sorted(set(blob_digests))), ~elsewhere
-            )
-            added += int((await conn.execute(query)).scalar() or 0)
-        stored = (
-            select(manifests.c.id)
-            .select_from(_manifests_in(namespace))
-            .where(manifests.c.digest == manifest_digest, in_namespace(namespace))
-            .limit(1)
-        )
-        if (await conn.execute(stored)).first() is None:
-            added += manifest_size
-        return added
+        """What storing this manifest would add to the namespace's usage (taking the
+        namespace's turn first): its blobs and itself, unless the namespace holds them."""
+        await usage.lock_namespace(conn, namespace)
+        sizes = await usage.blob_sizes(conn, blob_digests)
+        sizes[manifest_digest] = manifest_size
+        return await usage.missing_bytes(conn, namespace, sizes)
 
     # Immutable tags on push -----------------------------------------------------------------
 
@@ -345,20 +275,3 @@ class PolicyStore:
                 TagStats(r[0], r[1], aware(r[2]), aware(r[3]), int(r[4]))  # type: ignore[arg-type]
                 for r in rows
             ]
-
-
-async def namespace_usage(conn: SQLConnection, namespace: str) -> int:
-    """Deduplicated bytes of the namespace: see the module's docstring."""
-    blob_bytes = select(func.coalesce(func.sum(blobs.c.size), 0)).where(
-        blobs.c.digest.in_(_referenced_blobs_in(namespace))
-    )
-    distinct_manifests = (
-        select(manifests.c.digest, func.max(manifests.c.size).label("size"))
-        .select_from(_manifests_in(namespace))
-        .where(in_namespace(namespace))
-        .group_by(manifests.c.digest)
-        .subquery()
-    )
-    manifest_bytes = select(func.coalesce(func.sum(distinct_manifests.c.size), 0))
-    total = int((await conn.execute(blob_bytes)).scalar() or 0)
-    return total + int((await conn.execute(manifest_bytes)).scalar() or 0)

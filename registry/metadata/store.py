@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 
+from registry.metadata import usage
 from registry.metadata.db import Database, SQLConnection
 from registry.metadata.tables import (
     blobs,
@@ -402,6 +403,7 @@ class MetadataStore:
                             for i, (kind, d) in enumerate(references)
                         ],
                     )
+                await usage.add_manifest(conn, repository, manifest_id)
             for tag in tag_names:
                 await self._set_tag(conn, repo_id, tag, digest, stamp)
 
@@ -417,13 +419,17 @@ class MetadataStore:
             repo_id = await self.repository_id(repository, conn)
             if repo_id is None:
                 return False
-            result = await conn.execute(
-                delete(manifests).where(
-                    manifests.c.repository_id == repo_id, manifests.c.digest == digest
+            manifest_id = (
+                await conn.execute(
+                    select(manifests.c.id)
+                    .where(manifests.c.repository_id == repo_id, manifests.c.digest == digest)
+                    .with_for_update()  # a concurrent delete waits, then finds nothing
                 )
-            )
-            if not result.rowcount:
+            ).scalar()
+            if manifest_id is None:
                 return False
+            await usage.remove_manifests(conn, [manifest_id])
+            await conn.execute(delete(manifests).where(manifests.c.id == manifest_id))
             await conn.execute(
                 delete(tags).where(
                     tags.c.repository_id == repo_id, tags.c.manifest_digest == digest

@@ -301,3 +301,23 @@ namespace_quotas = Table(
     Column("limit_bytes", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# What each namespace stores, kept up to date by every manifest write and delete in the same
+# transaction (registry/metadata/usage.py): each digest (blob or manifest) once, with how many
+# manifest rows of the namespace hold it, and the namespace's total. A quota check reads one
+# row instead of summing the namespace's references (200 ms at 10,000 manifests on SQLite).
+namespace_blobs = Table(
+    "namespace_blobs",
+    metadata,
+    Column("namespace", name_column_type(255), primary_key=True),
+    Column("digest", DIGEST, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("refs", Integer, nullable=False),
+)
+
+namespace_usage = Table(
+    "namespace_usage",
+    metadata,
+    Column("namespace", name_column_type(255), primary_key=True),
+    Column("bytes", BigInteger, nullable=False),
+)

@@ -169,6 +169,8 @@ async def usage(policies: Policies, identity: IdentityStore, args: argparse.Name
 
     only = checked_namespace(args.namespace) if args.namespace else None
     rows = await usage_rows(policies, only)
+    if args.check:
+        return await _check_usage(policies, rows)
     if args.json:
         _emit(args, rows, [])
         return 0
@@ -184,6 +186,18 @@ async def usage(policies: Policies, identity: IdentityStore, args: argparse.Name
     ]
     _emit(args, table, ["namespace", "used", "quota", "percent", "bytes"])
     return 0
+
+
+async def _check_usage(policies: Policies, rows: list[dict[str, Any]]) -> int:
+    """Sum each namespace's usage from its manifests and compare with the kept figure."""
+    wrong = 0
+    for row in rows:
+        measured = await policies.store.measured_usage(row["namespace"])
+        if measured != row["used"]:
+            wrong += 1
+            print(f"{row['namespace']}: kept {row['used']} bytes, measured {measured}")
+    print(f"{len(rows)} namespace(s) checked, {wrong} wrong")
+    return 1 if wrong else 0
 
 
 async def tags(policies: Policies, identity: IdentityStore, args: argparse.Namespace) -> int:
@@ -246,5 +260,8 @@ def add_commands(commands: Any) -> None:
 
     p = _leaf(commands, "usage", usage, "storage used per namespace (deduplicated)", True)
     p.add_argument("namespace", nargs="?")
+    p.add_argument(
+        "--check", action="store_true", help="also sum usage from the manifests and compare"
+    )
     p = _leaf(commands, "pulls", tags, "a repository's tags: last pull time, pull count", True)
     p.add_argument("repository")

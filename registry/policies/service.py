@@ -140,7 +140,6 @@ class Policies:
         limit = await self.quota(namespace, conn)
         if limit is None:
             return
-        await self.store.lock_namespace(conn, namespace)
         added = await self.store.added_bytes(conn, namespace, blob_digests, digest, size)
         if added == 0:
             return  # nothing new to the namespace: a re-push or a new tag
