@@ -403,7 +403,8 @@ class MetadataStore:
                             for i, (kind, d) in enumerate(references)
                         ],
                     )
-                await usage.add_manifest(conn, repository, manifest_id)
+                blob_digests = [d for kind, d in references if kind != "manifest"]
+                await usage.add_manifest(conn, repository, digest, len(content), blob_digests)
             for tag in tag_names:
                 await self._set_tag(conn, repo_id, tag, digest, stamp)
 

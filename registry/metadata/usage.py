@@ -64,6 +64,24 @@ _HELD = select(namespace_blobs.c.digest).where(
     namespace_blobs.c.namespace == bindparam("namespace"),
     namespace_blobs.c.digest.in_(bindparam("digests", expanding=True)),
 )
+_SIZES = select(blobs.c.digest, blobs.c.size).where(
+    blobs.c.digest.in_(bindparam("digests", expanding=True))
+)
+_MORE_REFS = (
+    update(namespace_blobs)
+    .where(
+        namespace_blobs.c.namespace == bindparam("ns"),
+        namespace_blobs.c.digest.in_(bindparam("digests", expanding=True)),
+    )
+    .values(refs=namespace_blobs.c.refs + 1)
+)
+_NEW_HELD = insert(namespace_blobs)
+_ADD_TO_TOTAL = (
+    update(namespace_usage)
+    .where(namespace_usage.c.namespace == bindparam("ns"))
+    .values(bytes=namespace_usage.c.bytes + bindparam("delta"))
+)
+_NEW_TOTAL = insert(namespace_usage)
 _USAGE = select(namespace_usage.c.bytes).where(namespace_usage.c.namespace == bindparam("ns"))
 
 
@@ -93,26 +111,21 @@ async def blob_sizes(conn: SQLConnection, digests: Iterable[str]) -> dict[str, i
     wanted = sorted(set(digests))
     if not wanted:
         return {}
-    query = select(blobs.c.digest, blobs.c.size).where(blobs.c.digest.in_(wanted))
-    return {row[0]: int(row[1]) for row in await conn.execute(query)}
+    return {row[0]: int(row[1]) for row in await conn.execute(_SIZES, {"digests": wanted})}
 
 
 async def _hold(conn: SQLConnection, namespace: str, sizes: Mapping[str, int]) -> int:
     params = {"namespace": namespace, "digests": sorted(sizes)}
     held = set((await conn.execute(_HELD, params)).scalars())
     if held:
-        await conn.execute(
-            update(namespace_blobs)
-            .where(namespace_blobs.c.namespace == namespace, namespace_blobs.c.digest.in_(held))
-            .values(refs=namespace_blobs.c.refs + 1)
-        )
+        await conn.execute(_MORE_REFS, {"ns": namespace, "digests": sorted(held)})
     new: list[dict[str, Any]] = [
         {"namespace": namespace, "digest": d, "size": s, "refs": 1}
         for d, s in sorted(sizes.items())
         if d not in held
     ]
     if new:
-        await conn.execute(insert(namespace_blobs), new)
+        await conn.execute(_NEW_HELD, new)
     added = sum(int(row["size"]) for row in new)
     await _add_to_total(conn, namespace, added)
     return added
@@ -121,33 +134,20 @@ async def _hold(conn: SQLConnection, namespace: str, sizes: Mapping[str, int]) -
 async def _add_to_total(conn: SQLConnection, namespace: str, delta: int) -> None:
     if not delta:
         return
-    moved = await conn.execute(
-        update(namespace_usage)
-        .where(namespace_usage.c.namespace == namespace)
-        .values(bytes=namespace_usage.c.bytes + delta)
-    )
+    moved = await conn.execute(_ADD_TO_TOTAL, {"ns": namespace, "delta": delta})
     if not moved.rowcount:  # the namespace's first bytes (the namespace lock is held)
-        await conn.execute(insert(namespace_usage).values(namespace=namespace, bytes=delta))
+        await conn.execute(_NEW_TOTAL, {"namespace": namespace, "bytes": delta})
 
 
-async def add_manifest(conn: SQLConnection, repository: str, manifest_id: int) -> int:
-    """A manifest row was just stored in `repository`: the namespace holds it and its blobs.
-    Returns the bytes this added to the namespace."""
+async def add_manifest(
+    conn: SQLConnection, repository: str, digest: str, size: int, blob_digests: Iterable[str]
+) -> int:
+    """A manifest row (`digest`, `size` bytes, referring to `blob_digests`) was just stored
+    in `repository`: its namespace holds it and its blobs. Returns the bytes this added."""
     namespace = namespace_of(repository)
     await lock_namespace(conn, namespace)
-    row = (
-        await conn.execute(
-            select(manifests.c.digest, manifests.c.size).where(manifests.c.id == manifest_id)
-        )
-    ).one()
-    referenced = await conn.execute(
-        select(manifest_references.c.digest).where(
-            manifest_references.c.manifest_id == manifest_id,
-            manifest_references.c.kind != "manifest",
-        )
-    )
-    sizes = await blob_sizes(conn, referenced.scalars())  # (non-distributable layers: none)
-    sizes[row[0]] = int(row[1])
+    sizes = await blob_sizes(conn, blob_digests)  # (non-distributable layers: no row, no size)
+    sizes[digest] = size
     return await _hold(conn, namespace, sizes)
 
 
