@@ -1,0 +1,84 @@
+"""Lifecycle policies seen by real docker (the private dockerd): an immutable tag cannot be
+pushed again with other content but can with the same; a namespace's quota lets an image
+in, refuses the next one with a message saying what is used and allowed, and still takes
+a new tag of what it holds. Rules are set with the CLI while the server runs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from auth.helpers import run_cli
+
+from support.dockerd import DockerDaemon, build_busybox_image
+from support.server import RegistryServer
+
+pytestmark = pytest.mark.clients
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    server = RegistryServer(tmp_path_factory.mktemp("docker-policies") / "data")
+    server.start()
+    yield server
+    server.stop()
+
+
+def cli(server: RegistryServer, *args: str) -> str:
+    done = run_cli(server.data_dir, *args, env=server.env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def refused(dockerd: DockerDaemon, ref: str) -> str:
+    """`docker push ref` fails; what it said."""
+    push = dockerd.docker("push", ref, check=False)
+    assert push.returncode != 0, push.stdout
+    return push.stdout + push.stderr
+
+
+def test_an_immutable_tag_is_pushed_once(dockerd: DockerDaemon, server: RegistryServer) -> None:
+    cli(server, "immutable", "add", "frozen/*", "v*")
+    first, second = (f"{server.host}/frozen/{name}" for name in ("first", "second"))
+    build_busybox_image(dockerd, f"{first}:v1", layers=2)
+    build_busybox_image(dockerd, f"{second}:v1", layers=2)
+    dockerd.docker("push", f"{first}:v1")
+    dockerd.docker("push", f"{first}:v1")  # the same content again: fine
+
+    dockerd.docker("tag", f"{second}:v1", f"{first}:v1")  # other content, same tag
+    said = refused(dockerd, f"{first}:v1")
+    assert "immutable" in said and "frozen/*" in said and "denied" in said.lower(), said
+    dockerd.docker("tag", f"{second}:v1", f"{first}:latest")  # not protected
+    dockerd.docker("push", f"{first}:latest")
+
+    dockerd.docker("rmi", f"{first}:v1", f"{first}:latest", f"{second}:v1")
+    dockerd.docker("pull", f"{first}:v1")
+    listed = cli(server, "pulls", "frozen/first", "--json")
+    assert '"tag": "v1"' in listed
+
+
+def test_a_quota_lets_one_image_in_and_refuses_the_next(
+    dockerd: DockerDaemon, server: RegistryServer
+) -> None:
+    one, two = (f"{server.host}/capped/{name}" for name in ("one", "two"))
+    build_busybox_image(dockerd, f"{one}:v1", layers=2)
+    build_busybox_image(dockerd, f"{two}:v1", layers=2)
+    cli(server, "quota", "set", "capped", "1GiB")
+    dockerd.docker("push", f"{one}:v1")
+    [row] = json.loads(cli(server, "usage", "capped", "--json"))
+    used = int(row["used"])
+    assert used > 100_000  # busybox, compressed
+
+    cli(server, "quota", "set", "capped", str(used + used // 2))  # room for half an image
+    said = refused(dockerd, f"{two}:v1")
+    assert "quota" in said and "capped" in said and "allowed" in said, said
+    [row] = json.loads(cli(server, "usage", "capped", "--json"))
+    assert int(row["used"]) == used  # nothing of the refused image counts
+
+    dockerd.docker("tag", f"{one}:v1", f"{one}:again")  # adds nothing: allowed
+    dockerd.docker("push", f"{one}:again")
+    cli(server, "quota", "set", "capped", str(3 * used))
+    dockerd.docker("push", f"{two}:v1")
+    usage = cli(server, "usage", "capped")
+    assert "capped" in usage and "%" in usage
