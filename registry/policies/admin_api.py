@@ -2,6 +2,7 @@
 
     retention       GET; PUT {pattern, keep_last, keep_tags, keep_pulled_within,
                     keep_pushed_within, untagged_after}; DELETE ?pattern=
+    retention/run   POST {dry_run}: apply the policies now (or list what would go, and why)
     immutable       GET; POST {pattern, tags};  immutable/N  DELETE
     quotas          GET; PUT {namespace, limit};  DELETE ?namespace=
     usage           GET [?namespace=]   deduplicated bytes per namespace, with its quota
@@ -26,8 +27,10 @@ from registry.auth.services import AuthServices
 from registry.config import Config
 from registry.metadata.identity import now
 from registry.metadata.policystore import PolicyConflict, PolicyNotFound
+from registry.metadata.retentionstore import RetentionStore
 from registry.policies import management as rules_io
 from registry.policies.rules import RuleError, parse_size
+from registry.policies.runner import Retention
 from registry.policies.service import Policies
 from registry.policies.usage import tag_rows, usage_rows
 
@@ -87,6 +90,20 @@ async def remove_retention(request: Request, auth: AuthServices, caller: Princip
     await _policies(request).store.delete_retention(pattern)
     await _audit(request, auth, caller, "retention.remove", pattern)
     return Response(status_code=204)
+
+
+async def run_retention(request: Request, auth: AuthServices, caller: Principal) -> Response:
+    body = await _body(request)
+    unknown = set(body) - {"dry_run"}
+    if unknown:
+        raise BadRequest(f"unknown field {sorted(unknown)[0]!r}")
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise BadRequest("`dry_run` must be true or false")
+    policies = _policies(request)
+    await _audit(request, auth, caller, "retention.run", "dry run" if dry_run else "run")
+    report = await Retention(policies, RetentionStore(policies.store.db)).run(dry_run)
+    return JSONResponse(report.figures())
 
 
 # Immutable tags ----------------------------------------------------------------------------
@@ -174,6 +191,7 @@ ROUTES: list[BaseRoute] = [
     _route("retention", list_retention, "GET"),
     _route("retention", set_retention, "PUT"),
     _route("retention", remove_retention, "DELETE"),
+    _route("retention/run", run_retention, "POST"),
     _route("immutable", list_immutable, "GET"),
     _route("immutable", add_immutable, "POST"),
     _route("immutable/{id}", remove_immutable, "DELETE"),

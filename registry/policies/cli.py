@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,28 @@ async def retention_list(
 
     rows = [retention_json(p) for p in await policies.retention_policies()]
     _emit(args, rows, ["pattern", *RETENTION_FIELDS, "source"])
+    return 0
+
+
+async def retention_run(
+    policies: Policies, identity: IdentityStore, args: argparse.Namespace
+) -> int:
+    from registry.metadata.retentionstore import RetentionStore
+    from registry.policies.runner import Retention
+
+    report = await Retention(policies, RetentionStore(policies.store.db)).run(args.dry_run)
+    if not args.dry_run:
+        await _audited(identity, "retention.run", f"{report.tags_removed} tags")
+    if args.json:
+        print(json.dumps(report.figures(), indent=2))
+        return 0
+    _emit(args, report.removed, ["repository", "tag", "digest", "reason"])
+    _emit(args, report.deleted, ["repository", "digest", "reason"])
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{report.repositories} repositories under a policy: {verb} {report.tags_removed} of "
+        f"{report.tags_examined} tags and {report.manifests_deleted} manifests"
+    )
     return 0
 
 
@@ -237,6 +260,8 @@ def add_commands(commands: Any) -> None:
     p = _leaf(retention, "remove", retention_remove, "remove a repository pattern's policy")
     p.add_argument("pattern")
     _leaf(retention, "list", retention_list, "list retention policies", json_output=True)
+    p = _leaf(retention, "run", retention_run, "apply the retention policies now", True)
+    p.add_argument("--dry-run", action="store_true", help="only list what would go, and why")
 
     immutable = commands.add_parser(
         "immutable", help="immutable tags per repository pattern"
