@@ -82,3 +82,29 @@ def test_a_quota_lets_one_image_in_and_refuses_the_next(
     dockerd.docker("push", f"{two}:v1")
     usage = cli(server, "usage", "capped")
     assert "capped" in usage and "%" in usage
+
+
+def test_retention_keeps_what_its_rules_keep(dockerd: DockerDaemon, server: RegistryServer) -> None:
+    repo = f"{server.host}/kept/app"
+    build_busybox_image(dockerd, f"{repo}:base", layers=2)
+    for tag in ("old-1", "old-2", "stable", "new-1"):
+        dockerd.docker("tag", f"{repo}:base", f"{repo}:{tag}")  # one image, several tags
+    build_busybox_image(dockerd, f"{repo}:other", layers=2)
+    for tag in ("old-1", "old-2", "stable", "base"):
+        dockerd.docker("push", f"{repo}:{tag}")
+    dockerd.docker("push", f"{repo}:other")
+    dockerd.docker("push", f"{repo}:new-1")  # the newest push
+    cli(server, "retention", "set", "kept/*", "--keep-last", "1", "--keep-tags", "stable,other")
+
+    preview = json.loads(cli(server, "retention", "run", "--dry-run", "--json"))
+    assert sorted(e["tag"] for e in preview["removed"]) == ["base", "old-1", "old-2"]
+    dockerd.docker("pull", f"{repo}:old-1")  # a dry run removes nothing
+
+    cli(server, "retention", "run")
+    for tag in ("base", "old-1", "old-2"):
+        dockerd.docker("rmi", f"{repo}:{tag}")
+        gone = dockerd.docker("pull", f"{repo}:{tag}", check=False)
+        assert gone.returncode != 0 and "not found" in (gone.stdout + gone.stderr).lower()
+    for tag in ("stable", "new-1", "other"):  # stable and new-1 are the same image as old-1
+        dockerd.docker("rmi", f"{repo}:{tag}")
+        dockerd.docker("pull", f"{repo}:{tag}")
