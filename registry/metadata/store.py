@@ -420,6 +420,8 @@ class MetadataStore:
             repo_id = await self.repository_id(repository, conn)
             if repo_id is None:
                 return False
+            # The namespace's turn first, as a push takes it before its manifest row.
+            await usage.lock_namespace(conn, usage.namespace_of(repository))
             manifest_id = (
                 await conn.execute(
                     select(manifests.c.id)
