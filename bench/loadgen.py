@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ class FloodResult:
     p99_ms: float
     client_cpu_seconds: float
     statuses: dict[str, int] = field(default_factory=dict)
+    # With `timed` (python client): (when the answer came, time.time(); latency in ms) each.
+    timed_samples: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def rps(self) -> float:
@@ -203,11 +206,15 @@ class _FloodStats:
     errors: int = 0
     stopping: bool = False
     recording: bool = False
+    timed: bool = False
+    timed_samples: list[tuple[float, int]] = field(default_factory=list)
 
     def record(self, latency_ns: int, status: bytes) -> None:
         if self.recording:
             self.latencies_ns.append(latency_ns)
             self.statuses[status] = self.statuses.get(status, 0) + 1
+            if self.timed:
+                self.timed_samples.append((time.time(), latency_ns))
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -230,7 +237,7 @@ def run_async(factory: Callable[[], Awaitable[Any]]) -> Any:
 
 def _python_flood(
     url: str, method: str, headers: dict[str, str], connections: int, seconds: float,
-    warmup: float = 0.5,
+    warmup: float = 0.5, stop: threading.Event | None = None, timed: bool = False,
 ) -> FloodResult:  # fmt: skip
     from urllib.parse import urlsplit
 
@@ -240,7 +247,7 @@ def _python_flood(
     lines = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    stats = _FloodStats()
+    stats = _FloodStats(timed=timed)
 
     async def flood() -> float:
         loop = asyncio.get_running_loop()
@@ -253,7 +260,11 @@ def _python_flood(
         await asyncio.sleep(warmup)
         stats.recording = True
         started = time.perf_counter()
-        await asyncio.sleep(seconds)
+        if stop is None:
+            await asyncio.sleep(seconds)
+        else:  # until told, at most `seconds`
+            while not stop.is_set() and time.perf_counter() - started < seconds:
+                await asyncio.sleep(0.02)
         stats.recording = False
         elapsed = time.perf_counter() - started
         stats.stopping = True
@@ -279,6 +290,7 @@ def _python_flood(
         p99_ms=percentile(ordered, 0.99) / 1e6,
         client_cpu_seconds=cpu,
         statuses=statuses,
+        timed_samples=[(at, ns / 1e6) for at, ns in stats.timed_samples],
     )
 
 
@@ -289,12 +301,19 @@ def flood(
     connections: int = 64,
     seconds: float = 10.0,
     client: str = "auto",
+    stop: threading.Event | None = None,
+    timed: bool = False,
 ) -> FloodResult:
-    client = resolve_client(client, method)
+    """With `stop`: the python client, recording until the event is set (at most `seconds`);
+    with `timed`, every sample with the time it completed."""
+    client = "python" if stop is not None or timed else resolve_client(client, method)
     if client == "wrk":
         return _wrk_flood(url, method, headers or {}, connections, seconds)
     if client == "python":
-        return _python_flood(url, method, headers or {}, connections, seconds)
+        warmup = 0.05 if stop is not None else 0.5  # (a run may be short: start at once)
+        return _python_flood(
+            url, method, headers or {}, connections, seconds, warmup, stop, timed
+        )
     raise ValueError(f"unknown flood client {client!r}")
 
 

@@ -98,6 +98,7 @@ class TreeSampler:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _cpu_start: float = 0.0
+    _cpu_last: float = 0.0
 
     def _sample(self) -> int:
         sizes = [rss_bytes(p) for p in tree(self.pid)]
@@ -107,11 +108,15 @@ class TreeSampler:
         return total
 
     def _run(self) -> None:
+        count = 0
         while not self._stop.wait(self.interval):
             self._sample()
+            count += 1
+            if count % 25 == 0:  # for a tree that ends before the stretch does
+                self._cpu_last = tree_cpu_seconds(self.pid)
 
     def __enter__(self) -> TreeSampler:
-        self._cpu_start = tree_cpu_seconds(self.pid)
+        self._cpu_start = self._cpu_last = tree_cpu_seconds(self.pid)
         self.usage.start_rss_bytes = self._sample()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._thread.start()
@@ -122,7 +127,11 @@ class TreeSampler:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.usage.end_rss_bytes = self._sample()
-        self.usage.cpu_seconds = tree_cpu_seconds(self.pid) - self._cpu_start
+        # A process stopped meanwhile (Distribution, for its offline garbage collection): its
+        # CPU up to the last reading while it ran.
+        alive = Path(f"/proc/{self.pid}").exists()
+        end = tree_cpu_seconds(self.pid) if alive else self._cpu_last
+        self.usage.cpu_seconds = max(end, self._cpu_start) - self._cpu_start
 
 
 class ClientClock:

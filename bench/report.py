@@ -140,12 +140,14 @@ def summarize(results: Results) -> dict[str, Any]:
             workloads[workload]["versus_baseline"] = against
     overall: dict[str, Any] = {}
     for side in SIDES:
-        peaks = [
-            v
-            for per_metric in results.samples.values()
-            for v in per_metric.get("peak_rss_mib", {}).get(side, [])
-        ]
-        overall[side] = {"peak_rss_mib": max(peaks) if peaks else None}
+        overall[side] = {}
+        for key in ("peak_rss_mib", "peak_process_rss_mib"):
+            peaks = [
+                v
+                for per_metric in results.samples.values()
+                for v in per_metric.get(key, {}).get(side, [])
+            ]
+            overall[side][key] = max(peaks) if peaks else None
     return {
         "version": 1,
         "overall": overall,
@@ -232,6 +234,12 @@ def table(summary: dict[str, Any]) -> str:
             f"{side} {_fmt(overall[side]['peak_rss_mib'])} MiB" for side in SIDES if side in overall
         )
         lines += ["", f"peak RSS over every workload: {peaks}"]
+        largest = ", ".join(
+            f"{side} {_fmt(overall[side].get('peak_process_rss_mib'))} MiB"
+            for side in SIDES
+            if side in overall
+        )
+        lines.append(f"peak RSS of one process over every workload: {largest}")
     costs = [
         f"  {name} / {w['versus_baseline']['baseline']}: requests/s ours "
         f"{_ratio_text(w['versus_baseline']['rps']['ours'])}, Distribution "

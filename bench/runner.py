@@ -16,6 +16,14 @@ RESOURCE_METRICS = (
     Metric("client_cpu_s", "load generator CPU", "s", better="lower", target=False),
     Metric("cpu_s_per_gb", "server CPU per GB moved", "s/GB", better="lower", target=False),
     Metric("peak_rss_mib", "server peak RSS (all processes)", "MiB", better="lower", target=False),
+    # With several workers: the largest of them (the target is per worker).
+    Metric(
+        "peak_process_rss_mib",
+        "server peak RSS (largest process)",
+        "MiB",
+        better="lower",
+        target=False,
+    ),
 )
 
 
@@ -90,6 +98,7 @@ def _one(
     values["server_cpu_s"] = usage.cpu_seconds
     values["client_cpu_s"] = outcome.client_cpu_seconds
     values["peak_rss_mib"] = usage.peak_rss_bytes / MIB
+    values["peak_process_rss_mib"] = usage.peak_worker_rss_bytes / MIB
     if outcome.bytes_moved >= 1_000_000:
         values["cpu_s_per_gb"] = usage.cpu_seconds / (outcome.bytes_moved / 1e9)
     keys = {m.key for m in workload.metrics}

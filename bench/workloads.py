@@ -41,6 +41,9 @@ class Settings:
     scale_repos: int = 10_000
     scale_budget_seconds: float = 900.0
     scale_samples: int = 300
+    gc_repos: int = 10_000
+    gc_manifests: int = 100_000
+    gc_budget_seconds: float = 1800.0
     docker_layers: int = 5
     docker_layer_mib: int = 40
     build_files: int = 400
@@ -53,7 +56,8 @@ class Settings:
         return cls(
             blob_mib=128, pulls=2, flood_seconds=4.0, small_count=100, parallel_mib=16,
             memory_mib=256, scale_tags=5_000, scale_repos=500, scale_samples=15,
-            docker_layer_mib=8, limits_mib=256, build_files=120, build_mib=3,
+            docker_layer_mib=8, limits_mib=256, gc_repos=500, gc_manifests=5_000,
+            build_files=120, build_mib=3,
         )  # fmt: skip
 
 
@@ -441,11 +445,12 @@ class SmallPushes(Workload):
 def all_workloads() -> list[Workload]:
     from bench.buildflow import Build
     from bench.dockerflow import DockerPushPull
+    from bench.gcload import GarbageCollection
     from bench.scale import Scale
 
     # Each token workload right after its baseline, so drift on the machine hits both alike.
     return [
         PushMonolithic(), PushChunked(), Pull(), PullRedirected(), HeadBlob(), HeadBlobToken(),
         GetManifest(), GetManifestToken(), GetSmallBlob(), GetSmallBlobToken(), SmallPushes(),
-        ParallelPushes(), Memory(), DockerPushPull(), Scale(), Build(),
+        ParallelPushes(), Memory(), DockerPushPull(), Scale(), Build(), GarbageCollection(),
     ]  # fmt: skip

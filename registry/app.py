@@ -22,9 +22,11 @@ from registry.auth import AccessController, AllowAll
 from registry.auth.routes import access_controller, auth_routes, signing_keys, with_audit_trail
 from registry.config import Config, ConfigError
 from registry.errors import DiskFull, NameUnknown, RegistryError, Unsupported
+from registry.gc.admin_api import gc_routes
+from registry.gc.collector import build_collector
+from registry.gc.schedule import run_periodically
 from registry.health import Probes, start_metrics_listener
 from registry.lifecycle import Draining, run_dir_from_environment
-from registry.maintenance import run_periodically
 from registry.metadata.db import Database
 from registry.metadata.policystore import PolicyStore
 from registry.metadata.store import MetadataStore
@@ -226,8 +228,12 @@ def create_app(
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=64, thread_name_prefix="registry-io")
         )
+        collector = build_collector(config, services.blobs, db)
+        app.state.collector, app.state.gc_tasks = collector, set()
         tasks = [
-            asyncio.create_task(run_periodically(services)),
+            asyncio.create_task(
+                run_periodically(collector, config.gc.enabled, config.gc.interval_seconds)
+            ),
             asyncio.create_task(metrics.sample_pool(db)),
             asyncio.create_task(services.pulls.run(config.policies.pull_stats_flush_seconds)),
         ]
@@ -246,6 +252,7 @@ def create_app(
         finally:
             if side is not None:
                 side.close()
+            tasks += app.state.gc_tasks
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -256,6 +263,7 @@ def create_app(
             *probes.routes(with_metrics=not metrics_addr),
             *ROUTES,
             *auth_routes(config),
+            *gc_routes(config),
             *policy_routes(config),
         ],
         lifespan=lifespan,

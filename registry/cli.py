@@ -1,4 +1,5 @@
-"""The `registry` command: `serve`, `migrate`, and the pocket runtime's commands."""
+"""The `registry` command: `serve`, `migrate`, `gc`, `fsck`, accounts, and the pocket runtime's
+commands."""
 
 from __future__ import annotations
 
@@ -89,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     from registry.auth.cli import add_commands as add_account_commands
 
     add_account_commands(commands)
+
+    from registry.gc.cli import add_commands as add_gc_commands
+
+    add_gc_commands(commands)
     from registry.auth.key_commands import add_commands as add_key_commands
 
     add_key_commands(commands)

@@ -101,6 +101,19 @@ class LimitsConfig:
     page_size_max: int = 10_000
 
 
+# Garbage collection (registry/gc/).
+@dataclass
+class GCConfig:
+    enabled: bool = True  # collect in the background, every interval_seconds
+    interval_seconds: int = 3600
+    # A blob unreferenced for this long goes. A day outlasts any push between a blob's upload
+    # and the manifest naming it, and matches limits.upload_expiry_seconds.
+    blob_grace_seconds: int = 86400
+    untagged_manifests: bool = False  # also collect manifests no tag reaches
+    manifest_grace_seconds: int = 86400
+    batch_size: int = 100  # review entries per transaction
+
+
 # Lifecycle policies (registry/policies/): defaults under the ones kept in the database.
 @dataclass
 class PoliciesConfig:
@@ -145,6 +158,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    gc: GCConfig = field(default_factory=GCConfig)
     policies: PoliciesConfig = field(default_factory=PoliciesConfig)
 
     @property

@@ -18,7 +18,8 @@ RegistryError                 base: code, HTTP status, message, detail
 ├── Unavailable               503 UNAVAILABLE (Distribution's code: a server too busy to serve)
 ├── RangeNotSatisfiable       416 RANGE_INVALID (a Range the blob cannot satisfy)
 ├── PayloadTooLarge           413 (a manifest over the size limit)
-└── DiskFull                  503 UNAVAILABLE (the disk under the blobs or the database is full)
+├── DiskFull                  503 UNAVAILABLE (the disk under the blobs or the database is full)
+└── Unavailable               503 UNAVAILABLE (try again shortly: e.g. a blob being collected)
 """
 
 from __future__ import annotations
@@ -131,6 +132,9 @@ class TooManyRequests(RegistryError):
 
 
 class Unavailable(RegistryError):
+    """Nothing of the request was kept and the client should try again shortly (too many
+    connections; a blob whose bytes garbage collection is deleting at this moment)."""
+
     code, status, default_message = "UNAVAILABLE", 503, "service unavailable"
 
 

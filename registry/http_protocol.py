@@ -345,6 +345,11 @@ class RegistryHttpProtocol(HttpToolsProtocol):
             assert isinstance(cycle, ZeroCopyCycle)
             cycle.pieces = []
             cycle.buffered = 0
+        if cycle is not None and not self.timeout_keep_alive:
+            # keep_alive_timeout 0: the connection ends after this answer, and the answer
+            # says so (RFC 9112 9.6). Left to uvicorn's timer, it would close silently while
+            # the client, never told, sends its next request into the closing socket.
+            cycle.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)

@@ -15,6 +15,7 @@ from registry.app import create_app
 from registry.auth.services import preflight, prepare_keys
 from registry.config import Config, ConfigError, settings, worker_count
 from registry.filemodes import secure_data
+from registry.gc.collector import check_settings as check_gc_settings
 from registry.http_limits import OTHER_FILES, HttpLimits, raise_open_file_limit
 from registry.http_protocol import RegistryHttpProtocol
 from registry.lifecycle import Draining, GracefulServer, GracefulSupervisor, run_folder
@@ -65,6 +66,7 @@ def serve(config: Config, workers: int | None = None) -> int:
     secure_data(config)  # owner-only files from here on, whatever the umask
     limits = HttpLimits.from_config(config.server)
     preflight(config)  # no auth off loopback unless insecure; auth settings
+    check_gc_settings(config.gc)
     tls = tls_files(config)
     if tls is not None:
         check_tls(tls)

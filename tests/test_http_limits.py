@@ -263,6 +263,26 @@ def test_an_idle_keep_alive_connection_is_closed(limited: RegistryServer) -> Non
         assert closed_by_server(sock)
 
 
+def test_without_keep_alive_each_answer_says_the_connection_closes(tmp_path: Path) -> None:
+    """keep_alive_timeout 0: every answer carries `Connection: close` before the server
+    closes (a silent close races the client's next request: Go clients then fail a PUT)."""
+    server = RegistryServer(tmp_path / "data", env={"REGISTRY_SERVER_KEEP_ALIVE_TIMEOUT": "0"})
+    server.start()
+    try:
+        for request in (
+            b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /v2/ka/zero/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        ):
+            with connect(server) as sock:
+                sock.sendall(request)
+                answer = read_answer(sock)
+                assert answer.status in (200, 202)
+                assert answer.headers.get("connection") == "close", answer.headers
+                assert closed_by_server(sock)
+    finally:
+        server.stop()
+
+
 def test_a_stalled_patch_leaves_the_upload_resumable(limited: RegistryServer) -> None:
     """The server closes a PATCH whose body stalls; the upload stays at its last acknowledged
     size (the Range of the last 202; the bytes of the interrupted PATCH are dropped), and

@@ -24,6 +24,7 @@ from registry.errors import (
     NameUnknown,
     PayloadTooLarge,
 )
+from registry.metadata.store import MissingReferences
 from registry.numbers import parse_decimal
 from registry.oci import mediatypes as mt
 from registry.oci.digest import Digest
@@ -99,11 +100,22 @@ async def put_manifest(request: Request) -> Response:
     tag_names = [] if by_digest else [reference]
     if by_digest is not None:
         tag_names = _extra_tags(request)
-    await _check_references(svc, name, manifest)
+    blobs, children = _references(manifest)
     check = svc.policies.push_check(
         name, str(digest), len(content), _blob_digests(manifest), tag_names
     )
-    await svc.metadata.put_manifest(name, str(digest), content, manifest, tag_names, check)
+    missing = await svc.metadata.put_manifest(
+        name,
+        str(digest),
+        content,
+        manifest,
+        tag_names,
+        required_blobs=blobs,
+        required_manifests=children,
+        check=check,
+    )
+    if missing is not None:
+        _raise_missing(missing)
     headers = {
         "Location": location(request, f"/v2/{name}/manifests/{digest}"),
         "Docker-Content-Digest": str(digest),
@@ -134,25 +146,26 @@ def _blob_digests(manifest: Manifest) -> list[str]:
     return config + [layer.digest for layer in manifest.layers]
 
 
-async def _check_references(svc: Services, name: str, manifest: Manifest) -> None:
-    """Every blob and child manifest the manifest names must already be in the repository."""
+def _references(manifest: Manifest) -> tuple[list[str], list[str]]:
+    """The blobs and the child manifests that must already be in the repository."""
     if manifest.is_index:
-        missing = await svc.metadata.missing_manifests(name, [m.digest for m in manifest.manifests])
-        if missing:
-            # The spec wants MANIFEST_BLOB_UNKNOWN; MANIFEST_UNKNOWN names each missing child too.
-            errors = [ManifestUnknown(detail={"digest": d}) for d in missing]
-            raise ManifestBlobUnknown(detail={"digest": missing[0]}, also=errors)
-        return
+        return [], [m.digest for m in manifest.manifests]
     wanted = [manifest.config.digest] if manifest.config else []
     wanted += [
         layer.digest
         for layer in manifest.layers
         if layer.media_type not in mt.NON_DISTRIBUTABLE_LAYERS
     ]
-    missing = await svc.metadata.missing_blobs(name, wanted)
-    if missing:
-        extra = [ManifestBlobUnknown(detail={"digest": d}) for d in missing[1:]]
-        raise ManifestBlobUnknown(detail={"digest": missing[0]}, also=extra)
+    return wanted, []
+
+
+def _raise_missing(missing: MissingReferences) -> NoReturn:
+    if missing.manifests:
+        # The spec wants MANIFEST_BLOB_UNKNOWN; MANIFEST_UNKNOWN names each missing child too.
+        errors = [ManifestUnknown(detail={"digest": d}) for d in missing.manifests]
+        raise ManifestBlobUnknown(detail={"digest": missing.manifests[0]}, also=errors)
+    extra = [ManifestBlobUnknown(detail={"digest": d}) for d in missing.blobs[1:]]
+    raise ManifestBlobUnknown(detail={"digest": missing.blobs[0]}, also=extra)
 
 
 async def delete_manifest(request: Request) -> Response:

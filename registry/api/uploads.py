@@ -30,6 +30,7 @@ from registry.errors import (
     BlobUploadUnknown,
     DigestInvalid,
     SizeInvalid,
+    Unavailable,
 )
 from registry.metadata.store import Upload
 from registry.numbers import parse_decimal
@@ -188,7 +189,8 @@ async def _try_mount(
                 break
     if size is None or await svc.blobs.stat(digest) != size:
         return None
-    await svc.metadata.link_blob(name, str(digest), size)
+    if not await svc.metadata.mount_blob(name, str(digest)):
+        return None  # collected since: the client uploads it instead
     return _created(request, name, digest)
 
 
@@ -275,16 +277,22 @@ async def _finish(
     expected: int | None,
     claim: Claim | None = None,
 ) -> Response:
+    """Verify the bytes, reserve the blob against garbage collection, move the bytes to the
+    blob's key, then record the blob in the repository: the order of the protocol in
+    registry/gc/__init__.py, which never acknowledges bytes a collector may be deleting."""
     size = upload.size
+    body: bytes | None = None
+    incarnation: str | None = None
     try:
         if upload.size == 0 and expected is not None and expected <= SMALL_BODY:
             # The whole blob in one small body: verified in memory, stored in one step.
             body = b"".join([piece async for piece in _checked_body(request, expected, claim)])
-            await svc.blobs.store(body, digest)
-            await svc.blobs.delete_upload(upload.id)  # any file an empty PATCH left
+            await svc.blobs.verify_data(body, digest)
             size = len(body)
-        elif upload.size == 0 and expected != 0:
-            # The whole blob in one large body: streamed to where it ends, verified on the way.
+        elif upload.size == 0 and expected is not None and expected != 0:
+            # The whole blob in one large body of known size: streamed to where it ends and
+            # verified on the way, so the blob is reserved before its key is written.
+            incarnation = await _reserve(svc, digest, expected)
             body_stream = _checked_body(request, expected, claim)
             size = await svc.blobs.store_stream(upload.id, body_stream, digest, expected)
             await svc.blobs.delete_upload(upload.id)  # any file an empty PATCH left
@@ -301,17 +309,54 @@ async def _finish(
                     progress.hash_state,
                     progress.storage_state,
                 )
-            await svc.blobs.commit_upload(upload.id, size, digest, hash_state, storage_state)
+            storage_state = await svc.blobs.verify_upload(
+                upload.id, size, digest, hash_state, storage_state
+            )
+        if incarnation is None:
+            incarnation = await _reserve(svc, digest, size)
+            if body is not None:
+                await svc.blobs.place_data(body, digest)
+                await svc.blobs.delete_upload(upload.id)  # any file an empty PATCH left
+            else:
+                await svc.blobs.place_upload(upload.id, size, digest, storage_state)
     except DigestInvalid:
         await svc.blobs.delete_upload(upload.id)
         await svc.metadata.delete_upload(upload.id)
         if claim is not None:
             claim.ended = True
         raise
-    await svc.metadata.finish_upload(upload.id, name, str(digest), size)
+    if not await svc.metadata.finish_upload(upload.id, name, str(digest), size, incarnation):
+        # Collected between the reservation and now (only with a grace period of about
+        # nothing): the bytes may be gone, so say nothing was stored.
+        await svc.metadata.delete_upload(upload.id)
+        if claim is not None:
+            claim.ended = True
+        raise Unavailable(
+            "the blob was garbage-collected during the upload; push it again",
+            detail={"digest": str(digest)},
+        )
     if claim is not None:
         claim.ended = True
     return _created(request, name, digest)
+
+
+# How long an upload waits for a collector to finish deleting the same blob's old bytes
+# (a batch takes well under a second), polling every RESERVE_POLL_SECONDS.
+RESERVE_WAIT_SECONDS = 30.0
+RESERVE_POLL_SECONDS = 0.05
+
+
+async def _reserve(svc: Services, digest: Digest, size: int) -> str:
+    deadline = time.monotonic() + RESERVE_WAIT_SECONDS
+    while (incarnation := await svc.metadata.reserve_blob(str(digest), size)) is None:
+        if time.monotonic() > deadline:
+            raise Unavailable(
+                "garbage collection is deleting this blob's old copy; try again",
+                detail={"digest": str(digest)},
+                headers={"Retry-After": "10"},
+            )
+        await asyncio.sleep(RESERVE_POLL_SECONDS)
+    return incarnation
 
 
 async def cancel_upload(request: Request) -> Response:

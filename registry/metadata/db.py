@@ -39,6 +39,7 @@ from sqlalchemy.util.typing import TupleAny
 
 from registry.errors import DiskFull
 from registry.filemodes import FILE_MODE, make_private_folder, sqlite_files
+from registry.metadata.checkpoint import FALLBACK_PAGES, Checkpointer
 
 if TYPE_CHECKING:
     from sqlalchemy.sql.selectable import TypedReturnsRows
@@ -104,10 +105,15 @@ class Database:
     def __init__(self, url: str, pool_size: int = 10) -> None:
         self.url = url
         self.dialect = make_url(url).get_backend_name()
+        self._checkpointer: Checkpointer | None = None
         if self.dialect == "sqlite":
             _ensure_sqlite_folder(url)
             self._sqlite_reader = _SQLiteSide(url, immediate=False)
             self._sqlite_writer = _SQLiteSide(url, immediate=True)
+            files = sqlite_files(url)
+            if files:  # (checkpoints off the event loop: checkpoint.py)
+                self._checkpointer = Checkpointer(files[0])
+                self._checkpointer.start()
         else:
             self._engine = create_async_engine(
                 url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
@@ -161,6 +167,8 @@ class Database:
         return int(pool.size() + getattr(pool, "_max_overflow", 0))  # type: ignore[attr-defined]
 
     async def dispose(self) -> None:
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
         if self.dialect == "sqlite":
             self._sqlite_reader.dispose()
             self._sqlite_writer.dispose()
@@ -209,6 +217,7 @@ def _configure_sqlite(engine: Engine, immediate: bool) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_PAGES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -17,6 +17,13 @@ from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, selec
 
 from registry.metadata import usage
 from registry.metadata.db import Database, SQLConnection
+from registry.metadata.reviews import (
+    Reviews,
+    blob_state,
+    lock_live_blobs,
+    lock_manifests,
+    new_incarnation,
+)
 from registry.metadata.tables import (
     blobs,
     manifest_references,
@@ -45,9 +52,17 @@ class Upload:
 
 class PushCheck(Protocol):
     """What a manifest push must pass inside its own transaction, before anything is
-    stored (registry/policies/guard.py: immutable tags, quotas); it raises to refuse."""
+    stored (registry/policies/service.py: immutable tags, quotas); it raises to refuse."""
 
     async def __call__(self, conn: SQLConnection, repository_id: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MissingReferences:
+    """What a manifest names that its repository does not hold (nothing was stored)."""
+
+    blobs: list[str]
+    manifests: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +182,7 @@ class MetadataStore:
         self._insert_blob = db.insert_ignore(blobs)
         self._insert_link = db.insert_ignore(repository_blobs)
         self._insert_manifest = db.insert_ignore(manifests).returning(manifests.c.id)
+        self.reviews = Reviews(db)
         upsert = db.insert(tags)
         self._upsert_tag = upsert.on_conflict_do_update(
             index_elements=[tags.c.repository_id, tags.c.name],
@@ -226,31 +242,58 @@ class MetadataStore:
         async with self.db.read() as conn:
             return list((await conn.execute(query)).scalars())
 
-    async def link_blob(self, repository: str, digest: str, size: int) -> None:
-        """Record the blob (once, whoever pushed it) and let `repository` serve it."""
+    async def link_blob(self, repository: str, digest: str, size: int) -> bool:
+        """Record the blob (once, whoever pushed it) and let `repository` serve it; its bytes
+        must be in place already. False when a collector is deleting the blob."""
         async with self.db.write() as conn:
-            await self._record_and_link(conn, repository, digest, size)
+            return await self._record_and_link(conn, repository, digest, size)
 
     async def _record_and_link(
         self, conn: SQLConnection, repository: str, digest: str, size: int
-    ) -> None:
+    ) -> bool:
         repo_id = await self.ensure_repository(conn, repository)
         stamp = now()
-        await conn.execute(self._insert_blob, {"digest": digest, "size": size, "created_at": stamp})
+        state = await blob_state(conn, digest, exclusive=False)
+        if state is None:
+            values = {"digest": digest, "size": size, "incarnation": new_incarnation()}
+            await conn.execute(self._insert_blob, {**values, "created_at": stamp})
+        elif state[1] is not None:
+            return False
         await conn.execute(
             self._insert_link, {"repository_id": repo_id, "digest": digest, "created_at": stamp}
         )
+        await self.reviews.queue_blobs(conn, [digest], stamp)
+        return True
+
+    async def mount_blob(self, repository: str, digest: str) -> bool:
+        """Let `repository` serve a blob that is stored and live (a cross-repository mount);
+        False when there is no such blob, or a collector is deleting it. The grace period
+        starts again: the client is about to push a manifest that names it."""
+        async with self.db.write() as conn:
+            state = await blob_state(conn, digest, exclusive=False)
+            if state is None or state[1] is not None:
+                return False
+            repo_id = await self.ensure_repository(conn, repository)
+            stamp = now()
+            await conn.execute(
+                self._insert_link, {"repository_id": repo_id, "digest": digest, "created_at": stamp}
+            )
+            await self.reviews.queue_blobs(conn, [digest], stamp)
+            return True
 
     async def unlink_blob(self, repository: str, digest: str) -> bool:
         async with self.db.write() as conn:
             repo_id = await self.repository_id(repository, conn)
             if repo_id is None:
                 return False
+            await blob_state(conn, digest, exclusive=False)  # the lock order of the collector
             result = await conn.execute(
                 delete(repository_blobs).where(
                     repository_blobs.c.repository_id == repo_id, repository_blobs.c.digest == digest
                 )
             )
+            if result.rowcount:
+                await self.reviews.queue_blobs(conn, [digest], now())
             return bool(result.rowcount)
 
     # Uploads ------------------------------------------------------------------------------
@@ -319,11 +362,51 @@ class MetadataStore:
         async with self.db.write() as conn:
             await conn.execute(_DELETE_UPLOAD, {"upload": upload_id})
 
-    async def finish_upload(self, upload_id: str, repository: str, digest: str, size: int) -> None:
-        """In one transaction: record the blob, link it, drop the upload session."""
+    async def reserve_blob(self, digest: str, size: int) -> str | None:
+        """Before an upload's verified bytes go to the blob's key: make sure no collector can
+        delete that key until the grace period has passed, and return the blob row's
+        incarnation for `finish_upload`. None while a collector is deleting the blob's bytes
+        (the caller waits and tries again). A new row stays invisible (no repository links
+        it) until `finish_upload`."""
+        stamp = now()
         async with self.db.write() as conn:
-            await self._record_and_link(conn, repository, digest, size)
+            state = await blob_state(conn, digest)
+            if state is None:
+                values = {"digest": digest, "size": size, "incarnation": new_incarnation()}
+                await conn.execute(self._insert_blob, {**values, "created_at": stamp})
+                # Ours, or the row of a concurrent upload that inserted first.
+                state = await blob_state(conn, digest)
+            if state is None or state[1] is not None:
+                return None
+            await self.reviews.queue_blobs(conn, [digest], stamp)
+            return state[0]
+
+    async def finish_upload(
+        self,
+        upload_id: str,
+        repository: str,
+        digest: str,
+        size: int,
+        incarnation: str | None = None,
+    ) -> bool:
+        """In one transaction: record the blob, link it, drop the upload session.
+
+        Given the `incarnation` that `reserve_blob` returned, only if the blob row is still
+        that one: False (nothing done) when it was collected since, so that the bytes the
+        caller moved may have gone with it."""
+        async with self.db.write() as conn:
+            if incarnation is None:
+                if not await self._record_and_link(conn, repository, digest, size):
+                    return False
+            else:
+                # (reserve_blob queued the review already: the grace period runs from there)
+                if await blob_state(conn, digest) != (incarnation, None):
+                    return False
+                repo_id = await self.ensure_repository(conn, repository)
+                link = {"repository_id": repo_id, "digest": digest, "created_at": now()}
+                await conn.execute(self._insert_link, link)
             await conn.execute(_DELETE_UPLOAD, {"upload": upload_id})
+            return True
 
     async def stale_uploads(self, older_than: datetime) -> list[str]:
         async with self.db.read() as conn:
@@ -369,44 +452,112 @@ class MetadataStore:
         content: bytes,
         manifest: Manifest,
         tag_names: Sequence[str],
+        *,
+        required_blobs: Sequence[str] = (),
+        required_manifests: Sequence[str] = (),
         check: PushCheck | None = None,
-    ) -> None:
-        """Store the manifest (idempotent per repository and digest) and point `tag_names` at it,
-        once `check` (when given) has passed in the same transaction."""
+    ) -> MissingReferences | None:
+        """Store the manifest (idempotent per repository and digest) and point `tag_names` at it.
+
+        `required_blobs` and `required_manifests` must be in the repository (and not being
+        collected): they are checked, and share-locked, in the same transaction as the
+        manifest is stored, so a collector cannot take them in between. What is missing is
+        returned, and then nothing was stored. `check` (lifecycle policies) runs once they
+        are all there, before anything is stored, and raises to refuse."""
         stamp = now()
+        subject = manifest.subject.digest if manifest.subject else None
         async with self.db.write() as conn:
-            repo_id = await self.ensure_repository(conn, repository)
+            repo_id = await self.repository_id(repository, conn)
+            if repo_id is None:
+                if required_blobs or required_manifests:  # (no empty repository left behind)
+                    return MissingReferences(
+                        list(dict.fromkeys(required_blobs)), list(dict.fromkeys(required_manifests))
+                    )
+                repo_id = await self.ensure_repository(conn, repository)
+            found = await lock_live_blobs(conn, repo_id, required_blobs)
+            missing_blobs = [d for d in dict.fromkeys(required_blobs) if d not in found]
+            # The children, the subject (a kept referrer keeps it) and the manifest itself.
+            wanted = [*required_manifests, digest, *([subject] if subject else [])]
+            found = await lock_manifests(conn, repo_id, wanted)
+            missing_manifests = [d for d in dict.fromkeys(required_manifests) if d not in found]
+            if missing_blobs or missing_manifests:
+                return MissingReferences(missing_blobs, missing_manifests)
             if check is not None:
                 await check(conn, repo_id)
-            values = {
-                "repository_id": repo_id,
-                "digest": digest,
-                "media_type": manifest.media_type,
-                "artifact_type": manifest.referrer_artifact_type,
-                "subject_digest": manifest.subject.digest if manifest.subject else None,
-                "annotations": json.dumps(manifest.annotations) if manifest.annotations else None,
-                "size": len(content),
-                "content": content,
-                "created_at": stamp,
-            }
-            result = await conn.execute(self._insert_manifest, values)
-            manifest_id = result.scalar()
-            if manifest_id is not None:  # new here: record what it refers to
-                references = [("config", manifest.config.digest)] if manifest.config else []
-                references += [("layer", layer.digest) for layer in manifest.layers]
-                references += [("manifest", child.digest) for child in manifest.manifests]
-                if references:
-                    await conn.execute(
-                        insert(manifest_references),
-                        [
-                            {"manifest_id": manifest_id, "position": i, "kind": kind, "digest": d}
-                            for i, (kind, d) in enumerate(references)
-                        ],
-                    )
-                blob_digests = [d for kind, d in references if kind != "manifest"]
-                await usage.add_manifest(conn, repository, digest, len(content), blob_digests)
-            for tag in tag_names:
-                await self._set_tag(conn, repo_id, tag, digest, stamp)
+            if digest not in found:
+                await self._insert_manifest_row(
+                    conn, repository, repo_id, digest, content, manifest, stamp
+                )
+            await self._set_tags(conn, repo_id, tag_names, digest, stamp)
+            if not tag_names:  # untagged (so far): its grace period starts again
+                await self.reviews.queue_manifests(conn, repo_id, [digest], stamp)
+        return None
+
+    async def _insert_manifest_row(
+        self,
+        conn: SQLConnection,
+        repository: str,
+        repo_id: int,
+        digest: str,
+        content: bytes,
+        manifest: Manifest,
+        stamp: datetime,
+    ) -> None:
+        """Insert the manifest and what it refers to; or, when a concurrent push inserted it
+        first, share-lock that one."""
+        values = {
+            "repository_id": repo_id,
+            "digest": digest,
+            "media_type": manifest.media_type,
+            "artifact_type": manifest.referrer_artifact_type,
+            "subject_digest": manifest.subject.digest if manifest.subject else None,
+            "annotations": json.dumps(manifest.annotations) if manifest.annotations else None,
+            "size": len(content),
+            "content": content,
+            "created_at": stamp,
+        }
+        for _attempt in range(3):
+            manifest_id = (await conn.execute(self._insert_manifest, values)).scalar()
+            if manifest_id is None:  # a concurrent push stored it: rely on that one
+                if await lock_manifests(conn, repo_id, [digest]):
+                    return
+                continue  # and it was deleted since: insert again
+            references = [("config", manifest.config.digest)] if manifest.config else []
+            references += [("layer", layer.digest) for layer in manifest.layers]
+            references += [("manifest", child.digest) for child in manifest.manifests]
+            if references:
+                await conn.execute(
+                    insert(manifest_references),
+                    [
+                        {"manifest_id": manifest_id, "position": i, "kind": kind, "digest": d}
+                        for i, (kind, d) in enumerate(references)
+                    ],
+                )
+            blob_digests = [d for kind, d in references if kind != "manifest"]
+            await usage.add_manifest(conn, repository, digest, len(content), blob_digests)
+            return
+        raise RuntimeError(f"manifest {digest} kept appearing and vanishing")
+
+    async def _set_tags(
+        self,
+        conn: SQLConnection,
+        repo_id: int,
+        tag_names: Sequence[str],
+        digest: str,
+        stamp: datetime,
+    ) -> None:
+        if not tag_names:
+            return
+        moved = select(tags.c.manifest_digest).where(
+            tags.c.repository_id == repo_id,
+            tags.c.name.in_(tag_names),
+            tags.c.manifest_digest != digest,
+        )
+        previous = set((await conn.execute(moved)).scalars())
+        for tag in tag_names:
+            await self._set_tag(conn, repo_id, tag, digest, stamp)
+        # A manifest a tag moved away from may be untagged now.
+        await self.reviews.queue_manifests(conn, repo_id, previous, stamp)
 
     async def _set_tag(
         self, conn: SQLConnection, repo_id: int, tag: str, digest: str, stamp: datetime
@@ -415,29 +566,49 @@ class MetadataStore:
         await conn.execute(self._upsert_tag, {**values, "updated_at": stamp})
 
     async def delete_manifest(self, repository: str, digest: str) -> bool:
-        """Delete a manifest and every tag pointing at it."""
+        """Delete a manifest and every tag pointing at it; what it referred to is queued for
+        garbage collection."""
+        stamp = now()
         async with self.db.write() as conn:
             repo_id = await self.repository_id(repository, conn)
             if repo_id is None:
                 return False
-            # The namespace's turn first, as a push takes it before its manifest row.
-            await usage.lock_namespace(conn, usage.namespace_of(repository))
-            manifest_id = (
+            target = (
                 await conn.execute(
-                    select(manifests.c.id)
+                    select(manifests.c.id, manifests.c.subject_digest)
                     .where(manifests.c.repository_id == repo_id, manifests.c.digest == digest)
-                    .with_for_update()  # a concurrent delete waits, then finds nothing
+                    .with_for_update()
                 )
-            ).scalar()
-            if manifest_id is None:
+            ).first()
+            if target is None:
                 return False
-            await usage.remove_manifests(conn, [manifest_id])
-            await conn.execute(delete(manifests).where(manifests.c.id == manifest_id))
+            references = (
+                await conn.execute(
+                    select(manifest_references.c.kind, manifest_references.c.digest).where(
+                        manifest_references.c.manifest_id == target[0]
+                    )
+                )
+            ).all()
+            referrers = await conn.execute(
+                select(manifests.c.digest).where(
+                    manifests.c.repository_id == repo_id, manifests.c.subject_digest == digest
+                )
+            )
+            related = [d for kind, d in references if kind == "manifest"]
+            related += [target[1]] if target[1] else []  # the subject of a deleted referrer
+            related += referrers.scalars()
+            # (the namespace's turn after the row lock: the order of pushes and collections)
+            await usage.remove_manifests(conn, [target[0]])
+            await conn.execute(delete(manifests).where(manifests.c.id == target[0]))
             await conn.execute(
                 delete(tags).where(
                     tags.c.repository_id == repo_id, tags.c.manifest_digest == digest
                 )
             )
+            # Manifest entries before blob entries, in every transaction (no lock cycles).
+            await self.reviews.queue_manifests(conn, repo_id, related, stamp)
+            blob_digests = [d for kind, d in references if kind != "manifest"]
+            await self.reviews.queue_blobs(conn, blob_digests, stamp)
             return True
 
     async def delete_tag(self, repository: str, tag: str) -> bool:
@@ -445,10 +616,17 @@ class MetadataStore:
             repo_id = await self.repository_id(repository, conn)
             if repo_id is None:
                 return False
-            result = await conn.execute(
-                delete(tags).where(tags.c.repository_id == repo_id, tags.c.name == tag)
-            )
-            return bool(result.rowcount)
+            untagged = (
+                await conn.execute(
+                    delete(tags)
+                    .where(tags.c.repository_id == repo_id, tags.c.name == tag)
+                    .returning(tags.c.manifest_digest)
+                )
+            ).scalar()
+            if untagged is None:
+                return False
+            await self.reviews.queue_manifests(conn, repo_id, [untagged], now())
+            return True
 
     async def list_tags(self, repository: str, limit: int, last: str | None) -> list[str] | None:
         """Tags after `last` in byte order, or None when the repository is unknown."""

@@ -54,6 +54,12 @@ blobs = Table(
     Column("digest", DIGEST, primary_key=True),
     Column("size", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Garbage collection (registry/gc/): a random id per life of the row, so that an upload
+    # can tell the row it reserved from one made again after a collection; and when set, the
+    # moment a collector began deleting the bytes (the row is then invisible to pushes).
+    Column("incarnation", String(32), nullable=False),
+    Column("deleting_since", DateTime(timezone=True), nullable=True),
+    Index("ix_blobs_deleting_since", "deleting_since"),
 )
 
 # Which blobs a repository may serve: pushed or mounted into it (Distribution's "layer links").
@@ -68,6 +74,9 @@ repository_blobs = Table(
     ),
     Column("digest", DIGEST, ForeignKey("blobs.digest"), primary_key=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # By digest: a collection unlinks a blob everywhere, and deleting a blob row checks the
+    # foreign key here (without it, a scan of every link per row deleted).
+    Index("ix_repository_blobs_digest", "digest"),
 )
 
 manifests = Table(
@@ -262,6 +271,54 @@ signing_keys = Table(
     Column("algorithm", String(16), nullable=False),  # ES256 or RS256
     Column("created_ms", BigInteger, nullable=False),  # unix milliseconds; orders the keys
     Column("sealed_key", LargeBinary, nullable=False),  # 0x01, nonce, AES-GCM(PKCS#8 DER)
+)
+
+
+# Garbage collection (registry/gc/; the SQL is in registry/metadata/gcstore.py) -------------
+
+# Blobs that may have lost their last reference (deleted manifests, unlinks) or never had one
+# (new uploads, mounts), with the time of the latest such event: each is looked at once the
+# grace period has passed since (`gc.blob_grace_seconds`, applied when collecting).
+gc_blob_reviews = Table(
+    "gc_blob_reviews",
+    metadata,
+    Column("digest", DIGEST, primary_key=True),
+    Column("event_at", DateTime(timezone=True), nullable=False),
+    Index("ix_gc_blob_reviews_event_at", "event_at"),
+)
+
+# Manifests that may have become untagged and unreferenced, likewise (`gc.untagged_manifests`).
+gc_manifest_reviews = Table(
+    "gc_manifest_reviews",
+    metadata,
+    Column(
+        "repository_id",
+        Integer,
+        ForeignKey("repositories.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("digest", DIGEST, primary_key=True),
+    Column("event_at", DateTime(timezone=True), nullable=False),
+    Index("ix_gc_manifest_reviews_event_at", "event_at"),
+)
+
+# One row per collection: what it found and what it reclaimed.
+gc_runs = Table(
+    "gc_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("trigger", String(16), nullable=False),  # schedule, cli or api
+    Column("dry_run", Boolean, nullable=False),
+    Column("status", String(16), nullable=False),  # running, ok or failed
+    Column("host", String(255), nullable=False),  # the replica: host name and process id
+    Column("blobs_deleted", BigInteger, nullable=False),
+    Column("bytes_reclaimed", BigInteger, nullable=False),
+    Column("manifests_deleted", BigInteger, nullable=False),
+    Column("uploads_expired", BigInteger, nullable=False),
+    Column("detail", Text, nullable=True),  # JSON object: error, per-phase figures
+    Index("ix_gc_runs_started_at", "started_at"),
 )
 
 

@@ -2,18 +2,19 @@
 
 An upload's bytes go to `uploads/<id>/data`. `commit_upload` checks the digest, then has the
 driver commit them to the blob's key in one atomic step; a blob key therefore only ever holds
-verified bytes. Whatever an upload needs to continue, in any process, travels with its session
-in the database: its size, the hash state at its end (`hashstate`), and the driver's upload
-state. When a saved hash state cannot be used (saved by a build that could not export it, or
-a digest of another algorithm), the bytes already stored are read back and hashed again.
-Callers keep to one writer per upload at a time (the API holds a claim in the database).
-"""
+verified bytes. The API does the same in two steps (`verify_upload`, then `place_upload`) with
+the blob reserved against garbage collection in between (registry/gc/). Whatever an upload
+needs to continue, in any process, travels with its session in the database: its size, the
+hash state at its end (`hashstate`), and the driver's upload state. When a saved hash state
+cannot be used (saved by a build that could not export it, or a digest of another
+algorithm), the bytes already stored are read back and hashed again.
+Callers keep to one writer per upload at a time (the API holds a claim in the database)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -195,15 +196,29 @@ class BlobStore:
 
         Raises DigestInvalid when they do not match; the upload is left for the caller to drop.
         """
+        storage_state = await self.verify_upload(upload_id, size, digest, hash_state, storage_state)
+        await self.place_upload(upload_id, size, digest, storage_state)
+
+    async def verify_upload(
+        self,
+        upload_id: str,
+        size: int,
+        digest: Digest,
+        hash_state: bytes | None = None,
+        storage_state: str | None = None,
+    ) -> str | None:
+        """Check that the upload holds `size` bytes whose digest is `digest`, leaving them
+        where they are (the API reserves the blob against garbage collection before it places
+        them: registry/gc/); the storage state to place them with. Raises DigestInvalid when
+        they do not match."""
         if (
             self._committed.get(upload_id) == (digest, size)
             and await self.driver.stat(layout.blob_key(digest)) == size
         ):
-            return  # a retry: this upload's bytes were verified and committed by the last try
+            return storage_state  # a retry: this upload's bytes were placed by the last try
         if size == 0:  # nothing was ever sent: the empty blob
-            await self.store(b"", digest)
-            await self.delete_upload(upload_id)
-            return
+            _check(new_hasher(digest.algorithm), digest)
+            return None
         key = layout.upload_key(upload_id)
         if storage_state is None and await self.driver.stat(key) != size:
             raise DigestInvalid(
@@ -215,13 +230,25 @@ class BlobStore:
             await self._sealed(key, storage_state)
             storage_state = None
             hasher = await self._rehash(key, size, digest.algorithm)
-        actual = hasher.hexdigest()
-        if actual != digest.encoded:
-            raise DigestInvalid(
-                detail={"digest": str(digest), "actual": f"{digest.algorithm}:{actual}"}
-            )
+        _check(hasher, digest)
+        return storage_state
+
+    async def place_upload(
+        self, upload_id: str, size: int, digest: Digest, storage_state: str | None = None
+    ) -> None:
+        """Commit a verified upload's bytes to the blob's key (unless they are there already)
+        and drop the upload. Raises DigestInvalid when the upload's bytes are gone."""
         blob = layout.blob_key(digest)
-        if await self.driver.stat(blob) != size:  # else someone stored it already: one copy
+        if size == 0:
+            if await self.driver.stat(blob) != 0:
+                await self.driver.put(blob, b"")
+        elif await self.driver.stat(blob) != size:  # else someone stored it already: one copy
+            key = layout.upload_key(upload_id)
+            if storage_state is None and await self.driver.stat(key) != size:
+                raise DigestInvalid(
+                    "the upload's bytes are gone; push the blob again",
+                    detail={"digest": str(digest)},
+                )
             await self.driver.commit(key, storage_state, blob)
         await self.delete_upload(upload_id)
         self._committed[upload_id] = (digest, size)
@@ -258,12 +285,20 @@ class BlobStore:
 
         Raises DigestInvalid when it does not match.
         """
+        await self.verify_data(data, digest)
+        await self.place_data(data, digest)
+
+    async def verify_data(self, data: bytes, digest: Digest) -> None:
+        """Raise DigestInvalid unless `data` hashes to `digest`."""
         hasher = new_hasher(digest.algorithm)
         if len(data) > _HASH_ON_LOOP_BYTES:
             await asyncio.to_thread(hasher.update, data)
         else:
             hasher.update(data)
         _check(hasher, digest)
+
+    async def place_data(self, data: bytes, digest: Digest) -> None:
+        """Store verified bytes under the blob's key, unless they are there already."""
         key = layout.blob_key(digest)
         if await self.driver.stat(key) != len(data):
             await self.driver.put(key, data)
@@ -281,6 +316,10 @@ class BlobStore:
 
     async def delete_blob(self, digest: Digest) -> None:
         await self.driver.delete(layout.blob_key(digest).rsplit("/", 1)[0])
+
+    async def delete_blobs(self, digests: Sequence[Digest]) -> None:
+        """Remove the bytes of many blobs, in one batch of the driver's (garbage collection)."""
+        await self.driver.delete_many([layout.blob_key(digest) for digest in digests])
 
     async def _rehash(self, key: str, size: int, algorithm: str) -> Hasher:
         hasher: Hasher = hashstate.new(algorithm)

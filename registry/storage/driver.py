@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import errno
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -42,6 +44,8 @@ def storage_error(exc: OSError, what: str) -> StorageError:
     """The driver's error for a failed system call: StorageFull when the disk is full."""
     cls = StorageFull if exc.errno in _FULL else StorageError
     return cls(f"{what}: {exc.strerror or exc}")
+
+
 class StorageUnavailable(StorageError):
     """A failure that may pass (storage unreachable, throttling): the client may retry."""
 
@@ -57,6 +61,15 @@ def check_key(key: str) -> str:
     if not _SAFE_KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
         raise StorageError(f"unsafe storage key {key!r}")
     return key
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """One object found by `StorageDriver.walk`."""
+
+    key: str
+    size: int
+    modified: datetime  # when its bytes were last written (aware, UTC)
 
 
 class AppendWriter(Protocol):
@@ -123,4 +136,29 @@ class StorageDriver(Protocol):
 
     async def redirect_url(self, key: str) -> str | None:
         """A short-lived URL a client may GET the bytes of `key` from directly, or None."""
+        ...
+
+    # For garbage collection and fsck (registry/gc/) ------------------------------------------
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove these objects (keys, not prefixes); absent ones are not an error.
+
+        One call per batch of a collection, so a backend that can delete many objects in one
+        request must: S3 sends DeleteObjects with up to 1,000 keys each, never a request per
+        key. The filesystem driver also removes the folder of each key when it is left empty.
+        Raises StorageError when some could not be removed (the others may have been).
+        """
+        ...
+
+    def walk(self, prefix: str) -> AsyncIterator[StoredObject]:
+        """Every object under `prefix`, at any depth, in no particular order, with its size and
+        modification time: one listing for fsck, not a stat per key (S3: ListObjectsV2 pages).
+        Nothing when the prefix holds nothing."""
+        ...
+
+    async def abort_abandoned(self, older_than: datetime) -> int:
+        """Drop unfinished writes at blob keys begun before `older_than`, which only a process
+        that died mid-push leaves (an upload's own go with its session, through `delete`);
+        how many. S3 aborts such multipart uploads, which would otherwise be billed forever;
+        the filesystem driver writes to an upload's own key first and has none."""
         ...

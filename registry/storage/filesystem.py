@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiofiles
@@ -14,7 +16,13 @@ import aiofiles.os
 from aiofiles.threadpool.binary import AsyncFileIO
 
 from registry.filemodes import FILE_MODE, make_private_folder
-from registry.storage.driver import PathNotFound, StorageError, check_key, storage_error
+from registry.storage.driver import (
+    PathNotFound,
+    StorageError,
+    StoredObject,
+    check_key,
+    storage_error,
+)
 from registry.storage.writeback import WriteBehind
 
 READ_BLOCK = 4 * 1024 * 1024
@@ -128,6 +136,21 @@ class FilesystemDriver:
 
     async def redirect_url(self, key: str) -> str | None:
         return None
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        paths = [self._path(key) for key in keys]  # refuse an unsafe key before removing any
+        if paths:
+            await asyncio.to_thread(_remove_files, paths)
+
+    async def abort_abandoned(self, older_than: datetime) -> int:
+        return 0  # every write goes to an upload's own key first (see `append`)
+
+    async def walk(self, prefix: str) -> AsyncIterator[StoredObject]:
+        top = self._path(prefix)
+        found = _walk(top, prefix)
+        while batch := await asyncio.to_thread(_next_batch, found):
+            for item in batch:
+                yield item
 
 
 class FileAppendWriter:
@@ -256,6 +279,56 @@ def _durable_rename(src: Path, dst: Path, fsync: bool = True) -> None:
             os.fdatasync(fh.fileno())  # the bytes and the size; not the times
     make_private_folder(dst.parent)
     os.replace(src, dst)
+
+
+def _remove_files(paths: Sequence[Path]) -> None:
+    failed: list[str] = []
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            failed.append(f"{path.name}: {exc.strerror or exc}")
+            continue
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # the key's own folder (a blob's), when nothing else is in it
+    if failed:
+        raise StorageError(f"{len(failed)} of {len(paths)} deletes failed: {failed[0]}")
+
+
+_WALK_BATCH = 1000
+
+
+def _walk(top: Path, prefix: str) -> Iterator[StoredObject]:
+    """Files under `top` (not the atomic writes in progress), depth first."""
+    pending = [(top, prefix)]
+    while pending:
+        folder, key = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in sorted(entries, key=lambda e: e.name, reverse=True):
+            child = f"{key}/{entry.name}"
+            if entry.is_dir(follow_symlinks=False):
+                pending.append((Path(entry.path), child))
+            elif entry.is_file(follow_symlinks=False) and not entry.name.startswith(".tmp-"):
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted since the listing
+                modified = datetime.fromtimestamp(info.st_mtime, UTC)
+                yield StoredObject(child, info.st_size, modified)
+
+
+def _next_batch(found: Iterator[StoredObject]) -> list[StoredObject]:
+    batch: list[StoredObject] = []
+    for item in found:
+        batch.append(item)
+        if len(batch) >= _WALK_BATCH:
+            break
+    return batch
 
 
 def _remove(path: Path) -> None:

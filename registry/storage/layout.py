@@ -7,7 +7,8 @@
         └── <upload id>/data                                   bytes of an upload in progress
 
 Repositories, tags and manifests are not in storage: the metadata database owns names.
-A blob key is written only by an atomic move from an upload after its digest checked.
+A blob key is written only by an atomic move from an upload after its digest checked, and
+deleted only by garbage collection while the blob's row is marked (registry/gc/).
 """
 
 from __future__ import annotations
@@ -35,3 +36,25 @@ def upload_prefix(upload_id: str) -> str:
 
 def is_upload_id(value: str) -> bool:
     return _UPLOAD_ID.fullmatch(value) is not None
+
+
+_BLOB_KEY = re.compile(r"^blobs/([a-z0-9]+)/([a-f0-9]{2})/([a-f0-9]+)/data\Z")
+
+
+def digest_of_blob_key(key: str) -> Digest | None:
+    """The digest whose bytes `key` holds, when it is a well-formed blob key (for fsck)."""
+    found = _BLOB_KEY.fullmatch(key)
+    if found is None or not found[3].startswith(found[2]):
+        return None
+    try:
+        return Digest.parse(f"{found[1]}:{found[3]}")
+    except ValueError:
+        return None
+
+
+def upload_id_of_key(key: str) -> str | None:
+    """The upload a key under `uploads/` belongs to (for fsck)."""
+    parts = key.split("/")
+    if len(parts) >= 2 and parts[0] == "uploads" and is_upload_id(parts[1]):
+        return parts[1]
+    return None

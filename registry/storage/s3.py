@@ -23,14 +23,20 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from registry.config import S3Config
-from registry.storage.driver import PathNotFound, StorageError, StorageUnavailable, check_key
+from registry.storage.driver import (
+    PathNotFound,
+    StorageError,
+    StorageUnavailable,
+    StoredObject,
+    check_key,
+)
 from registry.storage.s3upload import MIN_PART, S3AppendWriter, UploadState, completed_parts
 
 log = logging.getLogger("registry.storage.s3")
@@ -301,6 +307,27 @@ class S3Driver:
                 error = result["Errors"][0]
                 raise StorageError(f"delete {error.get('Key')}: {error.get('Code')}")
 
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        full = [self._key(key) for key in keys]  # refuse an unsafe key before deleting any
+        for key in full:
+            self._sizes.pop(key, None)
+        if full:
+            await self.delete_keys(full)
+
+    async def walk(self, prefix: str) -> AsyncIterator[StoredObject]:
+        full = self._key(prefix) + "/"
+        token: dict[str, str] = {}
+        while True:
+            page = await self._run(
+                prefix, self.client.list_objects_v2, Bucket=self.bucket, Prefix=full, **token
+            )
+            for item in page.get("Contents", []):
+                key = item["Key"][len(self.prefix) :]
+                yield StoredObject(key, int(item["Size"]), item["LastModified"])
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
     async def list(self, prefix: str) -> list[str]:
         full = self._key(prefix) + "/"
         names: set[str] = set()
@@ -374,11 +401,15 @@ class S3Driver:
         upload = UploadState.load(state)
         if upload.upload_id is None:
             await self._commit_tail(upload, dst)
-            return
-        await self._complete(upload)
-        if upload.key != dst:
-            await self._copy(upload.key, dst, upload.size)
-            await self.delete_keys([upload.key])
+        else:
+            await self._complete(upload)
+            if upload.key != dst:
+                await self._copy(upload.key, dst, upload.size)
+                await self.delete_keys([upload.key])
+        # The tail objects are in the object now. Those next to a blob's key (a streamed push
+        # writes there) would otherwise stay forever: nothing else deletes under a blob key.
+        if tails := [key for key, _ in upload.tail if ".tail-" in key]:
+            await self.delete_keys(tails)
 
     async def _commit_tail(self, upload: UploadState, dst: str) -> None:
         """An upload under 5 MiB: no multipart upload, only tail objects."""

@@ -132,6 +132,26 @@ def test_an_unknown_setting_is_refused(tmp_path: Path) -> None:
     assert "storage.fsinc" in done.stderr
 
 
+def test_gc_workload_collects_inside_ours_and_offline_in_distribution(tmp_path: Path) -> None:
+    _require_distribution()
+    out = tmp_path / "report.json"
+    done = _run_bench(
+        tmp_path, "--only", "gc", "--no-limits", "--gc-repos", "10", "--gc-manifests", "100",
+        "--flood-seconds", "1", "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    metrics = json.loads(out.read_text())["workloads"]["gc"]["metrics"]
+    median = {key: {side: m[side]["median"] for side in ("ours", "distribution")}
+              for key, m in metrics.items()}  # fmt: skip
+    assert median["manifests_populated"] == {"ours": 100, "distribution": 100}
+    # Every fifth manifest had a layer of its own and was deleted: those layers went (and
+    # Distribution counts each deleted manifest as a blob too).
+    assert median["blobs_deleted"] == {"ours": 20, "distribution": 40}
+    assert median["served_during_gc"] == {"ours": 1, "distribution": 0}
+    assert median["gc_get_p99_ms"]["ours"] > 0 and median["gc_head_p99_ms"]["ours"] > 0
+    assert median["gc_seconds"]["ours"] > 0 and median["gc_seconds"]["distribution"] > 0
+
+
 def test_tiny_run_on_s3(tmp_path: Path) -> None:
     """The S3 mode: both registries on one SeaweedFS, S3's own throughput as the ceilings,
     streamed and redirected pulls."""

@@ -2,14 +2,17 @@
 small TCP proxy: each new connection to the next replica), driven by real docker and skopeo.
 
 Nothing a request needs may live in one replica's memory or disk: an upload whose PATCHes
-land on both, a replica killed in the middle of a push (the client's retry succeeds), and
-one tag pushed through both at once.
+land on both, a replica killed in the middle of a push (the client's retry succeeds), one
+tag pushed through both at once, and, with auth on, docker's login and tokens (issued by one
+replica, used on the other: the signing keys are shared through the database).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -180,3 +183,87 @@ def test_one_tag_pushed_through_both_replicas_at_once(
     ).headers["Docker-Content-Digest"] for r in cluster.replicas}
     assert len(answers) == 1
     dockerd.docker("pull", f"{cluster.host}/lb/same:v1")
+
+
+# Auth on: keys shared through the database, a token from one replica good on the other ----
+
+
+ADMIN = ("admin", "admin secret for the replicas")
+
+
+@pytest.fixture(scope="module")
+def auth_cluster(postgres: PostgresServer, seaweedfs: SeaweedFS,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("auth-cluster")
+    secret = root / "keys-secret"
+    secret.write_text(f"keys secret {uuid.uuid4().hex}\n")
+    env = {**seaweedfs.settings(seaweedfs.new_bucket("auth-cluster")),
+           "REGISTRY_DATABASE_URL": postgres.create_database(f"auth_{uuid.uuid4().hex[:8]}"),
+           "REGISTRY_AUTH_ENABLED": "true",
+           "REGISTRY_AUTH_KEYS_STORE": "database",
+           "REGISTRY_AUTH_KEYS_SECRET_FILE": str(secret)}
+    replicas = [RegistryServer(root / f"replica{i}" / "data", env=env) for i in range(2)]
+    made = subprocess.run(
+        [sys.executable, "-m", "registry", "user", "add", ADMIN[0], "--admin",
+         "--password-stdin", "--data", str(replicas[0].data_dir)],
+        input=ADMIN[1], capture_output=True, text=True, env=replicas[0].env, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    for replica in replicas:
+        replica.launch()
+    for replica in replicas:
+        replica.wait_ready(timeout=60)
+    balancer = TcpProxy("127.0.0.1", replicas[0].port, ("127.0.0.1", replicas[1].port))
+    balancer.start()
+    yield Cluster(replicas, balancer)
+    balancer.stop()
+    for replica in replicas:
+        replica.stop()
+
+
+def token_from(replica: RegistryServer, scope: str) -> str:
+    answer = httpx.get(f"{replica.url}/auth/token", auth=ADMIN, timeout=30,
+                       params={"service": "pocket-registry", "scope": scope})
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["token"])
+
+
+def test_with_auth_docker_logs_in_pushes_and_pulls_through_the_balancer(
+        auth_cluster: Cluster, dockerd: DockerDaemon) -> None:
+    host = auth_cluster.host
+    before = list(auth_cluster.balancer.connections)
+    tag = build_busybox_image(dockerd, f"{host}/admin/secured:v1", layers=2)
+    anonymous = dockerd.docker("push", tag, check=False)
+    assert anonymous.returncode != 0  # no credentials, no push
+    dockerd.docker("login", host, "--username", ADMIN[0], "--password-stdin", input=ADMIN[1])
+    try:
+        pushed = PUSHED.search(dockerd.docker("push", tag).stdout)
+        assert pushed
+        dockerd.docker("rmi", tag)
+        dockerd.docker("pull", tag)
+        assert dockerd.docker("run", "--rm", "--network", "none", tag).returncode == 0
+    finally:
+        dockerd.docker("logout", host, check=False)
+    served = [now - then for now, then in zip(auth_cluster.balancer.connections, before,
+                                              strict=True)]
+    assert all(count > 0 for count in served), served  # both replicas took part
+
+    # A token that one replica issued works on the other, and only within its scope.
+    token = token_from(auth_cluster.replicas[0], "repository:admin/secured:pull")
+    accept = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+    for replica in reversed(auth_cluster.replicas):
+        got = httpx.get(f"{replica.url}/v2/admin/secured/manifests/v1", timeout=30,
+                        headers={**accept, "Authorization": f"Bearer {token}"})
+        assert got.status_code == 200, got.text
+        assert got.headers["Docker-Content-Digest"] == pushed.group(1)
+        beyond = httpx.post(f"{replica.url}/v2/admin/secured/blobs/uploads/", timeout=30,
+                            headers={"Authorization": f"Bearer {token}"})
+        assert beyond.status_code == 401, beyond.text  # pull only: no push with it
+        elsewhere = httpx.get(f"{replica.url}/v2/admin/other/tags/list", timeout=30,
+                              headers={"Authorization": f"Bearer {token}"})
+        assert elsewhere.status_code == 401, elsewhere.text
+    # Both replicas publish the same signing keys.
+    keys = [{key["kid"] for key in httpx.get(f"{r.url}/auth/jwks", timeout=30).json()["keys"]}
+            for r in auth_cluster.replicas]
+    assert keys[0] == keys[1] and keys[0]

@@ -21,7 +21,7 @@ from registry.metadata.tables import (
 
 from support.postgres import PostgresServer
 
-BEFORE = "0006"  # the revision before lifecycle policies (0007, garbage collection, once merged)
+BEFORE = "0007"  # the revision before lifecycle policies (garbage collection)
 
 
 def _digest(n: int) -> str:
@@ -39,7 +39,10 @@ async def _fill(url: str) -> None:
         )
         await conn.execute(
             insert(blobs),
-            [{"digest": _digest(n), "size": 1000 * n, "created_at": now} for n in range(1, 8)],
+            [
+                {"digest": _digest(n), "size": 1000 * n, "created_at": now, "incarnation": "x"}
+                for n in range(1, 8)
+            ],
         )
         # (id, repository id, digest number, size, [(kind, digest number)])
         rows = [

@@ -271,3 +271,77 @@ async def test_append_refuses_offset_past_the_stored_bytes(driver: StorageDriver
     with pytest.raises(StorageError):
         await driver.append("up/data", 10)
     assert await read_all(driver, "up/data") == b"abc"
+
+
+# Garbage collection and fsck (delete_many, walk, abort_abandoned) -----------------------------
+
+
+async def test_delete_many(driver: StorageDriver) -> None:
+    for key in ("b/1/data", "b/2/data", "b/3/data"):
+        await driver.put(key, key.encode())
+    await driver.delete_many(["b/1/data", "b/3/data", "b/absent/data"])  # absent: no error
+    assert await driver.stat("b/1/data") is None and await driver.stat("b/3/data") is None
+    assert await read_all(driver, "b/2/data") == b"b/2/data"
+    await driver.delete_many([])
+
+
+async def test_delete_many_refuses_an_unsafe_key_before_deleting_any(
+    driver: StorageDriver,
+) -> None:
+    await driver.put("keep/data", b"x")
+    with pytest.raises(StorageError):
+        await driver.delete_many(["keep/data", "../escape"])
+    assert await driver.stat("keep/data") == 1
+
+
+async def test_walk(driver: StorageDriver) -> None:
+    await driver.put("w/a/data", b"1")
+    await driver.put("w/b/c/data", b"22")
+    await driver.put("other/data", b"333")
+    found = {item.key: item for item in [i async for i in driver.walk("w")]}
+    assert set(found) == {"w/a/data", "w/b/c/data"}
+    assert (found["w/a/data"].size, found["w/b/c/data"].size) == (1, 2)
+    for item in found.values():
+        assert item.modified.tzinfo is not None
+    assert [i async for i in driver.walk("nothing")] == []
+
+
+async def test_walk_pages_through_many_objects(driver: StorageDriver) -> None:
+    for index in range(1200):  # more than a page of S3 listing, a batch of the filesystem walk
+        await driver.put(f"many/{index:05d}", b"")
+    keys = [item.key async for item in driver.walk("many")]
+    assert sorted(keys) == [f"many/{index:05d}" for index in range(1200)]
+
+
+@pytest.mark.parametrize("size", [3 * MiB, 7 * MiB])
+async def test_a_write_committed_in_place_leaves_only_its_object(
+    driver: StorageDriver, size: int
+) -> None:
+    """A streamed push writes toward its destination (S3: a multipart upload there, with a
+    tail object beside it under 5 MiB) and commits in place: afterwards nothing but the
+    object is stored, since nothing else ever deletes under a blob's key."""
+    data = os.urandom(size)
+    writer = await driver.append("uploads/u/data", 0, None, destination="blobs/b/data")
+    await writer.write(data)
+    state = await writer.close()
+    await driver.commit("uploads/u/data", state, "blobs/b/data")
+    await driver.delete("uploads/u")
+    assert await read_all(driver, "blobs/b/data") == data
+    assert [item.key async for item in driver.walk("blobs")] == ["blobs/b/data"]
+    assert [item.key async for item in driver.walk("uploads")] == []
+
+
+async def test_abort_abandoned_leaves_uploads_in_flight(driver: StorageDriver) -> None:
+    """Only writes begun before the cutoff go; none of a finished object's bytes."""
+    from datetime import UTC, datetime, timedelta
+
+    await driver.put("blobs/done/data", b"kept")
+    writer = await driver.append("uploads/v/data", 0, None, destination="blobs/c/data")
+    await writer.write(os.urandom(6 * MiB))
+    state = await writer.close()
+    past = datetime.now(UTC) - timedelta(hours=1)
+    assert await driver.abort_abandoned(past) == 0  # begun after the cutoff: in flight
+    await driver.commit("uploads/v/data", state, "blobs/c/data")
+    assert await driver.stat("blobs/c/data") == 6 * MiB
+    assert await driver.abort_abandoned(datetime.now(UTC) + timedelta(hours=1)) == 0
+    assert await driver.stat("blobs/done/data") == 4

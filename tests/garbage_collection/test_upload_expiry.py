@@ -1,5 +1,6 @@
-"""`registry.maintenance`: abandoned uploads go with their bytes, on disk and on S3 (where their
-multipart uploads are aborted), and so do multipart uploads a crashed push left at a blob key."""
+"""Upload expiry (a step of every collection, and the background upkeep when collection is
+off): abandoned uploads go with their bytes, on disk and on S3 (where their multipart uploads
+are aborted), and so do multipart uploads a crashed push left at a blob key."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 from registry.app import build_services
 from registry.auth import AllowAll
 from registry.config import load_config
-from registry.maintenance import purge_stale_uploads
+from registry.gc import collector as collector_module
+from registry.gc.collector import build_collector
 from registry.metadata.db import upgrade_schema_async
 from registry.oci.digest import Digest
 from registry.storage import layout
@@ -62,13 +64,14 @@ async def test_expired_sessions_leave_nothing_behind(
         await orphan.close()
         fresh = await services.metadata.create_upload("maint/repo")
 
-        assert await purge_stale_uploads(services) == 0  # nothing is old enough yet
+        collector = build_collector(config, services.blobs, db)
+        assert await collector.expire_uploads() == 0  # nothing is old enough yet
         assert seaweedfs is None or seaweedfs.multipart_uploads(bucket)  # type: ignore[attr-defined]
-        import registry.maintenance as maintenance
 
-        later = maintenance.now() + timedelta(seconds=config.limits.upload_expiry_seconds + 1)
-        monkeypatch.setattr(maintenance, "now", lambda: later)
-        assert await purge_stale_uploads(services) == 2
+        later = collector_module.now() + timedelta(seconds=config.limits.upload_expiry_seconds + 1)
+        monkeypatch.setattr(collector_module, "now", lambda: later)
+        # Two sessions, and on S3 the multipart upload at the blob's key.
+        assert await collector.expire_uploads() == (3 if seaweedfs is not None else 2)
         assert await services.metadata.get_upload("maint/repo", upload.id) is None
         assert await services.metadata.get_upload("maint/repo", fresh.id) is None
         if seaweedfs is not None:
