@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from registry.metadata.identity import now
-from registry.metadata.retentionstore import RetentionStore
+from registry.metadata.retentionstore import RepositoryRow, RetentionStore
 from registry.policies.retention import decide_tags
-from registry.policies.rules import governing
+from registry.policies.rules import RetentionPolicy, format_duration, governing
 from registry.policies.service import Policies
 
 log = logging.getLogger("registry.policies")
 PAGE = 200
 LISTED = 10_000  # entries a report lists at most (the counts are complete)
+MAX_PASSES = 5  # deletions of untagged manifests per repository and run
 
 
 @dataclass
@@ -65,16 +67,42 @@ class Retention:
                 report.tags_kept += sum(d.keep for d in decisions)
                 doomed = {(d.tag, d.digest): d.reason for d in decisions if not d.keep}
                 if doomed and not dry_run:
-                    removed = await self.store.remove_tags(repository.id, list(doomed))
+                    removed = await self.store.remove_tags(repository.id, list(doomed), stamp)
                     doomed = {key: doomed[key] for key in removed}
                 report.tags_removed += len(doomed)
                 for (tag, digest), reason in doomed.items():
                     if len(report.removed) < LISTED:
                         entry = {"tag": tag, "digest": digest, "reason": reason}
                         report.removed.append({"repository": repository.name, **entry})
-        if report.tags_removed and not dry_run:
+                if policy.untagged_after is not None:
+                    await self._untagged(report, repository, policy, list(doomed), stamp)
+        if (report.tags_removed or report.manifests_deleted) and not dry_run:
             log.info(
-                "retention: removed %d tag(s) in %d repositories",
-                report.tags_removed, report.repositories,
+                "retention: removed %d tag(s) and deleted %d manifest(s) in %d repositories",
+                report.tags_removed, report.manifests_deleted, report.repositories,
             )  # fmt: skip
         return report
+
+    async def _untagged(
+        self,
+        report: RetentionReport,
+        repository: RepositoryRow,
+        policy: RetentionPolicy,
+        removed: list[tuple[str, str]],
+        stamp: datetime,
+    ) -> None:
+        """Delete the manifests untagged for `untagged_after`. Again while a pass deletes
+        something: an index deleted queues its platform manifests, which may go too."""
+        assert policy.untagged_after is not None
+        cutoff = stamp - timedelta(seconds=policy.untagged_after)
+        reason = f"untagged for {format_duration(policy.untagged_after)} and reached by no tag"
+        for _pass in range(1 if report.dry_run else MAX_PASSES):
+            deleted = await self.store.delete_untagged(
+                repository.id, cutoff, report.dry_run, removed, policy.untagged_after == 0
+            )
+            report.manifests_deleted += len(deleted)
+            for digest in deleted[: max(0, LISTED - len(report.deleted))]:
+                entry = {"repository": repository.name, "digest": digest, "reason": reason}
+                report.deleted.append(entry)
+            if not deleted:
+                return

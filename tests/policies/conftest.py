@@ -22,6 +22,7 @@ from support.server import RegistryServer
 
 ADMIN = ("root", "root-password-" + uuid.uuid4().hex[:8])
 ENV = {
+    "REGISTRY_GC_ENABLED": "false",  # retention runs when a test asks, never on a schedule
     "REGISTRY_AUTH_ENABLED": "true",
     "REGISTRY_AUTH_LOGIN_FAILURES_PER_ADDRESS": "100000",
 }

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from api.helpers import push_image, push_manifest
+from api.helpers import index_manifest, push_image, push_manifest
 
 from policies.conftest import ADMIN, PolicyRegistry, namespace
 
@@ -90,3 +90,69 @@ def test_running_retention_is_for_admins_and_checks_its_body(
     assert bad.status_code == 400
     anonymous = httpx.post(f"{policy_registry.url}/auth/admin/retention/run", json={})
     assert anonymous.status_code == 401
+
+
+def untagged_digests(report: dict[str, Any], repo: str) -> list[str]:
+    return sorted(e["digest"] for e in report["deleted"] if e["repository"] == repo)
+
+
+def test_untagged_manifests_go_but_never_the_children_of_a_kept_index(
+    policy_registry: PolicyRegistry, client: httpx.Client
+) -> None:
+    repo = f"{namespace()}/app"
+    amd64, arm64 = push_image(client, repo), push_image(client, repo)  # by digest
+    index = push_manifest(
+        client, repo, "multi", index_manifest([amd64.descriptor(), arm64.descriptor()])
+    )
+    orphan = push_image(client, repo)  # pushed without a tag
+    signed = push_image(client, repo, "signed")
+    signature = push_image(client, repo, subject=signed.descriptor())  # a referrer
+
+    set_policy(policy_registry, pattern=repo, untagged_after="1d")
+    assert untagged_digests(run(policy_registry, dry_run=False), repo) == []  # too recent
+
+    set_policy(policy_registry, pattern=repo, untagged_after="0s")
+    preview = run(policy_registry, dry_run=True)
+    assert untagged_digests(preview, repo) == [orphan.digest]
+    assert client.get(f"/v2/{repo}/manifests/{orphan.digest}").status_code == 200
+    done = run(policy_registry, dry_run=False)
+    assert untagged_digests(done, repo) == [orphan.digest]
+    assert client.get(f"/v2/{repo}/manifests/{orphan.digest}").status_code == 404
+    for kept in (amd64, arm64, index, signed, signature):
+        assert client.get(f"/v2/{repo}/manifests/{kept.digest}").status_code == 200
+
+    # Untagged, the index goes, and its platform manifests with it (in the same run).
+    assert client.delete(f"/v2/{repo}/manifests/multi").status_code == 202
+    preview = run(policy_registry, dry_run=True)
+    assert untagged_digests(preview, repo) == sorted([index.digest, amd64.digest, arm64.digest])
+    done = run(policy_registry, dry_run=False)
+    assert untagged_digests(done, repo) == sorted([index.digest, amd64.digest, arm64.digest])
+    for gone in (amd64, arm64, index):
+        assert client.get(f"/v2/{repo}/manifests/{gone.digest}").status_code == 404
+    assert client.get(f"/v2/{repo}/manifests/{signature.digest}").status_code == 200
+
+
+def test_retention_runs_with_garbage_collection(
+    policy_registry: PolicyRegistry, client: httpx.Client
+) -> None:
+    ns = namespace()
+    repo = f"{ns}/app"
+    first = push_image(client, repo, "first")
+    push_image(client, repo, "second")
+    set_policy(policy_registry, pattern=f"{ns}/*", keep_last=1, untagged_after="0s")
+
+    preview = policy_registry.admin_api("POST", "/gc", json={"dry_run": True})
+    assert preview.status_code == 200, preview.text
+    figures = preview.json()
+    mine = [e for e in figures["retention"]["removed"] if e["repository"] == repo]
+    assert [e["tag"] for e in mine] == ["first"]
+    assert f"{repo}@{first.digest}" in figures["deleted_manifests"]  # untagged by this run
+    assert tags_of(client, repo) == ["first", "second"]
+
+    done = policy_registry.admin_api("POST", "/gc", json={"dry_run": False})
+    assert done.status_code == 200, done.text
+    assert f"{repo}@{first.digest}" in done.json()["deleted_manifests"]
+    assert tags_of(client, repo) == ["second"]
+    assert client.get(f"/v2/{repo}/manifests/{first.digest}").status_code == 404
+    usage = policy_registry.cli("usage", ns, "--check")
+    assert "0 wrong" in usage
