@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from auth.helpers import run_cli
 
@@ -16,10 +17,16 @@ from support.server import RegistryServer
 
 pytestmark = pytest.mark.clients
 
+ENV = {
+    "REGISTRY_GC_ENABLED": "false",  # only the runs the tests ask for
+    "REGISTRY_GC_BLOB_GRACE_SECONDS": "0",
+}
+ACCEPT = "application/vnd.docker.distribution.manifest.v2+json"
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    server = RegistryServer(tmp_path_factory.mktemp("docker-policies") / "data")
+    server = RegistryServer(tmp_path_factory.mktemp("docker-policies") / "data", env=ENV)
     server.start()
     yield server
     server.stop()
@@ -108,3 +115,44 @@ def test_retention_keeps_what_its_rules_keep(dockerd: DockerDaemon, server: Regi
     for tag in ("stable", "new-1", "other"):  # stable and new-1 are the same image as old-1
         dockerd.docker("rmi", f"{repo}:{tag}")
         dockerd.docker("pull", f"{repo}:{tag}")
+
+
+def blobs_of(server: RegistryServer, repository: str, tag: str) -> list[str]:
+    answer = httpx.get(
+        f"{server.url}/v2/{repository}/manifests/{tag}", headers={"Accept": ACCEPT}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    doc = answer.json()
+    return [doc["config"]["digest"], *(layer["digest"] for layer in doc["layers"])]
+
+
+def on_disk(server: RegistryServer, digest: str) -> bool:
+    algorithm, encoded = digest.split(":", 1)
+    return (server.data_dir / "storage" / "blobs" / algorithm / encoded[:2] / encoded).is_dir()
+
+
+def test_retention_with_garbage_collection_frees_what_only_removed_tags_held(
+    dockerd: DockerDaemon, server: RegistryServer
+) -> None:
+    repo = f"{server.host}/pruned/app"
+    for tag in ("old", "new"):
+        build_busybox_image(dockerd, f"{repo}:{tag}", layers=2)
+        dockerd.docker("push", f"{repo}:{tag}")
+    old, new = blobs_of(server, "pruned/app", "old"), blobs_of(server, "pruned/app", "new")
+    assert all(on_disk(server, d) for d in old + new)
+    cli(server, "retention", "set", "pruned/*", "--keep-last", "1", "--untagged-after", "0s")
+
+    preview = json.loads(cli(server, "gc", "--dry-run", "--json"))
+    assert [e["tag"] for e in preview["retention"]["removed"]] == ["old"]
+    assert all(on_disk(server, d) for d in old)
+
+    # Untags old and deletes its manifest; its blobs, unreferenced, go in the same run.
+    report = json.loads(cli(server, "gc", "--json"))
+    assert report["tags_removed"] == 1 and report["blobs_deleted"] == len(old)
+    assert not any(on_disk(server, d) for d in old)
+    assert all(on_disk(server, d) for d in new)
+    dockerd.docker("rmi", f"{repo}:old", f"{repo}:new")
+    gone = dockerd.docker("pull", f"{repo}:old", check=False)
+    assert gone.returncode != 0
+    dockerd.docker("pull", f"{repo}:new")
+    dockerd.docker("run", "--rm", "--network", "none", f"{repo}:new")
