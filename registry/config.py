@@ -112,6 +112,9 @@ class GCConfig:
     untagged_manifests: bool = False  # also collect manifests no tag reaches
     manifest_grace_seconds: int = 86400
     batch_size: int = 100  # review entries per transaction
+    # One background run at a time over all replicas and workers (the first to offer within
+    # the interval); off: each collects on its own timer, all at once.
+    exclusive: bool = True
 
 
 # Lifecycle policies (registry/policies/): defaults under the ones kept in the database.

@@ -113,26 +113,45 @@ class Collector:
         """One whole run; waits for a run of this process already going."""
         async with self._running:
             report = Report(trigger, dry_run)
-            started = time.monotonic()
             report.run_id = await self.store.start_run(trigger, dry_run, self.host)
-            try:
-                await self._resume_deletions(report)
-                await self._expire_uploads(report)
-                if self.retention is not None:
-                    await self._retain(report)
-                if self.settings.untagged_manifests:
-                    await self._manifests(report)
-                await self._blobs(report)
-                report.status = "ok" if not report.errors else "failed"
-            except Exception as exc:
-                log.exception("garbage collection failed")
-                report.status = "failed"
-                report.errors.append(f"{type(exc).__name__}: {exc}")
-            finally:
-                report.finished_at = now()
-                report.seconds = round(time.monotonic() - started, 3)
-                await asyncio.shield(self._record(report))
-            return report
+            return await self._go(report)
+
+    async def run_scheduled(self) -> Report | None:
+        """The background run, unless another replica's or worker's started within the
+        interval or is still going (`gc.exclusive`): then None. Runs asked for by hand
+        (`registry gc`, the admin API) are never skipped."""
+        if not self.settings.exclusive:
+            return await self.run("schedule")
+        async with self._running:
+            since = now() - timedelta(seconds=self.settings.interval_seconds * 0.9)
+            run_id = await self.store.claim_scheduled_run(self.host, since, now() - DELETE_LEASE)
+            if run_id is None:
+                return None
+            report = Report("schedule", dry_run=False)
+            report.run_id = run_id
+            return await self._go(report)
+
+    async def _go(self, report: Report) -> Report:
+        """The body of a run whose record is started: its steps, then its record finished."""
+        started = time.monotonic()
+        try:
+            await self._resume_deletions(report)
+            await self._expire_uploads(report)
+            if self.retention is not None:
+                await self._retain(report)
+            if self.settings.untagged_manifests:
+                await self._manifests(report)
+            await self._blobs(report)
+            report.status = "ok" if not report.errors else "failed"
+        except Exception as exc:
+            log.exception("garbage collection failed")
+            report.status = "failed"
+            report.errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            report.finished_at = now()
+            report.seconds = round(time.monotonic() - started, 3)
+            await asyncio.shield(self._record(report))
+        return report
 
     async def _record(self, report: Report) -> None:
         assert report.run_id is not None

@@ -1,6 +1,8 @@
-"""Background collection: a run every `gc.interval_seconds` in each replica (their batches
-skip each other's locked rows, so replicas need not agree on who collects). With `gc.enabled`
-off, only abandoned uploads are still dropped, as before collection existed."""
+"""Background collection: every `gc.interval_seconds` each worker of each replica offers to
+run, and with `gc.exclusive` (the default) only the first within the interval does, so that
+the database carries one collector's batches at a time. (Runs of several collectors at once
+are safe all the same: their batches skip each other's locked rows.) With `gc.enabled` off,
+only abandoned uploads are still dropped, as before collection existed."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ async def run_periodically(collector: Collector, enabled: bool, interval_seconds
     while True:
         try:
             if enabled:
-                await collector.run("schedule")
+                await collector.run_scheduled()
             else:
                 await collector.expire_uploads()
         except Exception:  # upkeep must never take the server down

@@ -36,6 +36,8 @@ from registry.metadata.tables import (
 # Manifest batches of several replicas take turns (PostgreSQL advisory lock, per
 # transaction): each upserts review entries that another could be holding.
 _MANIFEST_BATCH_LOCK = 0x67636D66
+# Claims of the background run (`claim_scheduled_run`) take turns likewise.
+_SCHEDULE_LOCK = 0x67637363
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +359,30 @@ class GCStore:
         }  # fmt: skip
         async with self.db.write() as conn:
             result = await conn.execute(insert(gc_runs).values(values).returning(gc_runs.c.id))
+            return int(result.scalar_one())
+
+    async def claim_scheduled_run(
+        self, host: str, since: datetime, lease: datetime
+    ) -> int | None:
+        """Start a background run unless another one (of any replica or worker) started
+        after `since`, or is still running and started after `lease`: then None. One
+        collector at a time keeps a run's share of the database to one collector's."""
+        c = gc_runs.c
+        recent = select(c.id).where(
+            c.trigger == "schedule",
+            or_(c.started_at > since, and_(c.status == "running", c.started_at > lease)),
+        )
+        async with self.db.write() as conn:
+            if self.db.dialect == "postgresql":  # (SQLite: BEGIN IMMEDIATE serializes these)
+                await conn.execute(select(func.pg_advisory_xact_lock(_SCHEDULE_LOCK)))
+            if (await conn.execute(recent.limit(1))).first() is not None:
+                return None
+            values = {
+                "started_at": now(), "trigger": "schedule", "dry_run": False,
+                "status": "running", "host": host[:255], "blobs_deleted": 0,
+                "bytes_reclaimed": 0, "manifests_deleted": 0, "uploads_expired": 0,
+            }  # fmt: skip
+            result = await conn.execute(insert(gc_runs).values(values).returning(c.id))
             return int(result.scalar_one())
 
     async def finish_run(self, run_id: int, status: str, figures: dict[str, Any]) -> None:

@@ -4,13 +4,15 @@ a run reports and records. Time passes by dating review entries back (`Stack.age
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import update
 
 from garbage_collection.conftest import Stack
+from registry.gc.collector import DELETE_LEASE
 from registry.metadata.store import now
-from registry.metadata.tables import blobs, uploads
+from registry.metadata.tables import blobs, gc_runs, uploads
 from registry.oci import mediatypes as mt
 from registry.oci.digest import Digest
 
@@ -327,3 +329,39 @@ class TestSettings:
         assert report.blobs_deleted == 25 and report.blobs_examined == 25
         assert not any(stack.stored(d) for d in digests)
         assert (await stack.rows("SELECT count(*) FROM blobs")) == [(0,)]
+
+
+async def _date_runs(stack: Stack, seconds: float, status: str | None = None) -> None:
+    """Move every run's start `seconds` back (time passing, without waiting)."""
+    values: dict[str, object] = {"started_at": now() - timedelta(seconds=seconds)}
+    if status is not None:
+        values["status"] = status
+    async with stack.db.write() as conn:
+        await conn.execute(update(gc_runs).values(**values))
+
+
+async def test_one_background_run_at_a_time_over_all_collectors(stack: Stack) -> None:
+    """Two workers' (or replicas') timers: the first to offer within the interval runs, the
+    other skips; a run still going blocks the next until the deletion lease has passed."""
+    first, second = (stack.collector(interval_seconds=60) for _ in range(2))
+    gone = await stack.upload("excl/a", b"nothing refers to this")
+    await stack.age(2 * 86400)  # past the default grace period
+    report = await first.run_scheduled()
+    assert report is not None and report.blobs_deleted == 1 and not stack.stored(gone)
+    assert await second.run_scheduled() is None  # the interval has not passed
+    await _date_runs(stack, 1_000)  # it has
+    assert await second.run_scheduled() is not None
+    await _date_runs(stack, 300, status="running")  # still going, past the interval
+    assert await first.run_scheduled() is None
+    await _date_runs(stack, DELETE_LEASE.total_seconds() + 60, status="running")  # one that died
+    assert await first.run_scheduled() is not None
+    # Asked for by hand, a run never waits its turn.
+    assert (await second.run("cli")).status == "ok"
+    scheduled = await stack.rows("SELECT count(*) FROM gc_runs WHERE trigger = 'schedule'")
+    assert scheduled == [(3,)]
+
+
+async def test_without_exclusive_every_timer_runs(stack: Stack) -> None:
+    first, second = (stack.collector(interval_seconds=600, exclusive=False) for _ in range(2))
+    assert await first.run_scheduled() is not None
+    assert await second.run_scheduled() is not None

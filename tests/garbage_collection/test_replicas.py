@@ -48,6 +48,7 @@ COLLECTING = {
     "REGISTRY_GC_UNTAGGED_MANIFESTS": "true",
     "REGISTRY_GC_MANIFEST_GRACE_SECONDS": "0",
     "REGISTRY_GC_BATCH_SIZE": "1",  # many short batches: collecting most of the time
+    "REGISTRY_GC_EXCLUSIVE": "false",  # both replicas collect at once, on their own timers
 }
 
 
