@@ -28,9 +28,13 @@ from registry.gc.schedule import run_periodically
 from registry.health import Probes, start_metrics_listener
 from registry.lifecycle import Draining, run_dir_from_environment
 from registry.metadata.db import Database
+from registry.metadata.policystore import PolicyStore
 from registry.metadata.store import MetadataStore
 from registry.metrics import Metrics
 from registry.observe import RequestObserver
+from registry.policies.admin_api import policy_routes
+from registry.policies.pulls import PullRecorder
+from registry.policies.service import Policies
 from registry.storage.blobstore import BlobStore
 from registry.storage.driver import StorageDriver, StorageError, StorageFull, StorageUnavailable
 from registry.storage.filesystem import FilesystemDriver
@@ -195,8 +199,14 @@ def build_services(
     blobs = BlobStore(driver, buffer_bytes=config.limits.upload_buffer_bytes)
     if access is None:  # token auth when auth.enabled, else none (loopback only)
         access = access_controller(config, db)
+    policy_store = PolicyStore(db)
     services = Services(
-        config=config, blobs=blobs, metadata=MetadataStore(db), access=access or AllowAll()
+        config=config,
+        blobs=blobs,
+        metadata=MetadataStore(db),
+        access=access or AllowAll(),
+        policies=Policies(policy_store, config.policies),
+        pulls=PullRecorder(policy_store),
     )
     return services, db
 
@@ -225,6 +235,7 @@ def create_app(
                 run_periodically(collector, config.gc.enabled, config.gc.interval_seconds)
             ),
             asyncio.create_task(metrics.sample_pool(db)),
+            asyncio.create_task(services.pulls.run(config.policies.pull_stats_flush_seconds)),
         ]
         keys = signing_keys(services.access)
         if keys is not None:
@@ -253,6 +264,7 @@ def create_app(
             *ROUTES,
             *auth_routes(config),
             *gc_routes(config),
+            *policy_routes(config),
         ],
         lifespan=lifespan,
         exception_handlers={

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     from registry.auth.key_commands import add_commands as add_key_commands
 
     add_key_commands(commands)
+    from registry.policies.cli import add_commands as add_policy_commands
+
+    add_policy_commands(commands)
     return parser
 
 

@@ -117,6 +117,16 @@ class GCConfig:
     exclusive: bool = True
 
 
+# Lifecycle policies (registry/policies/): defaults under the ones kept in the database.
+@dataclass
+class PoliciesConfig:
+    # [{pattern, keep_last, keep_tags, keep_pulled_within, keep_pushed_within, untagged_after}]
+    retention: list[dict[str, Any]] = field(default_factory=list)
+    immutable_tags: list[dict[str, Any]] = field(default_factory=list)  # [{pattern, tags}]
+    default_quota: str = ""  # every namespace without a quota of its own: "10GiB"; "": none
+    pull_stats_flush_seconds: int = 10  # how often each process writes its pull counts
+
+
 # Authentication (registry/auth/). Off by default, which is allowed only on a loopback address.
 @dataclass
 class AuthConfig:
@@ -152,6 +162,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     gc: GCConfig = field(default_factory=GCConfig)
+    policies: PoliciesConfig = field(default_factory=PoliciesConfig)
 
     @property
     def storage_root(self) -> Path:

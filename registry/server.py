@@ -22,6 +22,7 @@ from registry.lifecycle import Draining, GracefulServer, GracefulSupervisor, run
 from registry.metadata.db import upgrade_schema
 from registry.metrics import prepare_multiprocess
 from registry.observe import logging_config
+from registry.policies.service import configured_rules
 from registry.tls import TlsFiles, listener_context
 from registry.tls import check as check_tls
 
@@ -59,6 +60,7 @@ def serve(config: Config, workers: int | None = None) -> int:
     host, port = config.host_port
     config.check()  # an unknown storage driver, or S3 without a bucket: refused up front
     check_operations(config)
+    configured_rules(config.policies)  # retention, immutable tags, quota: refused up front
     log_config = logging_config(config.server.log_format, config.server.log_level)
     logging.config.dictConfig(log_config)  # this process's lines too, in the chosen format
     secure_data(config)  # owner-only files from here on, whatever the umask

@@ -15,6 +15,8 @@ from registry.errors import DigestInvalid, NameInvalid, Unsupported
 from registry.metadata.store import MetadataStore
 from registry.oci.digest import Digest, DigestError
 from registry.oci.names import is_repository_name
+from registry.policies.pulls import PullRecorder
+from registry.policies.service import Policies
 from registry.storage.blobstore import BlobStore
 
 
@@ -24,6 +26,8 @@ class Services:
     blobs: BlobStore
     metadata: MetadataStore
     access: AccessController
+    policies: Policies
+    pulls: PullRecorder
     upload_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
     )

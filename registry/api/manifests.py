@@ -57,6 +57,10 @@ async def get_manifest(request: Request) -> Response:
     stored = await svc.metadata.get_manifest(name, str(digest) if digest else reference)
     if stored is None:
         await _raise_unknown(svc, name, reference)
+    if request.method == "GET" or digest is None:  # pull statistics (policies/pulls.py)
+        svc.pulls.record(
+            name, reference if digest is None else stored.digest, request.method == "GET"
+        )
     headers = digest_headers(stored.digest, len(stored.content), stored.media_type)
     body = b"" if request.method == "HEAD" else stored.content
     return Response(body, 200, headers=headers)
@@ -97,6 +101,9 @@ async def put_manifest(request: Request) -> Response:
     if by_digest is not None:
         tag_names = _extra_tags(request)
     blobs, children = _references(manifest)
+    check = svc.policies.push_check(
+        name, str(digest), len(content), _blob_digests(manifest), tag_names
+    )
     missing = await svc.metadata.put_manifest(
         name,
         str(digest),
@@ -105,6 +112,7 @@ async def put_manifest(request: Request) -> Response:
         tag_names,
         required_blobs=blobs,
         required_manifests=children,
+        check=check,
     )
     if missing is not None:
         _raise_missing(missing)
@@ -130,6 +138,12 @@ def _extra_tags(request: Request) -> list[str]:
         if not is_tag(tag):
             raise ManifestInvalid("invalid tag", detail={"tag": tag[:200]})
     return tag_names
+
+
+def _blob_digests(manifest: Manifest) -> list[str]:
+    """The blobs a manifest adds to its namespace's usage: its config and layers."""
+    config = [manifest.config.digest] if manifest.config else []
+    return config + [layer.digest for layer in manifest.layers]
 
 
 def _references(manifest: Manifest) -> tuple[list[str], list[str]]:
@@ -160,8 +174,10 @@ async def delete_manifest(request: Request) -> Response:
     svc = await authorize(request, name, ("delete",))
     require_deletes(svc)
     if digest is not None:
+        await svc.policies.check_delete_manifest(name, str(digest))  # its tags go with it
         deleted = await svc.metadata.delete_manifest(name, str(digest))
     else:
+        await svc.policies.check_delete_tag(name, reference)
         deleted = await svc.metadata.delete_tag(name, reference)
     if not deleted:
         await _raise_unknown(svc, name, reference)

@@ -153,6 +153,7 @@ async def start_upload(request: Request) -> Response:
         )
         if mounted is not None:
             return mounted
+    await svc.policies.check_upload(name)  # a namespace at its quota takes no new bytes
     upload = await svc.metadata.create_upload(name)
     if "digest" in params:
         digest = parse_digest(params["digest"])

@@ -58,12 +58,20 @@ def _command(main: Main) -> Callable[[argparse.Namespace], int]:
 
 
 async def _gc(config: Config, blobs: BlobStore, db: Database, args: argparse.Namespace) -> int:
-    from registry.gc.collector import build_collector
+    from registry.gc.collector import SAMPLE, build_collector
 
     report = await build_collector(config, blobs, db).run("cli", dry_run=args.dry_run)
     if args.json:
         print(json.dumps(report.figures(), indent=2))
     else:
+        for entry in report.retention.get("removed", []):
+            print(f"tag      {entry['repository']}:{entry['tag']}  {entry['reason']}")
+        for entry in report.retention.get("deleted", []):
+            print(f"manifest {entry['repository']}@{entry['digest']}  {entry['reason']}")
+        if report.tags_removed:
+            verb = "would remove" if report.dry_run else "removed"
+            more = f" (the first {SAMPLE} listed)" if report.tags_removed > SAMPLE else ""
+            print(f"retention {verb} {report.tags_removed} tags{more}")
         would = "would delete" if report.dry_run else "deleted"
         print(
             f"garbage collection {report.run_id}{' (dry run)' if report.dry_run else ''}: "

@@ -1,5 +1,6 @@
-"""One garbage collection run: finish abandoned deletions, expire uploads, collect untagged
-manifests (by policy), then unreferenced blobs; recorded in `gc_runs`.
+"""One garbage collection run: finish abandoned deletions, expire uploads, apply the retention
+policies (registry/policies/runner.py), collect untagged manifests (by policy), then
+unreferenced blobs; recorded in `gc_runs`.
 
 The rules that make this safe beside pushes are in the package docstring. Here: batches,
 the pauses between them, what a run reports, and one run at a time per process (replicas
@@ -21,8 +22,12 @@ from typing import Any, TypeVar
 from registry.config import Config, ConfigError, GCConfig
 from registry.metadata.db import Database
 from registry.metadata.gcstore import Doomed, GCStore
+from registry.metadata.policystore import PolicyStore
+from registry.metadata.retentionstore import RetentionStore
 from registry.metadata.store import now
 from registry.oci.digest import Digest
+from registry.policies.runner import Retention
+from registry.policies.service import Policies
 from registry.storage.blobstore import BlobStore
 from registry.storage.driver import StorageError
 
@@ -60,6 +65,8 @@ class Report:
     errors: list[str] = field(default_factory=list)
     deleted_blobs: list[str] = field(default_factory=list)  # the first SAMPLE
     deleted_manifests: list[str] = field(default_factory=list)  # "repository@digest"
+    tags_removed: int = 0  # by retention policies (registry/policies/)
+    retention: dict[str, Any] = field(default_factory=dict)  # its report, lists cut to SAMPLE
 
     def figures(self) -> dict[str, Any]:
         figures = asdict(self)
@@ -80,9 +87,15 @@ def check_settings(settings: GCConfig) -> None:
 
 class Collector:
     def __init__(
-        self, store: GCStore, blobs: BlobStore, settings: GCConfig, upload_expiry_seconds: int
+        self,
+        store: GCStore,
+        blobs: BlobStore,
+        settings: GCConfig,
+        upload_expiry_seconds: int,
+        retention: Retention | None = None,
     ) -> None:
         check_settings(settings)
+        self.retention = retention
         self.store = store
         self.blobs = blobs
         self.settings = settings
@@ -124,6 +137,8 @@ class Collector:
         try:
             await self._resume_deletions(report)
             await self._expire_uploads(report)
+            if self.retention is not None:
+                await self._retain(report)
             if self.settings.untagged_manifests:
                 await self._manifests(report)
             await self._blobs(report)
@@ -187,6 +202,22 @@ class Collector:
             return False
         await self._held(self.store.forget_blobs([d.digest for d in doomed]))
         return True
+
+    async def _retain(self, report: Report) -> None:
+        """Retention first: the tags it removes and the manifests it deletes queue what they
+        held, which the phases after (and later runs, after the grace periods) collect."""
+        assert self.retention is not None
+        result = await self.retention.run(report.dry_run)
+        report.tags_removed = result.tags_removed
+        report.manifests_deleted += result.manifests_deleted
+        room = SAMPLE - len(report.deleted_manifests)
+        report.deleted_manifests += [f"{e['repository']}@{e['digest']}" for e in result.deleted][
+            :room
+        ]
+        report.errors += result.errors
+        figures = result.figures()
+        figures["removed"], figures["deleted"] = result.removed[:SAMPLE], result.deleted[:SAMPLE]
+        report.retention = figures
 
     async def _expire_uploads(self, report: Report) -> None:
         cutoff = now() - self.upload_expiry
@@ -258,4 +289,5 @@ class Collector:
 
 
 def build_collector(config: Config, blobs: BlobStore, db: Database) -> Collector:
-    return Collector(GCStore(db), blobs, config.gc, config.limits.upload_expiry_seconds)
+    retention = Retention(Policies(PolicyStore(db), config.policies), RetentionStore(db))
+    return Collector(GCStore(db), blobs, config.gc, config.limits.upload_expiry_seconds, retention)

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, tuple_, update
 
+from registry.metadata import usage
 from registry.metadata.db import Database, SQLConnection
 from registry.metadata.reachability import unreachable
 from registry.metadata.reviews import Reviews
@@ -262,7 +263,7 @@ class GCStore:
             batch.deleted = [(names[repo], d) for repo, d in sorted(doomed)]
             if dry_run:
                 return batch
-            await self._delete_manifests(conn, [locked[key] for key in doomed], cutoff)
+            await self.delete_manifests(conn, [locked[key] for key in doomed], cutoff)
             reviewed = sorted(entries - (existing - locked.keys()))
             await conn.execute(
                 delete(gc_manifest_reviews).where(
@@ -273,12 +274,13 @@ class GCStore:
             )
         return batch
 
-    async def _delete_manifests(
+    async def delete_manifests(
         self, conn: SQLConnection, ids: Sequence[int], cutoff: datetime
     ) -> None:
-        """Delete these manifests; queue their children, subjects and referrers (due at once:
-        they lost a relative that was already past its grace period) and their blobs (from
-        now)."""
+        """Delete these manifests (locked by the caller); queue their children, subjects and
+        referrers (due at once: they lost a relative that was already past its grace period)
+        and their blobs (from now). Their namespaces' usage drops with them (usage.py). Also
+        retention's way of deleting untagged manifests (metadata/retentionstore.py)."""
         if not ids:
             return
         gone = (
@@ -305,6 +307,7 @@ class GCStore:
                 )
             )
         ).all()
+        await usage.remove_manifests(conn, ids)
         await conn.execute(delete(manifests).where(manifests.c.id.in_(ids)))
         repository_of = {row[0]: row[1] for row in gone}
         deleted = {(row[1], row[2]) for row in gone}

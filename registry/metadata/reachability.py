@@ -8,7 +8,7 @@ an untagged manifest that no kept index lists and no kept referrer points at.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from sqlalchemy import select
 
@@ -42,19 +42,21 @@ def kept(
     return reached
 
 
-async def unreachable(conn: SQLConnection, repository_id: int) -> set[str]:
-    """Digests of the repository's manifests that no tag reaches, as the database is now."""
+async def unreachable(
+    conn: SQLConnection, repository_id: int, without_tags: Collection[str] = ()
+) -> set[str]:
+    """Digests of the repository's manifests that no tag reaches, as the database is now (or
+    as it would be without the tags `without_tags`: a retention dry run)."""
     rows = await conn.execute(
         select(manifests.c.digest, manifests.c.subject_digest).where(
             manifests.c.repository_id == repository_id
         )
     )
     subject_of: dict[str, str | None] = {row[0]: row[1] for row in rows}
-    tagged = (
-        await conn.execute(
-            select(tags.c.manifest_digest).where(tags.c.repository_id == repository_id).distinct()
-        )
-    ).scalars()
+    tagged_query = select(tags.c.manifest_digest).where(tags.c.repository_id == repository_id)
+    if without_tags:
+        tagged_query = tagged_query.where(tags.c.name.not_in(sorted(without_tags)))
+    tagged = (await conn.execute(tagged_query.distinct())).scalars()
     edges = await conn.execute(
         select(manifests.c.digest, manifest_references.c.digest)
         .select_from(

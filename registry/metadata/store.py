@@ -11,10 +11,11 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 
+from registry.metadata import usage
 from registry.metadata.db import Database, SQLConnection
 from registry.metadata.reviews import (
     Reviews,
@@ -47,6 +48,13 @@ class Upload:
     created_at: datetime
     hash_state: bytes | None = None
     storage_state: str | None = None
+
+
+class PushCheck(Protocol):
+    """What a manifest push must pass inside its own transaction, before anything is
+    stored (registry/policies/service.py: immutable tags, quotas); it raises to refuse."""
+
+    async def __call__(self, conn: SQLConnection, repository_id: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,13 +455,15 @@ class MetadataStore:
         *,
         required_blobs: Sequence[str] = (),
         required_manifests: Sequence[str] = (),
+        check: PushCheck | None = None,
     ) -> MissingReferences | None:
         """Store the manifest (idempotent per repository and digest) and point `tag_names` at it.
 
         `required_blobs` and `required_manifests` must be in the repository (and not being
         collected): they are checked, and share-locked, in the same transaction as the
         manifest is stored, so a collector cannot take them in between. What is missing is
-        returned, and then nothing was stored."""
+        returned, and then nothing was stored. `check` (lifecycle policies) runs once they
+        are all there, before anything is stored, and raises to refuse."""
         stamp = now()
         subject = manifest.subject.digest if manifest.subject else None
         async with self.db.write() as conn:
@@ -472,8 +482,12 @@ class MetadataStore:
             missing_manifests = [d for d in dict.fromkeys(required_manifests) if d not in found]
             if missing_blobs or missing_manifests:
                 return MissingReferences(missing_blobs, missing_manifests)
+            if check is not None:
+                await check(conn, repo_id)
             if digest not in found:
-                await self._insert_manifest_row(conn, repo_id, digest, content, manifest, stamp)
+                await self._insert_manifest_row(
+                    conn, repository, repo_id, digest, content, manifest, stamp
+                )
             await self._set_tags(conn, repo_id, tag_names, digest, stamp)
             if not tag_names:  # untagged (so far): its grace period starts again
                 await self.reviews.queue_manifests(conn, repo_id, [digest], stamp)
@@ -482,6 +496,7 @@ class MetadataStore:
     async def _insert_manifest_row(
         self,
         conn: SQLConnection,
+        repository: str,
         repo_id: int,
         digest: str,
         content: bytes,
@@ -518,6 +533,8 @@ class MetadataStore:
                         for i, (kind, d) in enumerate(references)
                     ],
                 )
+            blob_digests = [d for kind, d in references if kind != "manifest"]
+            await usage.add_manifest(conn, repository, digest, len(content), blob_digests)
             return
         raise RuntimeError(f"manifest {digest} kept appearing and vanishing")
 
@@ -580,6 +597,8 @@ class MetadataStore:
             related = [d for kind, d in references if kind == "manifest"]
             related += [target[1]] if target[1] else []  # the subject of a deleted referrer
             related += referrers.scalars()
+            # (the namespace's turn after the row lock: the order of pushes and collections)
+            await usage.remove_manifests(conn, [target[0]])
             await conn.execute(delete(manifests).where(manifests.c.id == target[0]))
             await conn.execute(
                 delete(tags).where(
@@ -653,4 +672,3 @@ class MetadataStore:
             )
             for r in rows
         ]
-
