@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -188,6 +187,10 @@ class TrustedIssuer:
 
     async def _fetch(self) -> None:
         assert self.jwks_url is not None
+        # Imported here: httpx brings rich, click and pygments along (18 MiB per worker),
+        # and only a registry trusting an external issuer by its JWKS URL needs it.
+        import httpx
+
         self._fetched_at = time.monotonic()
         try:
             async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
