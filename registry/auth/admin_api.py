@@ -75,11 +75,13 @@ def _require_admin(caller: Principal) -> None:
         raise Denied("this needs an admin")
 
 
-async def _body(request: Request) -> dict[str, Any]:
+async def json_object(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    """The request's body, a JSON object of at most `limit` bytes (read no further), or
+    BadRequest. Every admin endpoint's (accounts, garbage collection, policies)."""
     raw = b""
     async for chunk in request.stream():
         raw += chunk
-        if len(raw) > MAX_BODY:
+        if len(raw) > limit:
             raise BadRequest("request body too large")
     try:
         body = json.loads(raw or b"{}")
@@ -163,7 +165,7 @@ async def get_user(request: Request, auth: AuthServices, caller: Principal) -> R
 
 
 async def add_user(request: Request, auth: AuthServices, caller: Principal) -> Response:
-    body = await _body(request)
+    body = await json_object(request)
     name, password = _text(body, "name"), _text(body, "password")
     assert name is not None and password is not None
     await management.add_user(auth.identity, name, password, bool(_flag(body, "admin")))
@@ -173,7 +175,7 @@ async def add_user(request: Request, auth: AuthServices, caller: Principal) -> R
 
 async def update_user(request: Request, auth: AuthServices, caller: Principal) -> Response:
     name = request.path_params["name"]
-    body = await _body(request)
+    body = await json_object(request)
     password, admin = _text(body, "password", required=False), _flag(body, "admin")
     if password is None and admin is None:
         raise BadRequest("give `password` or `admin`")
@@ -205,7 +207,7 @@ async def list_teams(request: Request, auth: AuthServices, caller: Principal) ->
 
 
 async def add_team(request: Request, auth: AuthServices, caller: Principal) -> Response:
-    name = _text(await _body(request), "name")
+    name = _text(await json_object(request), "name")
     assert name is not None
     await auth.identity.create_team(management.check_name("team", name))
     await _changed(request, auth, caller, "team.add", name)
@@ -255,7 +257,7 @@ async def list_grants(request: Request, auth: AuthServices, caller: Principal) -
 
 
 async def add_grant(request: Request, auth: AuthServices, caller: Principal) -> Response:
-    body = await _body(request)
+    body = await json_object(request)
     kind, name = _subject(body)
     pattern, actions = _text(body, "pattern"), _text(body, "actions")
     assert pattern is not None and actions is not None
@@ -279,7 +281,7 @@ async def list_public(request: Request, auth: AuthServices, caller: Principal) -
 
 
 async def add_public(request: Request, auth: AuthServices, caller: Principal) -> Response:
-    pattern = _text(await _body(request), "pattern")
+    pattern = _text(await json_object(request), "pattern")
     assert pattern is not None
     await auth.identity.add_public(management.checked_pattern(pattern))
     await _changed(request, auth, caller, "public.add", pattern)
@@ -324,7 +326,7 @@ async def list_tokens(request: Request, auth: AuthServices, caller: Principal) -
 
 
 async def add_token(request: Request, auth: AuthServices, caller: Principal) -> Response:
-    body = await _body(request)
+    body = await json_object(request)
     name = _text(body, "name")
     assert name is not None
     scopes = body.get("scopes", [])

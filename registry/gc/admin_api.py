@@ -12,7 +12,6 @@ Every request is written to the audit log.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -20,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from registry.auth.accounts import Principal
-from registry.auth.admin_api import PREFIX, BadRequest, Conflict, endpoint
+from registry.auth.admin_api import PREFIX, BadRequest, Conflict, endpoint, json_object
 from registry.auth.controller import client_address
 from registry.auth.services import AuthServices
 from registry.config import Config
@@ -36,17 +35,7 @@ def _collector(request: Request) -> Collector:
 
 
 async def _options(request: Request) -> dict[str, bool]:
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY:
-            raise BadRequest("request body too large")
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, RecursionError):
-        raise BadRequest("the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+    body = await json_object(request, MAX_BODY)
     unknown = set(body) - {"dry_run", "wait"}
     if unknown:
         raise BadRequest(f"unknown field {sorted(unknown)[0]!r}")

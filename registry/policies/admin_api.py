@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from registry.auth.accounts import Principal
-from registry.auth.admin_api import PREFIX, BadRequest, Conflict, NotFound, _body, endpoint
+from registry.auth.admin_api import PREFIX, BadRequest, Conflict, NotFound, endpoint, json_object
 from registry.auth.controller import client_address
 from registry.auth.services import AuthServices
 from registry.config import Config
@@ -79,7 +79,7 @@ async def list_retention(request: Request, auth: AuthServices, caller: Principal
 
 
 async def set_retention(request: Request, auth: AuthServices, caller: Principal) -> Response:
-    policy = rules_io.retention_policy(await _body(request))
+    policy = rules_io.retention_policy(await json_object(request))
     await _policies(request).store.set_retention(rules_io.to_row(policy, now()))
     await _audit(request, auth, caller, "retention.set", policy.pattern)
     return JSONResponse(rules_io.retention_json(policy))
@@ -93,7 +93,7 @@ async def remove_retention(request: Request, auth: AuthServices, caller: Princip
 
 
 async def run_retention(request: Request, auth: AuthServices, caller: Principal) -> Response:
-    body = await _body(request)
+    body = await json_object(request)
     unknown = set(body) - {"dry_run"}
     if unknown:
         raise BadRequest(f"unknown field {sorted(unknown)[0]!r}")
@@ -115,7 +115,7 @@ async def list_immutable(request: Request, auth: AuthServices, caller: Principal
 
 
 async def add_immutable(request: Request, auth: AuthServices, caller: Principal) -> Response:
-    rule = rules_io.immutable_rule(await _body(request))
+    rule = rules_io.immutable_rule(await json_object(request))
     rule_id = await _policies(request).store.add_immutable(rule.pattern, ",".join(rule.tags))
     await _audit(request, auth, caller, "immutable.add", f"{rule.pattern} {','.join(rule.tags)}")
     body = rules_io.immutable_json(rule)
@@ -146,7 +146,7 @@ async def list_quotas(request: Request, auth: AuthServices, caller: Principal) -
 
 
 async def set_quota(request: Request, auth: AuthServices, caller: Principal) -> Response:
-    body = await _body(request)
+    body = await json_object(request)
     unknown = set(body) - {"namespace", "limit"}
     if unknown:
         raise BadRequest(f"unknown field {sorted(unknown)[0]!r}")

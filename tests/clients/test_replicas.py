@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +55,16 @@ def cluster(postgres: PostgresServer, seaweedfs: SeaweedFS,
     name = f"cluster_{uuid.uuid4().hex[:8]}"
     env = {**seaweedfs.settings(seaweedfs.new_bucket("cluster")),
            "REGISTRY_DATABASE_URL": postgres.create_database(name)}
-    root = tmp_path_factory.mktemp("cluster")
+    yield from _running(tmp_path_factory.mktemp("cluster"), env)
+
+
+def _running(root: Path, env: dict[str, str],
+             before: Callable[[list[RegistryServer]], None] | None = None) -> Iterator[Cluster]:
+    """Two replicas on `env` behind a round-robin balancer, for as long as the caller
+    iterates; `before` runs once the replicas are made, before they start."""
     replicas = [RegistryServer(root / f"replica{i}" / "data", env=env) for i in range(2)]
+    if before is not None:
+        before(replicas)
     for replica in replicas:
         replica.launch()
     for replica in replicas:
@@ -202,24 +210,17 @@ def auth_cluster(postgres: PostgresServer, seaweedfs: SeaweedFS,
            "REGISTRY_AUTH_ENABLED": "true",
            "REGISTRY_AUTH_KEYS_STORE": "database",
            "REGISTRY_AUTH_KEYS_SECRET_FILE": str(secret)}
-    replicas = [RegistryServer(root / f"replica{i}" / "data", env=env) for i in range(2)]
-    made = subprocess.run(
-        [sys.executable, "-m", "registry", "user", "add", ADMIN[0], "--admin",
-         "--password-stdin", "--data", str(replicas[0].data_dir)],
-        input=ADMIN[1], capture_output=True, text=True, env=replicas[0].env, timeout=120,
-        check=False,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
-    for replica in replicas:
-        replica.launch()
-    for replica in replicas:
-        replica.wait_ready(timeout=60)
-    balancer = TcpProxy("127.0.0.1", replicas[0].port, ("127.0.0.1", replicas[1].port))
-    balancer.start()
-    yield Cluster(replicas, balancer)
-    balancer.stop()
-    for replica in replicas:
-        replica.stop()
+
+    def add_admin(replicas: list[RegistryServer]) -> None:
+        made = subprocess.run(
+            [sys.executable, "-m", "registry", "user", "add", ADMIN[0], "--admin",
+             "--password-stdin", "--data", str(replicas[0].data_dir)],
+            input=ADMIN[1], capture_output=True, text=True, env=replicas[0].env, timeout=120,
+            check=False,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+
+    yield from _running(root, env, add_admin)
 
 
 def token_from(replica: RegistryServer, scope: str) -> str:
