@@ -174,8 +174,8 @@ async def delete_manifest(request: Request) -> Response:
     svc = await authorize(request, name, ("delete",))
     require_deletes(svc)
     if digest is not None:
-        await svc.policies.check_delete_manifest(name, str(digest))  # its tags go with it
-        deleted = await svc.metadata.delete_manifest(name, str(digest))
+        guard = await svc.policies.manifest_delete_guard(name, str(digest))  # its tags go too
+        deleted = await svc.metadata.delete_manifest(name, str(digest), guard)
     else:
         await svc.policies.check_delete_tag(name, reference)
         deleted = await svc.metadata.delete_tag(name, reference)

@@ -216,16 +216,6 @@ class PolicyStore:
         )
         return (await conn.execute(current.with_for_update())).scalar()
 
-    async def tags_at(self, repository: str, digest: str) -> list[str]:
-        query = (
-            select(tags.c.name)
-            .select_from(tags.join(repositories, repositories.c.id == tags.c.repository_id))
-            .where(repositories.c.name == repository, tags.c.manifest_digest == digest)
-            .order_by(tags.c.name)
-        )
-        async with self.db.read() as conn:
-            return list((await conn.execute(query)).scalars())
-
     # Pull statistics ------------------------------------------------------------------------
 
     async def add_pulls(

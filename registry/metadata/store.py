@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -565,9 +565,15 @@ class MetadataStore:
         values = {"repository_id": repo_id, "name": tag, "manifest_digest": digest}
         await conn.execute(self._upsert_tag, {**values, "updated_at": stamp})
 
-    async def delete_manifest(self, repository: str, digest: str) -> bool:
+    async def delete_manifest(
+        self,
+        repository: str,
+        digest: str,
+        guard: Callable[[list[str]], None] | None = None,
+    ) -> bool:
         """Delete a manifest and every tag pointing at it; what it referred to is queued for
-        garbage collection."""
+        garbage collection. `guard`, given those tags once the manifest's row is locked, may
+        raise to refuse (immutable tags): nothing is deleted then."""
         stamp = now()
         async with self.db.write() as conn:
             repo_id = await self.repository_id(repository, conn)
@@ -582,6 +588,13 @@ class MetadataStore:
             ).first()
             if target is None:
                 return False
+            if guard is not None:
+                at_digest = (
+                    select(tags.c.name)
+                    .where(tags.c.repository_id == repo_id, tags.c.manifest_digest == digest)
+                    .order_by(tags.c.name)
+                )
+                guard(list((await conn.execute(at_digest)).scalars()))
             references = (
                 await conn.execute(
                     select(manifest_references.c.kind, manifest_references.c.digest).where(

@@ -10,7 +10,7 @@ take turns (an advisory lock on PostgreSQL; SQLite runs one write transaction at
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from registry.config import ConfigError, PoliciesConfig
 from registry.errors import Denied
@@ -175,16 +175,24 @@ class Policies:
                 detail={"tag": tag, "rule": rule.id, "pattern": rule.pattern},
             )
 
-    async def check_delete_manifest(self, repository: str, digest: str) -> None:
-        """Deleting a manifest deletes its tags: refused when one of them is immutable."""
+    async def manifest_delete_guard(
+        self, repository: str, digest: str
+    ) -> Callable[[list[str]], None] | None:
+        """Deleting a manifest deletes its tags: a check of those tags (raising Denied when
+        one is immutable) for the delete to run inside its transaction, once the manifest's
+        row is locked, so that a tag pushed meanwhile cannot slip by; None without rules."""
         rules = await self.immutable_rules()
         if not rules:
-            return
-        for tag in await self.store.tags_at(repository, digest):
-            rule = protecting_rule(rules, repository, tag)
-            if rule is not None:
-                raise Denied(
-                    f"manifest {digest} of {repository} carries the immutable tag {tag!r} "
-                    f"({rule.describe()}) and cannot be deleted",
-                    detail={"tag": tag, "rule": rule.id, "pattern": rule.pattern},
-                )
+            return None
+
+        def guard(tags_at_digest: list[str]) -> None:
+            for tag in tags_at_digest:
+                rule = protecting_rule(rules, repository, tag)
+                if rule is not None:
+                    raise Denied(
+                        f"manifest {digest} of {repository} carries the immutable tag {tag!r} "
+                        f"({rule.describe()}) and cannot be deleted",
+                        detail={"tag": tag, "rule": rule.id, "pattern": rule.pattern},
+                    )
+
+        return guard
