@@ -9,7 +9,6 @@ Token secrets are printed once and cannot be shown again.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import json
 import sys
@@ -34,22 +33,16 @@ def _run(action: Action) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         from registry.auth.management import ManagementError
         from registry.config import load_config
-        from registry.metadata.db import Database, upgrade_schema
+        from registry.metadata.db import Database, run_on_database
         from registry.metadata.identity import IdentityConflict, IdentityNotFound, IdentityStore
 
         config = load_config(args.config, overrides={"data_dir": args.data})
-        if config.database.auto_migrate:
-            upgrade_schema(config.database_url)
 
-        async def main() -> int:
-            db = Database(config.database_url, pool_size=2)
-            try:
-                return await action(IdentityStore(db), args)
-            finally:
-                await db.dispose()
+        async def body(db: Database) -> int:
+            return await action(IdentityStore(db), args)
 
         try:
-            return asyncio.run(main())
+            return run_on_database(config.database_url, config.database.auto_migrate, body)
         except (CommandError, ManagementError, IdentityConflict, IdentityNotFound) as exc:
             print(f"registry: {exc}", file=sys.stderr)
             return 1

@@ -22,11 +22,11 @@ import asyncio
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVarTuple, overload
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, overload
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 
 _Ts = TypeVarTuple("_Ts")
+_T = TypeVar("_T")
 
 
 class _DirectConnection:
@@ -227,6 +228,24 @@ def _configure_sqlite(engine: Engine, immediate: bool) -> None:
 
 def migrations_path() -> Path:
     return Path(str(resources.files("migrations")))
+
+
+def run_on_database(
+    url: str, migrate: bool, body: Callable[[Database], Awaitable[_T]], pool_size: int = 2
+) -> _T:
+    """`body`'s result on the database at `url` (its schema brought up to date first when
+    `migrate`), from synchronous code: the management commands of the CLI."""
+    if migrate:
+        upgrade_schema(url)
+
+    async def main() -> _T:
+        db = Database(url, pool_size=pool_size)
+        try:
+            return await body(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(main())
 
 
 def upgrade_schema(url: str, revision: str = "head") -> None:

@@ -7,7 +7,6 @@ Like the account commands they work on the metadata database directly (same `--c
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -25,26 +24,20 @@ Action = Callable[["Policies", "IdentityStore", argparse.Namespace], Awaitable[i
 def _run(action: Action) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         from registry.config import ConfigError, load_config
-        from registry.metadata.db import Database, upgrade_schema
+        from registry.metadata.db import Database, run_on_database
         from registry.metadata.identity import IdentityStore
         from registry.metadata.policystore import PolicyConflict, PolicyNotFound, PolicyStore
         from registry.policies.rules import RuleError
         from registry.policies.service import Policies
 
         config = load_config(args.config, overrides={"data_dir": args.data})
-        if config.database.auto_migrate:
-            upgrade_schema(config.database_url)
 
-        async def main() -> int:
-            db = Database(config.database_url, pool_size=2)
-            try:
-                policies = Policies(PolicyStore(db), config.policies)
-                return await action(policies, IdentityStore(db), args)
-            finally:
-                await db.dispose()
+        async def body(db: Database) -> int:
+            policies = Policies(PolicyStore(db), config.policies)
+            return await action(policies, IdentityStore(db), args)
 
         try:
-            return asyncio.run(main())
+            return run_on_database(config.database_url, config.database.auto_migrate, body)
         except (RuleError, PolicyNotFound, PolicyConflict, ConfigError) as exc:
             print(f"registry: {exc}", file=sys.stderr)
             return 1
