@@ -187,7 +187,7 @@ def build_driver(config: Config) -> StorageDriver:
             raise ConfigError(
                 f"storage.driver s3 needs boto3 (pip install '.[s3]'): {exc}"
             ) from None
-        return S3Driver(config.storage.s3)
+        return S3Driver(config.storage.s3, memory_bytes=config.limits.upload_memory_bytes)
     raise ConfigError(f"unknown storage.driver {config.storage.driver!r}")
 
 
@@ -196,7 +196,11 @@ def build_services(
 ) -> tuple[Services, Database]:
     db = Database(config.database_url, pool_size=config.database.pool_size)
     driver = build_driver(config)
-    blobs = BlobStore(driver, buffer_bytes=config.limits.upload_buffer_bytes)
+    blobs = BlobStore(
+        driver,
+        buffer_bytes=config.limits.upload_buffer_bytes,
+        memory_bytes=config.limits.upload_memory_bytes,
+    )
     if access is None:  # token auth when auth.enabled, else none (loopback only)
         access = access_controller(config, db)
     policy_store = PolicyStore(db)

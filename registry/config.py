@@ -97,6 +97,7 @@ class DatabaseConfig:
 class LimitsConfig:
     max_manifest_bytes: int = 4 * 1024 * 1024
     upload_buffer_bytes: int = 4 * 1024 * 1024
+    upload_memory_bytes: int = 16 * 1024 * 1024
     upload_expiry_seconds: int = 24 * 3600
     page_size_max: int = 10_000
 
@@ -211,6 +212,12 @@ class Config:
             raise ConfigError("storage.s3.max_concurrency must be at least 1")
         if s3.prefix.startswith("/") or ".." in s3.prefix.split("/"):
             raise ConfigError(f"storage.s3.prefix must be a relative folder: {s3.prefix!r}")
+        limits = self.limits
+        if not 64 * 1024 <= limits.upload_buffer_bytes <= limits.upload_memory_bytes:
+            raise ConfigError(
+                "limits.upload_buffer_bytes must be at least 65536 and at most "
+                "limits.upload_memory_bytes"
+            )
 
     @property
     def host_port(self) -> tuple[str, int]:

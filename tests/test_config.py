@@ -235,6 +235,8 @@ def test_s3_settings_nest_under_storage(tmp_path: Path) -> None:
         ({"storage.s3.kms_key_id": "k"}, "kms_key_id"),
         ({"storage.s3.prefix": "../x"}, "prefix"),
         ({"storage.s3.redirect_seconds": 0}, "redirect_seconds"),
+        ({"limits.upload_buffer_bytes": 0}, "upload_buffer_bytes"),
+        ({"limits.upload_memory_bytes": 1024 * 1024}, "at most limits.upload_memory_bytes"),
     ],
 )
 def test_bad_storage_settings_are_refused(settings: dict[str, object], complaint: str) -> None:

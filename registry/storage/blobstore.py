@@ -23,7 +23,7 @@ from registry.errors import DigestInvalid
 from registry.oci.digest import Digest, Hasher, new_hasher
 from registry.storage import hashstate, layout
 from registry.storage.driver import AppendWriter, StorageDriver
-from registry.storage.pipeline import BlockPipeline
+from registry.storage.pipeline import BLOCKS_HELD, BlockPipeline
 
 DEFAULT_ALGORITHM = "sha256"
 _MAX_REMEMBERED_COMMITS = 1024
@@ -58,10 +58,16 @@ def _saved(hasher: Any) -> bytes | None:
 
 
 class BlobStore:
-    def __init__(self, driver: StorageDriver, buffer_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        driver: StorageDriver,
+        buffer_bytes: int = 4 * 1024 * 1024,
+        memory_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
         self.driver = driver
-        self.buffer_bytes = buffer_bytes
-        self._appending = 0  # appends in progress in this process
+        self.buffer_bytes = buffer_bytes  # the largest block
+        self.memory_bytes = memory_bytes  # what the blocks of every upload together may hold
+        self._pouring = 0  # uploads being received in this process
         # Uploads this process verified and committed, as (digest, size): when the database
         # then fails to record the blob (its disk is full), the client's retry of the same
         # PUT finds the bytes already where they belong.
@@ -109,32 +115,19 @@ class BlobStore:
         in worker threads while the next block arrives. If the body fails midway (client
         gone, disk full), the upload is put back exactly as it was and the error propagates.
         """
-        self._appending += 1
-        try:
-            return await self._append(upload_id, offset, body, hash_state, storage_state)
-        finally:
-            self._appending -= 1
-
-    def _block_bytes(self) -> int:
-        """The block size now: `buffer_bytes`, shrinking while more uploads run at once, so
-        that their buffers together stay near a fixed budget."""
-        shared = self.buffer_bytes * 2 // max(self._appending, 1)
-        return min(self.buffer_bytes, max(shared, MIN_BLOCK_BYTES))
-
-    async def _append(
-        self,
-        upload_id: str,
-        offset: int,
-        body: AsyncIterator[bytes],
-        hash_state: bytes | None,
-        storage_state: str | None,
-    ) -> UploadProgress:
         key = layout.upload_key(upload_id)
         hasher, storage_state = await self._resume(key, offset, hash_state, storage_state)
         writer = await self.driver.append(key, offset, storage_state)
         size = await self._pour(body, hasher, writer, offset)
         storage_state = await _closed(writer)
         return UploadProgress(size, _saved(hasher), storage_state)
+
+    def _block_bytes(self) -> int:
+        """The block size now: `buffer_bytes`, smaller while more uploads run at once, so
+        that the blocks they all hold (BLOCKS_HELD each at most) stay within `memory_bytes`."""
+        shared = self.memory_bytes // (BLOCKS_HELD * max(self._pouring, 1))
+        largest = min(self.buffer_bytes, self.driver.write_block_bytes or self.buffer_bytes)
+        return min(largest, max(shared, MIN_BLOCK_BYTES))
 
     async def _pour(
         self, body: AsyncIterator[bytes], hasher: Hasher, writer: AppendWriter, offset: int
@@ -145,6 +138,7 @@ class BlobStore:
         size = offset
         pieces: list[bytes] = []
         buffered = 0
+        self._pouring += 1
         try:
             async for piece in body:
                 pieces.append(piece)
@@ -163,6 +157,8 @@ class BlobStore:
             await pipeline.stop()
             await writer.abort()
             raise
+        finally:
+            self._pouring -= 1
         return size
 
     async def _resume(

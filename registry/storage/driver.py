@@ -90,6 +90,11 @@ class AppendWriter(Protocol):
 
 
 class StorageDriver(Protocol):
+    # The largest block worth handing an append writer at once; None: as large as the
+    # BlobStore's budget allows. A driver that gathers its own parts (S3) needs only small
+    # ones: larger, they would be held twice while its parts are sent.
+    write_block_bytes: int | None
+
     async def stat(self, key: str) -> int | None:
         """Size in bytes of the object at `key`, or None when there is none."""
         ...

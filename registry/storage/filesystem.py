@@ -34,6 +34,8 @@ class FilesystemDriver:
     """Files under `root`. With `fsync` (the default) bytes are on disk before they become
     visible under a key; without it they may still be in the page cache, as Distribution's."""
 
+    write_block_bytes: int | None = None  # each block goes straight to the file
+
     def __init__(self, root: str | Path, fsync: bool = True) -> None:
         self.root = Path(root).resolve()
         make_private_folder(self.root)

@@ -14,9 +14,12 @@ from collections.abc import Sequence
 from registry.oci.digest import Hasher
 from registry.storage.driver import AppendWriter
 
+DEPTH = 2  # blocks queued for the writer
+BLOCKS_HELD = DEPTH + 2  # at most, per upload: one filling, the queued ones, one being written
+
 
 class BlockPipeline:
-    def __init__(self, hasher: Hasher, writer: AppendWriter, depth: int = 2) -> None:
+    def __init__(self, hasher: Hasher, writer: AppendWriter, depth: int = DEPTH) -> None:
         self._hasher = hasher
         self._writer = writer
         self._hashing: asyncio.Future[None] | None = None

@@ -124,7 +124,11 @@ def composite_etag(upload: UploadState) -> str | None:
 
 
 class S3Driver:
-    def __init__(self, settings: S3Config, client: Any | None = None) -> None:
+    write_block_bytes: int | None = 1024 * 1024  # writers gather them into parts
+
+    def __init__(
+        self, settings: S3Config, client: Any | None = None, memory_bytes: int = 16 * 1024 * 1024
+    ) -> None:
         self.bucket = settings.bucket
         self.prefix = settings.prefix.strip("/") + "/" if settings.prefix.strip("/") else ""
         self.part_size = settings.part_size
@@ -138,8 +142,10 @@ class S3Driver:
         self._sizes: collections.OrderedDict[str, tuple[float, int]] = collections.OrderedDict()
         self._pool = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix="registry-s3")
         # Parts uploading at once, every writer of this process together: each is a part in
-        # memory, and past the pool's size they would only queue.
-        self.budget = asyncio.Semaphore(max(2, settings.max_concurrency // 2))
+        # memory, so they share the upload memory (limits.upload_memory_bytes); two at least,
+        # so that one upload sends a part while the next is cut.
+        self.parts_in_flight = max(2, min(memory_bytes // self.part_size, settings.max_concurrency))
+        self.budget = asyncio.Semaphore(self.parts_in_flight)
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)

@@ -95,7 +95,7 @@ class S3AppendWriter:
                 self._buffered += len(piece)
         while self._buffered + self._unread_tail() >= self._part_size + MIN_PART:
             await self._load_tail()
-            await self._send_part(self._cut(self._part_size))
+            await self._send_part(self._part_size)
 
     def _unread_tail(self) -> int:
         return 0 if self._tail_loaded else self._state.tail_size
@@ -124,7 +124,10 @@ class S3AppendWriter:
         self._buffered -= size
         return taken[0] if len(taken) == 1 else b"".join(taken)
 
-    async def _send_part(self, data: bytes) -> None:
+    async def _send_part(self, size: int) -> None:
+        """Send the first `size` buffered bytes as the next part, once this writer and the
+        process may have one more part in flight: they are joined into one object only then,
+        so a writer kept waiting holds its pieces and no copy of them."""
         self._raise_failures()
         while len(self._in_flight) >= PARTS_IN_FLIGHT:
             await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -134,10 +137,10 @@ class S3AppendWriter:
             state.upload_id = await self._ops.create_multipart(state.key)
         if len(state.parts) >= MAX_PARTS:
             raise ValueError("the upload has more parts than S3 takes")
-        state.parts.append(("", len(data)))
-        number = len(state.parts)
         await self._ops.budget.acquire()
-        self._in_flight.add(asyncio.ensure_future(self._upload(number, data)))
+        data = self._cut(size)
+        state.parts.append(("", len(data)))
+        self._in_flight.add(asyncio.ensure_future(self._upload(len(state.parts), data)))
 
     async def _upload(self, number: int, data: bytes) -> None:
         try:
@@ -163,7 +166,7 @@ class S3AppendWriter:
     async def close(self) -> str | None:
         if self._buffered + self._unread_tail() >= MIN_PART:
             await self._load_tail()
-            await self._send_part(self._cut(self._buffered))
+            await self._send_part(self._buffered)
         elif self._buffered:
             # Too little for a part: kept as a small object of its own, read back once.
             data = self._cut(self._buffered)

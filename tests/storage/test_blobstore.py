@@ -357,35 +357,53 @@ class NotedWrites(FilesystemDriver):
         return writer
 
 
-async def test_blocks_shrink_as_uploads_run_side_by_side(root: Path) -> None:
+@pytest.mark.parametrize("how", ["chunked", "monolithic"])
+async def test_blocks_shrink_as_uploads_run_side_by_side(root: Path, how: str) -> None:
+    """The blocks every upload in the process holds (four each at most: one filling, two
+    queued, one being written) stay within `memory_bytes`, chunked or monolithic alike."""
     import asyncio
 
     driver = NotedWrites(root)
     driver.writes = []
-    store = BlobStore(driver, buffer_bytes=4 * 1024 * 1024)
-    data = os.urandom(8 * 1024 * 1024)
+    store = BlobStore(driver, buffer_bytes=4 * 1024 * 1024, memory_bytes=16 * 1024 * 1024)
+    blobs = [os.urandom(8 * 1024 * 1024) for _ in range(9)]
     gate = asyncio.Event()
+    waiting: list[int] = []
 
-    async def slow_body() -> AsyncIterator[bytes]:
-        await gate.wait()  # every upload has started before any byte flows
+    async def slow_body(data: bytes) -> AsyncIterator[bytes]:
+        waiting.append(1)
+        await gate.wait()  # every upload is reading its body before any byte flows
         for piece in split(data, 64 * 1024):
             yield piece
 
-    alone = (await store.append_upload("c" * 32, 0, body(split(data, 64 * 1024)))).size
-    assert alone == len(data) and max(driver.sizes) == 4 * 1024 * 1024
-    driver.writes.clear()
-    ids = [f"{i:032x}" for i in range(8)]
-    tasks = [asyncio.ensure_future(store.append_upload(i, 0, slow_body())) for i in ids]
-    await asyncio.sleep(0.05)
+    async def push(upload_id: str, data: bytes, pieces: AsyncIterator[bytes]) -> int:
+        if how == "chunked":
+            size = (await store.append_upload(upload_id, 0, pieces)).size
+            await store.commit_upload(upload_id, size, Digest.of(data, "sha256"))
+            return size
+        return await store.store_stream(upload_id, pieces, Digest.of(data, "sha256"), None)
+
     gate.set()
-    assert [p.size for p in await asyncio.gather(*tasks)] == [len(data)] * 8
-    # Eight at once share the budget of two full blocks: 1 MiB blocks, not 4. (The last
+    assert await push("c" * 32, blobs[0], slow_body(blobs[0])) == len(blobs[0])
+    assert max(driver.sizes) == 4 * 1024 * 1024  # alone: the largest blocks
+    driver.writes.clear()
+    gate.clear()
+    ids = [f"{i:032x}" for i in range(8)]
+    tasks = [
+        asyncio.ensure_future(push(i, data, slow_body(data)))
+        for i, data in zip(ids, blobs[1:], strict=True)
+    ]
+    while len(waiting) < 1 + len(ids):
+        await asyncio.sleep(0.01)
+    gate.set()
+    assert await asyncio.gather(*tasks) == [len(data) for data in blobs[1:]]
+    # Eight at once: 16 MiB / (8 uploads x 4 blocks) = 512 KiB blocks, not 4 MiB. (The last
     # uploads to finish may take larger ones once the first have ended.)
-    assert statistics.median(driver.sizes) == 1024 * 1024
-    assert driver.sizes.count(1024 * 1024) >= len(driver.sizes) // 2
-    for upload_id in ["c" * 32, *ids]:
-        await store.commit_upload(upload_id, len(data), Digest.of(data, "sha256"))
-    assert files(root) == [layout.blob_key(Digest.of(data, "sha256"))]
+    assert statistics.median(driver.sizes) == 512 * 1024
+    assert driver.sizes.count(512 * 1024) >= len(driver.sizes) // 2
+    assert sorted(files(root)) == sorted(
+        layout.blob_key(Digest.of(data, "sha256")) for data in blobs
+    )
 
 
 async def test_a_body_of_tiny_pieces_is_stored_whole_in_bounded_writes(root: Path) -> None:

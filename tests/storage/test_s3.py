@@ -232,3 +232,45 @@ async def test_a_monolithic_push_is_written_where_it_ends(
     assert await store.store_stream("a" * 32, body(), Digest.of(data), None) == len(data)
     assert copies == []
     assert await store.read_all(Digest.of(data)) == data
+
+
+async def test_parts_in_flight_share_the_upload_memory(
+    seaweedfs: SeaweedFS, bucket: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four uploads at once send no more parts together than `memory_bytes` holds (two
+    here), whatever the thread pool's size: each part in flight is a part in memory."""
+    import asyncio
+
+    from registry.oci.digest import Digest
+    from registry.storage.blobstore import BlobStore
+
+    driver = S3Driver(s3_settings(seaweedfs, bucket, prefix), memory_bytes=10 * MiB)
+    sending, most = [0], [0]
+    upload_part = driver.upload_part
+
+    async def counted(*args: object) -> str:
+        sending[0] += 1
+        most[0] = max(most[0], sending[0])
+        try:
+            return await upload_part(*args)  # type: ignore[arg-type]
+        finally:
+            sending[0] -= 1
+
+    monkeypatch.setattr(driver, "upload_part", counted)
+    blobs = [os.urandom(16 * MiB) for _ in range(4)]
+
+    async def body(data: bytes):  # type: ignore[no-untyped-def]
+        for start in range(0, len(data), MiB):
+            yield data[start : start + MiB]
+
+    store = BlobStore(driver, memory_bytes=10 * MiB)
+    sizes = await asyncio.gather(
+        *(
+            store.store_stream(f"{i:032x}", body(data), Digest.of(data), None)
+            for i, data in enumerate(blobs)
+        )
+    )
+    assert sizes == [len(data) for data in blobs]
+    assert most[0] == driver.parts_in_flight == 2
+    for data in blobs:
+        assert await store.read_all(Digest.of(data)) == data
