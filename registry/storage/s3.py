@@ -377,8 +377,10 @@ class S3Driver:
                 raise StorageError(f"{key} holds {upload.size} bytes, not the {offset} expected")
             return S3AppendWriter(self, upload, self.part_size)
         if not offset:
-            target = self._key(destination) if destination is not None else full
-            return S3AppendWriter(self, UploadState(target), self.part_size)
+            if destination is None:
+                return S3AppendWriter(self, UploadState(full), self.part_size)
+            target = UploadState(self._key(destination))
+            return S3AppendWriter(self, target, self.part_size, whole=True)
         # A plain object at `key` holds the first bytes: they start the multipart upload as
         # a copied part (server-side), or, under a part's minimum, as its tail.
         stored = await self.stat(key)

@@ -12,9 +12,10 @@ so whichever process takes the next one carries on. A writer cuts parts of `part
 while more than 5 MiB stays buffered behind the cut; whatever is left at the end of a request
 becomes one last part when it reaches 5 MiB, else a tail object. A request of 5 MiB or more
 therefore leaves no tail, and a tail is read back (once per byte) only when the requests
-before it were small. Tail objects have random names, and parts are checked by ETag when the
-upload completes, so a writer that lost its claim but still runs can never slip its bytes
-into the upload in place of another's.
+before it were small. A writer of a whole blob (a monolithic push) keeps nothing back: it
+cuts a part as soon as it has one, and its last part may be short. Tail objects have random
+names, and parts are checked by ETag when the upload completes, so a writer that lost its
+claim but still runs can never slip its bytes into the upload in place of another's.
 """
 
 from __future__ import annotations
@@ -77,8 +78,13 @@ class Operations(Protocol):
 
 
 class S3AppendWriter:
-    def __init__(self, ops: Operations, state: UploadState, part_size: int) -> None:
+    def __init__(
+        self, ops: Operations, state: UploadState, part_size: int, whole: bool = False
+    ) -> None:
         self._ops = ops
+        # The writer of a whole blob in one request (a monolithic push): its last part may be
+        # short, so it need not keep 5 MiB back for one, and holds a part less in memory.
+        self._whole = whole
         self._state = state
         self._start = UploadState(state.key, state.upload_id, list(state.parts), list(state.tail))
         self._part_size = part_size
@@ -93,7 +99,8 @@ class S3AppendWriter:
             if piece:
                 self._pieces.append(piece)
                 self._buffered += len(piece)
-        while self._buffered + self._unread_tail() >= self._part_size + MIN_PART:
+        kept_back = 0 if self._whole else MIN_PART
+        while self._buffered + self._unread_tail() >= self._part_size + kept_back:
             await self._load_tail()
             await self._send_part(self._part_size)
 
@@ -164,7 +171,8 @@ class S3AppendWriter:
         self._raise_failures()
 
     async def close(self) -> str | None:
-        if self._buffered + self._unread_tail() >= MIN_PART:
+        last_part = self._whole and self._buffered > 0 and bool(self._state.parts)
+        if last_part or self._buffered + self._unread_tail() >= MIN_PART:
             await self._load_tail()
             await self._send_part(self._buffered)
         elif self._buffered:

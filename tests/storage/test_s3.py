@@ -222,6 +222,14 @@ async def test_a_monolithic_push_is_written_where_it_ends(
         await copy(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(driver, "_copy", noted)
+    parts: list[int] = []
+    upload_part = driver.upload_part
+
+    async def sized(key: str, upload_id: str, number: int, data: bytes) -> str:
+        parts.append(len(data))
+        return await upload_part(key, upload_id, number, data)
+
+    monkeypatch.setattr(driver, "upload_part", sized)
     data = os.urandom(9 * MiB + 1)
 
     async def body():  # type: ignore[no-untyped-def]
@@ -231,6 +239,8 @@ async def test_a_monolithic_push_is_written_where_it_ends(
     store = BlobStore(driver)
     assert await store.store_stream("a" * 32, body(), Digest.of(data), None) == len(data)
     assert copies == []
+    # Parts as soon as there is one, the last one short: none kept back, none larger.
+    assert parts == [5 * MiB, 4 * MiB + 1]
     assert await store.read_all(Digest.of(data)) == data
 
 
