@@ -13,7 +13,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from registry.auth.accounts import Accounts
 from registry.auth.audit import AuditLog
@@ -181,6 +181,9 @@ def preflight(config: Config) -> None:
         raise ConfigError(f"auth: {exc}") from None
 
 
+LOCKED_RETRIES = 5  # a SQLite database locked while the keys are read or made
+
+
 def prepare_keys(config: Config) -> None:
     """Before serving, once the schema is current: read the signing keys, or make the first
     one; keys that cannot be used (a folder we may not write, a database whose keys do not
@@ -195,7 +198,16 @@ async def ensure_keys(config: Config) -> None:
     db = Database(config.database_url, pool_size=1) if shared else None
     where = "the database" if shared else str(keys_folder(config))
     try:
-        await key_ring(config, db).ensure()
+        for attempt in range(LOCKED_RETRIES + 1):
+            try:
+                await key_ring(config, db).ensure()
+                break
+            except OperationalError as exc:
+                # SQLite answers "database is locked" at once, busy timeout or not, in a few
+                # cases (a snapshot gone stale under replicas starting at the same moment).
+                if "database is locked" not in str(exc) or attempt == LOCKED_RETRIES:
+                    raise
+                await asyncio.sleep(0.2 * (attempt + 1))
     except (KeyStoreError, OSError) as exc:
         raise ConfigError(f"signing keys in {where}: {exc}") from None
     except SQLAlchemyError as exc:
