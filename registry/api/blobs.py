@@ -27,10 +27,11 @@ async def get_blob(request: Request) -> Response:
     name = repository(request)
     digest = parse_digest(request.path_params["digest"])
     svc = await authorize(request, name, ("pull",))
-    size = await svc.metadata.blob_size_in_repository(name, str(digest))
-    if size is None:
+    found = await svc.metadata.blob_in_repository(name, str(digest))
+    if found is None:
         raise BlobUnknown(detail={"digest": str(digest)})
-    stored = await svc.blobs.stat(digest)
+    size, where = found
+    stored = await svc.blobs.stat(digest, where)
     if stored != size:
         # Bytes lost or damaged under a recorded blob: say so before a 200 promises them.
         log.error("blob %s: %s bytes recorded, %s in storage", digest, size, stored)
@@ -49,14 +50,14 @@ async def get_blob(request: Request) -> Response:
         headers["Content-Length"] = str(length)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
-    if svc.config.storage.s3.redirect and (url := await svc.blobs.redirect_url(digest)):
+    if svc.config.storage.s3.redirect and (url := await svc.blobs.redirect_url(digest, where)):
         # Straight from storage, as Distribution's redirect does (the client sends its Range
         # there again); HEAD is answered above, by the registry.
         redirect = {"Location": url, "Docker-Content-Digest": str(digest), "Content-Length": "0"}
         return Response(status_code=307, headers=redirect)
-    if can_send_files(request.scope) and (file := svc.blobs.open_local(digest)) is not None:
+    if can_send_files(request.scope) and (file := svc.blobs.open_local(digest, where)) is not None:
         return FileRangeResponse(file, offset, length, status, headers)
-    stream = svc.blobs.read(digest, offset, length)
+    stream = svc.blobs.read(digest, offset, length, where)
     # The first block before the status line: storage failing now is still a JSON error.
     try:
         opening = await stream.__anext__()

@@ -32,7 +32,7 @@ from registry.errors import (
     SizeInvalid,
     Unavailable,
 )
-from registry.metadata.store import Upload
+from registry.metadata.store import Reservation, Upload
 from registry.numbers import parse_decimal
 from registry.oci.digest import Digest
 from registry.storage.layout import is_upload_id
@@ -178,16 +178,16 @@ async def _try_mount(
             target = Access("repository", name, ("pull", "push"))
             await svc.access.ask_for_wider_token(request, [target, pull])
             return None
-        size = await svc.metadata.blob_size_in_repository(source, str(digest))
+        found = await svc.metadata.blob_in_repository(source, str(digest))
     else:
         # Spec 1.1: without `from`, mount any copy the caller could read anyway: the blob
         # must be in some repository these credentials may pull.
-        size = None
+        found = None
         for holder in await svc.metadata.repositories_with_blob(str(digest)):
             if await svc.access.can(request, Access("repository", holder, ("pull",))):
-                size = await svc.metadata.blob_size_in_repository(holder, str(digest))
+                found = await svc.metadata.blob_in_repository(holder, str(digest))
                 break
-    if size is None or await svc.blobs.stat(digest) != size:
+    if found is None or await svc.blobs.stat(digest, found[1]) != found[0]:
         return None
     if not await svc.metadata.mount_blob(name, str(digest)):
         return None  # collected since: the client uploads it instead
@@ -278,11 +278,13 @@ async def _finish(
     claim: Claim | None = None,
 ) -> Response:
     """Verify the bytes, reserve the blob against garbage collection, move the bytes to the
-    blob's key, then record the blob in the repository: the order of the protocol in
-    registry/gc/__init__.py, which never acknowledges bytes a collector may be deleting."""
+    blob's key (or leave them in place: storage/layout.py), then record the blob in the
+    repository: the order of the protocol in registry/gc/__init__.py, which never
+    acknowledges bytes a collector may be deleting."""
     size = upload.size
     body: bytes | None = None
-    incarnation: str | None = None
+    reserved: Reservation | None = None
+    placed: str | None = None  # where this upload left the bytes, when not at the digest's key
     try:
         if upload.size == 0 and expected is not None and expected <= SMALL_BODY:
             # The whole blob in one small body: verified in memory, stored in one step.
@@ -292,9 +294,11 @@ async def _finish(
         elif upload.size == 0 and expected is not None and expected != 0:
             # The whole blob in one large body of known size: streamed to where it ends and
             # verified on the way, so the blob is reserved before its key is written.
-            incarnation = await _reserve(svc, digest, expected)
+            reserved = await _reserve(svc, digest, expected)
             body_stream = _checked_body(request, expected, claim)
-            size = await svc.blobs.store_stream(upload.id, body_stream, digest, expected)
+            size = await svc.blobs.store_stream(
+                upload.id, body_stream, digest, expected, reserved.location
+            )
             await svc.blobs.delete_upload(upload.id)  # any file an empty PATCH left
         else:
             hash_state, storage_state = upload.hash_state, upload.storage_state
@@ -312,32 +316,61 @@ async def _finish(
             storage_state = await svc.blobs.verify_upload(
                 upload.id, size, digest, hash_state, storage_state
             )
-        if incarnation is None:
-            incarnation = await _reserve(svc, digest, size)
+        if reserved is None:
+            reserved = await _reserve(svc, digest, size)
             if body is not None:
-                await svc.blobs.place_data(body, digest)
+                await svc.blobs.place_data(body, digest, reserved.location)
                 await svc.blobs.delete_upload(upload.id)  # any file an empty PATCH left
             else:
-                await svc.blobs.place_upload(upload.id, size, digest, storage_state)
+                location = await svc.blobs.place_upload(
+                    upload.id, size, digest, storage_state, reserved.location
+                )
+                placed = location if location != reserved.location else None
     except DigestInvalid:
         await svc.blobs.delete_upload(upload.id)
         await svc.metadata.delete_upload(upload.id)
         if claim is not None:
             claim.ended = True
         raise
-    if not await svc.metadata.finish_upload(upload.id, name, str(digest), size, incarnation):
+    finished = await svc.metadata.finish_upload(
+        upload.id, name, str(digest), size, reserved.incarnation, placed
+    )
+    if claim is not None:
+        claim.ended = True
+    if not finished:
         # Collected between the reservation and now (only with a grace period of about
-        # nothing): the bytes may be gone, so say nothing was stored.
+        # nothing), or the session expired meanwhile: the bytes may be gone, so say nothing
+        # was stored. Bytes left in place are this upload's alone: no row took them.
         await svc.metadata.delete_upload(upload.id)
-        if claim is not None:
-            claim.ended = True
+        if placed is not None:
+            await svc.blobs.delete_upload(upload.id)
         raise Unavailable(
             "the blob was garbage-collected during the upload; push it again",
             detail={"digest": str(digest)},
         )
-    if claim is not None:
-        claim.ended = True
+    if placed is not None and finished.location != placed:
+        await _keep_one(
+            svc, upload.id, digest, size, reserved.incarnation, placed, finished.location
+        )
     return _created(request, name, digest)
+
+
+async def _keep_one(
+    svc: Services,
+    upload_id: str,
+    digest: Digest,
+    size: int,
+    incarnation: str,
+    placed: str,
+    row: str | None,
+) -> None:
+    """Another upload of the same blob finished first, its bytes elsewhere (`row`): this
+    upload's (at `placed`) are a duplicate, dropped; unless the row's are not there (lost or
+    damaged), when the row takes this upload's instead."""
+    if await svc.blobs.stat(digest, row) == size or not await svc.metadata.move_blob(
+        str(digest), incarnation, row, placed
+    ):
+        await svc.blobs.delete_upload(upload_id)
 
 
 # How long an upload waits for a collector to finish deleting the same blob's old bytes
@@ -346,9 +379,9 @@ RESERVE_WAIT_SECONDS = 30.0
 RESERVE_POLL_SECONDS = 0.05
 
 
-async def _reserve(svc: Services, digest: Digest, size: int) -> str:
+async def _reserve(svc: Services, digest: Digest, size: int) -> Reservation:
     deadline = time.monotonic() + RESERVE_WAIT_SECONDS
-    while (incarnation := await svc.metadata.reserve_blob(str(digest), size)) is None:
+    while (reservation := await svc.metadata.reserve(str(digest), size)) is None:
         if time.monotonic() > deadline:
             raise Unavailable(
                 "garbage collection is deleting this blob's old copy; try again",
@@ -356,7 +389,7 @@ async def _reserve(svc: Services, digest: Digest, size: int) -> str:
                 headers={"Retry-After": "10"},
             )
         await asyncio.sleep(RESERVE_POLL_SECONDS)
-    return incarnation
+    return reservation
 
 
 async def cancel_upload(request: Request) -> Response:

@@ -85,6 +85,10 @@ def check_settings(settings: GCConfig) -> None:
             raise ConfigError(f"gc.{name} must not be negative")
 
 
+def _bytes_of(doomed: Doomed) -> tuple[Digest, str | None]:
+    return Digest.parse(doomed.digest), doomed.location
+
+
 class Collector:
     def __init__(
         self,
@@ -195,7 +199,7 @@ class Collector:
         """Bytes first, then rows; False (rows left marked, for a later run) when storage
         failed."""
         try:
-            await self._held(self.blobs.delete_blobs([Digest.parse(d.digest) for d in doomed]))
+            await self._held(self.blobs.delete_blobs([_bytes_of(d) for d in doomed]))
         except StorageError as exc:
             log.error("garbage collection: deleting %d blobs failed: %s", len(doomed), exc)
             report.errors.append(f"storage: {exc}")

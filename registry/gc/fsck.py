@@ -4,9 +4,10 @@
    their size is checked). Wrong bytes are *corrupt*, absent ones *missing*. A row whose
    upload is still moving its bytes into place (no repository links it yet, younger than
    the grace period) is in flight, not missing.
-2. Every object under `blobs/` and `uploads/`: bytes of a blob or an upload session the
-   database does not know, last written longer ago than the grace period, are *orphans*;
-   a key that is neither is *unknown*.
+2. Every object under `blobs/`, `uploads/` and `uploaded/`: bytes of a blob or an upload
+   session the database does not know, last written longer ago than the grace period, are
+   *orphans*; a key that is neither is *unknown*. Under `uploaded/` an object a blob row
+   names as its location is that blob's bytes (storage/layout.py).
 
 With `repair`, what can go safely goes, through the same marks as garbage collection (an
 upload of the same blob meanwhile waits, then writes its bytes afresh): orphans, and corrupt
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -142,7 +143,7 @@ class Fsck:
 
     async def _check_blob(self, row: BlobRow) -> Problem | None:
         digest = Digest.parse(row.digest)
-        stored = await self.blobs.stat(digest)
+        stored = await self.blobs.stat(digest, row.location)
         if stored is None:
             return Problem("missing", row.digest, "no bytes in storage", row.size)
         if stored != row.size:
@@ -150,7 +151,7 @@ class Fsck:
         if not self.rehash:
             return None
         try:
-            actual = await self._hash(digest)
+            actual = await self._hash(digest, row.location)
         except (FileNotFoundError, PathNotFound):
             return Problem("missing", row.digest, "no bytes in storage", row.size)
         if actual != digest.encoded:
@@ -158,12 +159,12 @@ class Fsck:
             return Problem("corrupt", row.digest, detail, row.size)
         return None
 
-    async def _hash(self, digest: Digest) -> str:
-        path = self.blobs.local_path(digest)
+    async def _hash(self, digest: Digest, location: str | None) -> str:
+        path = self.blobs.local_path(digest, location)
         if path is not None:  # read and hash in one worker thread: no hop per block
             return await asyncio.to_thread(_hash_file, str(path), digest.algorithm)
         hasher = hashlib.new(digest.algorithm)
-        async for chunk in self.blobs.read(digest):
+        async for chunk in self.blobs.read(digest, location=location):
             await asyncio.to_thread(hasher.update, chunk)
         return hasher.hexdigest()
 
@@ -179,19 +180,26 @@ class Fsck:
                 await self._orphan_blobs(report, batch, cutoff)
                 batch = []
         await self._orphan_blobs(report, batch, cutoff)
-        async for item in self.blobs.driver.walk("uploads"):
-            report.objects_seen += 1
-            self.progress.advance(1)
-            upload_id = layout.upload_id_of_key(item.key)
-            if upload_id is None:
-                report.problems.append(Problem("unknown", item.key, "not an upload's", item.size))
-            else:  # an upload's age is that of its newest write
-                uploads[upload_id] = max(uploads.get(upload_id, item.modified), item.modified)
-        known = await self.rows.known_uploads(uploads)
+        for top in ("uploads", "uploaded"):
+            async for item in self.blobs.driver.walk(top):
+                report.objects_seen += 1
+                self.progress.advance(1)
+                upload_id = layout.upload_id_of_key(item.key, top)
+                if upload_id is None:
+                    problem = Problem("unknown", item.key, "not an upload's", item.size)
+                    report.problems.append(problem)
+                else:  # an upload's age is that of its newest write
+                    uploads[upload_id] = max(uploads.get(upload_id, item.modified), item.modified)
+        known = await self.rows.known_uploads(uploads) | await self._blobs_placed(uploads)
         for upload_id, modified in sorted(uploads.items()):
             if upload_id not in known and modified < cutoff:
                 detail = "an upload session the database does not know"
                 report.problems.append(Problem("orphan-upload", upload_id, detail))
+
+    async def _blobs_placed(self, upload_ids: Iterable[str]) -> set[str]:
+        """Those uploads whose bytes a blob row names as its location: blobs now."""
+        by_key = {layout.placed_key(upload_id): upload_id for upload_id in upload_ids}
+        return {by_key[key] for key in await self.rows.locations(by_key)}
 
     async def _orphan_blobs(
         self, report: FsckReport, batch: list[StoredObject], cutoff: datetime
@@ -236,17 +244,18 @@ class Fsck:
             problem.repaired = True
 
     async def _remove_uploads(self, problems: list[Problem]) -> None:
-        known = await self.rows.known_uploads(p.target for p in problems)
+        targets = [p.target for p in problems]
+        known = await self.rows.known_uploads(targets) | await self._blobs_placed(targets)
         for problem in problems:
             if problem.target not in known:  # (ids are random: a session never comes back)
-                await self.blobs.delete_upload(problem.target)
+                await self.blobs.delete_upload(problem.target, everywhere=True)
                 problem.repaired = True
 
     async def _remove_unreferenced(self, problems: list[Problem]) -> None:
         doomed = await self.marks.mark_unreferenced(p.target for p in problems)
         if not doomed:
             return
-        await self.blobs.delete_blobs([Digest.parse(d.digest) for d in doomed])
+        await self.blobs.delete_blobs([(Digest.parse(d.digest), d.location) for d in doomed])
         await self.marks.forget_blobs([d.digest for d in doomed])
         gone = {d.digest for d in doomed}
         for problem in problems:

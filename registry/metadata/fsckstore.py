@@ -27,6 +27,7 @@ class BlobRow:
     digest: str
     size: int
     created_at: datetime
+    location: str | None = None  # where its bytes are, when not at the digest's key
 
 
 class FsckStore:
@@ -45,7 +46,7 @@ class FsckStore:
     async def blob_rows(self, after: str, limit: int) -> list[BlobRow]:
         """Live blob rows after digest `after`, in digest order."""
         query = (
-            select(blobs.c.digest, blobs.c.size, blobs.c.created_at)
+            select(blobs.c.digest, blobs.c.size, blobs.c.created_at, blobs.c.location)
             .where(blobs.c.digest > after, blobs.c.deleting_since.is_(None))
             .order_by(blobs.c.digest)
             .limit(limit)
@@ -71,6 +72,11 @@ class FsckStore:
 
     async def known_uploads(self, upload_ids: Iterable[str]) -> set[str]:
         return await self._present(uploads.c.id, upload_ids)
+
+    async def locations(self, keys: Iterable[str]) -> set[str]:
+        """Those of the storage `keys` that a blob row (live or being deleted) names as the
+        location of its bytes."""
+        return await self._present(blobs.c.location, keys)
 
     async def _present(self, column: Any, values: Iterable[str]) -> set[str]:
         wanted = sorted(set(values))

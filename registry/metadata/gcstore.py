@@ -46,6 +46,7 @@ class Doomed:
 
     digest: str
     size: int
+    location: str | None = None  # where its bytes are, when not at the digest's key
 
 
 @dataclass
@@ -102,7 +103,7 @@ _DUE_BLOBS = (
     .with_for_update(skip_locked=True)
 )
 _LOCK_BLOBS = (
-    select(blobs.c.digest, blobs.c.size, blobs.c.deleting_since)
+    select(blobs.c.digest, blobs.c.size, blobs.c.deleting_since, blobs.c.location)
     .where(blobs.c.digest.in_(_DIGESTS))
     .with_for_update(skip_locked=True)
 )
@@ -181,7 +182,7 @@ class GCStore:
         async with self.db.write() as conn:
             rows = (
                 await conn.execute(
-                    select(blobs.c.digest, blobs.c.size)
+                    select(blobs.c.digest, blobs.c.size, blobs.c.location)
                     .where(blobs.c.deleting_since < older_than)
                     .limit(limit)
                     .with_for_update(skip_locked=True)
@@ -192,12 +193,12 @@ class GCStore:
                 await conn.execute(
                     update(blobs).where(blobs.c.digest.in_(digests)).values(deleting_since=now())
                 )
-        return [Doomed(row[0], row[1]) for row in rows]
+        return [Doomed(*row) for row in rows]
 
     async def preview_blobs(self, cutoff: datetime, after: str, limit: int) -> list[Doomed]:
         """For a dry run: blobs `mark_blobs` would take now, after digest `after`."""
         query = (
-            select(blobs.c.digest, blobs.c.size)
+            select(blobs.c.digest, blobs.c.size, blobs.c.location)
             .select_from(gc_blob_reviews.join(blobs, blobs.c.digest == gc_blob_reviews.c.digest))
             .where(
                 gc_blob_reviews.c.event_at <= cutoff,
@@ -209,7 +210,7 @@ class GCStore:
             .limit(limit)
         )
         async with self.db.read() as conn:
-            return [Doomed(row[0], row[1]) for row in await conn.execute(query)]
+            return [Doomed(*row) for row in await conn.execute(query)]
 
     async def count_stale_deletions(self, older_than: datetime) -> int:
         query = select(func.count()).where(blobs.c.deleting_since < older_than)
@@ -426,7 +427,7 @@ async def _mark_unreferenced(
     if doomed:
         await conn.execute(_MARK_BLOBS, {"digests": doomed, "stamp": now()})
         await conn.execute(_UNLINK_BLOBS, {"digests": doomed})
-    return [Doomed(d, locked[d][1]) for d in doomed], existing - locked.keys()
+    return [Doomed(d, locked[d][1], locked[d][3]) for d in doomed], existing - locked.keys()
 
 
 def _run_record(row: Any) -> RunRecord:

@@ -50,6 +50,29 @@ class Upload:
     storage_state: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A blob row reserved for an upload's bytes (`reserve`)."""
+
+    incarnation: str
+    location: str | None  # where the row's bytes are, when not at the digest's key
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """What `finish_upload` did: true when the blob was linked into the repository."""
+
+    linked: bool
+    location: str | None = None  # the row's location then: the blob's bytes
+
+    def __bool__(self) -> bool:
+        return self.linked
+
+
+class _SessionGone(Exception):
+    """The upload session ended (expired) before its finish committed: roll it back."""
+
+
 class PushCheck(Protocol):
     """What a manifest push must pass inside its own transaction, before anything is
     stored (registry/policies/service.py: immutable tags, quotas); it raises to refuse."""
@@ -79,13 +102,17 @@ _LINKS_OF_REPOSITORY = repository_blobs.join(
     repositories, repositories.c.id == repository_blobs.c.repository_id
 )
 _REPOSITORY_ID = select(repositories.c.id).where(repositories.c.name == bindparam("name"))
-_BLOB_SIZE_IN_REPOSITORY = (
-    select(blobs.c.size)
+_BLOB_IN_REPOSITORY = (
+    select(blobs.c.size, blobs.c.location)
     .select_from(_LINKS_OF_REPOSITORY.join(blobs, blobs.c.digest == repository_blobs.c.digest))
     .where(
         repositories.c.name == bindparam("repository"),
         repository_blobs.c.digest == bindparam("digest"),
     )
+)
+_BLOB_LOCATION = select(blobs.c.location).where(blobs.c.digest == bindparam("digest"))
+_SET_BLOB_LOCATION = (
+    update(blobs).where(blobs.c.digest == bindparam("blob")).values(location=bindparam("to"))
 )
 _UPLOAD_COLUMNS = (
     uploads.c.id,
@@ -226,9 +253,18 @@ class MetadataStore:
 
     async def blob_size_in_repository(self, repository: str, digest: str) -> int | None:
         """The blob's size when `repository` may serve it, else None."""
+        found = await self.blob_in_repository(repository, digest)
+        return found[0] if found is not None else None
+
+    async def blob_in_repository(
+        self, repository: str, digest: str
+    ) -> tuple[int, str | None] | None:
+        """The blob's size and location (None: at the digest's key) when `repository` may
+        serve it, else None."""
         params = {"repository": repository, "digest": digest}
         async with self.db.read() as conn:
-            return (await conn.execute(_BLOB_SIZE_IN_REPOSITORY, params)).scalar()
+            row = (await conn.execute(_BLOB_IN_REPOSITORY, params)).first()
+        return (int(row[0]), row[1]) if row is not None else None
 
     async def repositories_with_blob(self, digest: str, limit: int = 1000) -> list[str]:
         """Names of repositories that may serve the blob (to check a mount without `from`)."""
@@ -363,11 +399,16 @@ class MetadataStore:
             await conn.execute(_DELETE_UPLOAD, {"upload": upload_id})
 
     async def reserve_blob(self, digest: str, size: int) -> str | None:
+        """`reserve`, for callers that need only the incarnation."""
+        reservation = await self.reserve(digest, size)
+        return reservation.incarnation if reservation is not None else None
+
+    async def reserve(self, digest: str, size: int) -> Reservation | None:
         """Before an upload's verified bytes go to the blob's key: make sure no collector can
         delete that key until the grace period has passed, and return the blob row's
-        incarnation for `finish_upload`. None while a collector is deleting the blob's bytes
-        (the caller waits and tries again). A new row stays invisible (no repository links
-        it) until `finish_upload`."""
+        incarnation for `finish_upload`, with where its bytes are if it has some. None while
+        a collector is deleting the blob's bytes (the caller waits and tries again). A new
+        row stays invisible (no repository links it) until `finish_upload`."""
         stamp = now()
         async with self.db.write() as conn:
             state = await blob_state(conn, digest)
@@ -379,7 +420,8 @@ class MetadataStore:
             if state is None or state[1] is not None:
                 return None
             await self.reviews.queue_blobs(conn, [digest], stamp)
-            return state[0]
+            location = (await conn.execute(_BLOB_LOCATION, {"digest": digest})).scalar()
+            return Reservation(state[0], location)
 
     async def finish_upload(
         self,
@@ -388,24 +430,52 @@ class MetadataStore:
         digest: str,
         size: int,
         incarnation: str | None = None,
-    ) -> bool:
+        location: str | None = None,
+    ) -> Finished:
         """In one transaction: record the blob, link it, drop the upload session.
 
-        Given the `incarnation` that `reserve_blob` returned, only if the blob row is still
-        that one: False (nothing done) when it was collected since, so that the bytes the
-        caller moved may have gone with it."""
+        Given the `incarnation` that `reserve` returned, only if the blob row is still that
+        one: not linked (nothing done) when it was collected since, so that the bytes the
+        caller moved may have gone with it. Given the `location` of the bytes the upload
+        left in place, the row takes it unless it has one already (then the result's
+        location differs: those bytes are the blob's, the caller's a duplicate); and only
+        while the session lasts (an expired one's bytes are being deleted)."""
+        try:
+            async with self.db.write() as conn:
+                if incarnation is None:
+                    linked = await self._record_and_link(conn, repository, digest, size)
+                    if not linked:
+                        return Finished(False)
+                    current = None
+                else:
+                    # (reserve queued the review already: the grace period runs from there)
+                    if await blob_state(conn, digest) != (incarnation, None):
+                        return Finished(False)
+                    current = (await conn.execute(_BLOB_LOCATION, {"digest": digest})).scalar()
+                    if location is not None and current is None:
+                        await conn.execute(_SET_BLOB_LOCATION, {"blob": digest, "to": location})
+                        current = location
+                    repo_id = await self.ensure_repository(conn, repository)
+                    link = {"repository_id": repo_id, "digest": digest, "created_at": now()}
+                    await conn.execute(self._insert_link, link)
+                ended = await conn.execute(_DELETE_UPLOAD, {"upload": upload_id})
+                if location is not None and ended.rowcount != 1:
+                    raise _SessionGone
+                return Finished(True, current)
+        except _SessionGone:
+            return Finished(False)
+
+    async def move_blob(
+        self, digest: str, incarnation: str, old: str | None, new: str | None
+    ) -> bool:
+        """Point a live blob row at bytes in `new` instead of `old` (missing or damaged there),
+        unless it changed meanwhile."""
         async with self.db.write() as conn:
-            if incarnation is None:
-                if not await self._record_and_link(conn, repository, digest, size):
-                    return False
-            else:
-                # (reserve_blob queued the review already: the grace period runs from there)
-                if await blob_state(conn, digest) != (incarnation, None):
-                    return False
-                repo_id = await self.ensure_repository(conn, repository)
-                link = {"repository_id": repo_id, "digest": digest, "created_at": now()}
-                await conn.execute(self._insert_link, link)
-            await conn.execute(_DELETE_UPLOAD, {"upload": upload_id})
+            if await blob_state(conn, digest) != (incarnation, None):
+                return False
+            if (await conn.execute(_BLOB_LOCATION, {"digest": digest})).scalar() != old:
+                return False
+            await conn.execute(_SET_BLOB_LOCATION, {"blob": digest, "to": new})
             return True
 
     async def stale_uploads(self, older_than: datetime) -> list[str]:

@@ -59,6 +59,9 @@ blobs = Table(
     # moment a collector began deleting the bytes (the row is then invisible to pushes).
     Column("incarnation", String(32), nullable=False),
     Column("deleting_since", DateTime(timezone=True), nullable=True),
+    # The storage key of its bytes when they are not at the digest's key (storage/layout.py):
+    # on S3 a chunked upload's bytes stay where they were written. NULL: the digest's key.
+    Column("location", String(200), nullable=True),
     Index("ix_blobs_deleting_since", "deleting_since"),
 )
 

@@ -3,11 +3,14 @@
 An upload's bytes go to `uploads/<id>/data`. `commit_upload` checks the digest, then has the
 driver commit them to the blob's key in one atomic step; a blob key therefore only ever holds
 verified bytes. The API does the same in two steps (`verify_upload`, then `place_upload`) with
-the blob reserved against garbage collection in between (registry/gc/). Whatever an upload
-needs to continue, in any process, travels with its session in the database: its size, the
-hash state at its end (`hashstate`), and the driver's upload state. When a saved hash state
-cannot be used (saved by a build that could not export it, or a digest of another
-algorithm), the bytes already stored are read back and hashed again.
+the blob reserved against garbage collection in between (registry/gc/). On a driver that
+would copy the bytes to move them (S3), they go to `uploaded/<id>/data` instead and stay
+there: `place_upload` returns that *location*, the blob's row keeps it, and every read of the
+blob is given it (None: the digest's own key). Whatever an upload needs to continue, in any
+process, travels with its session in the database: its size, the hash state at its end
+(`hashstate`), and the driver's upload state. When a saved hash state cannot be used (saved
+by a build that could not export it, or a digest of another algorithm), the bytes already
+stored are read back and hashed again.
 Callers keep to one writer per upload at a time (the API holds a claim in the database)."""
 
 from __future__ import annotations
@@ -68,25 +71,29 @@ class BlobStore:
         self.buffer_bytes = buffer_bytes  # the largest block
         self.memory_bytes = memory_bytes  # what the blocks of every upload together may hold
         self._pouring = 0  # uploads being received in this process
-        # Uploads this process verified and committed, as (digest, size): when the database
-        # then fails to record the blob (its disk is full), the client's retry of the same
-        # PUT finds the bytes already where they belong.
-        self._committed: OrderedDict[str, tuple[Digest, int]] = OrderedDict()
+        # Uploads this process verified and committed, as (digest, size, location): when the
+        # database then fails to record the blob (its disk is full), the client's retry of
+        # the same PUT finds the bytes already where they belong.
+        self._committed: OrderedDict[str, tuple[Digest, int, str | None]] = OrderedDict()
 
-    async def stat(self, digest: Digest) -> int | None:
-        return await self.driver.stat(layout.blob_key(digest))
+    async def stat(self, digest: Digest, location: str | None = None) -> int | None:
+        return await self.driver.stat(location or layout.blob_key(digest))
 
     def read(
-        self, digest: Digest, offset: int = 0, length: int | None = None
+        self,
+        digest: Digest,
+        offset: int = 0,
+        length: int | None = None,
+        location: str | None = None,
     ) -> AsyncIterator[bytes]:
-        return self.driver.read(layout.blob_key(digest), offset, length)
+        return self.driver.read(location or layout.blob_key(digest), offset, length)
 
-    def local_path(self, digest: Digest) -> Path | None:
-        return self.driver.local_path(layout.blob_key(digest))
+    def local_path(self, digest: Digest, location: str | None = None) -> Path | None:
+        return self.driver.local_path(location or layout.blob_key(digest))
 
-    def open_local(self, digest: Digest) -> BinaryIO | None:
+    def open_local(self, digest: Digest, location: str | None = None) -> BinaryIO | None:
         """The blob's file opened for reading, when the driver keeps it on local disk."""
-        path = self.driver.local_path(layout.blob_key(digest))
+        path = self.driver.local_path(location or layout.blob_key(digest))
         if path is None:
             return None
         try:
@@ -94,11 +101,16 @@ class BlobStore:
         except FileNotFoundError:
             return None
 
-    async def redirect_url(self, digest: Digest) -> str | None:
-        return await self.driver.redirect_url(layout.blob_key(digest))
+    async def redirect_url(self, digest: Digest, location: str | None = None) -> str | None:
+        return await self.driver.redirect_url(location or layout.blob_key(digest))
 
-    async def read_all(self, digest: Digest) -> bytes:
-        return b"".join([chunk async for chunk in self.read(digest)])
+    async def read_all(self, digest: Digest, location: str | None = None) -> bytes:
+        return b"".join([chunk async for chunk in self.read(digest, location=location)])
+
+    def _upload_key(self, upload_id: str) -> str:
+        if self.driver.keeps_uploads_in_place:
+            return layout.placed_key(upload_id)
+        return layout.upload_key(upload_id)
 
     async def append_upload(
         self,
@@ -115,7 +127,7 @@ class BlobStore:
         in worker threads while the next block arrives. If the body fails midway (client
         gone, disk full), the upload is put back exactly as it was and the error propagates.
         """
-        key = layout.upload_key(upload_id)
+        key = self._upload_key(upload_id)
         hasher, storage_state = await self._resume(key, offset, hash_state, storage_state)
         writer = await self.driver.append(key, offset, storage_state)
         size = await self._pour(body, hasher, writer, offset)
@@ -187,13 +199,14 @@ class BlobStore:
         digest: Digest,
         hash_state: bytes | None = None,
         storage_state: str | None = None,
-    ) -> None:
-        """Verify the upload's bytes against `digest` and commit them to the blob's key.
+    ) -> str | None:
+        """Verify the upload's bytes against `digest` and commit them to the blob's key (or
+        in place: their location is returned, as by `place_upload`).
 
         Raises DigestInvalid when they do not match; the upload is left for the caller to drop.
         """
         storage_state = await self.verify_upload(upload_id, size, digest, hash_state, storage_state)
-        await self.place_upload(upload_id, size, digest, storage_state)
+        return await self.place_upload(upload_id, size, digest, storage_state)
 
     async def verify_upload(
         self,
@@ -207,15 +220,17 @@ class BlobStore:
         where they are (the API reserves the blob against garbage collection before it places
         them: registry/gc/); the storage state to place them with. Raises DigestInvalid when
         they do not match."""
+        committed = self._committed.get(upload_id)
         if (
-            self._committed.get(upload_id) == (digest, size)
-            and await self.driver.stat(layout.blob_key(digest)) == size
+            committed is not None
+            and committed[:2] == (digest, size)
+            and await self.stat(digest, committed[2]) == size
         ):
             return storage_state  # a retry: this upload's bytes were placed by the last try
         if size == 0:  # nothing was ever sent: the empty blob
             _check(new_hasher(digest.algorithm), digest)
             return None
-        key = layout.upload_key(upload_id)
+        key = self._upload_key(upload_id)
         if storage_state is None and await self.driver.stat(key) != size:
             raise DigestInvalid(
                 "the upload's stored bytes are not the size recorded",
@@ -230,37 +245,57 @@ class BlobStore:
         return storage_state
 
     async def place_upload(
-        self, upload_id: str, size: int, digest: Digest, storage_state: str | None = None
-    ) -> None:
-        """Commit a verified upload's bytes to the blob's key (unless they are there already)
-        and drop the upload. Raises DigestInvalid when the upload's bytes are gone."""
+        self,
+        upload_id: str,
+        size: int,
+        digest: Digest,
+        storage_state: str | None = None,
+        known: str | None = None,
+    ) -> str | None:
+        """Commit a verified upload's bytes to the blob's key, or where they are when the
+        driver keeps uploads in place, unless the blob is stored already (at `known`, its
+        row's location: one copy); drop the rest of the upload. Returns the bytes' location
+        (None: the digest's key). Raises DigestInvalid when the upload's bytes are gone."""
         blob = layout.blob_key(digest)
+        location = known
         if size == 0:
+            location = None
             if await self.driver.stat(blob) != 0:
                 await self.driver.put(blob, b"")
-        elif await self.driver.stat(blob) != size:  # else someone stored it already: one copy
-            key = layout.upload_key(upload_id)
-            if storage_state is None and await self.driver.stat(key) != size:
-                raise DigestInvalid(
-                    "the upload's bytes are gone; push the blob again",
-                    detail={"digest": str(digest)},
-                )
-            await self.driver.commit(key, storage_state, blob)
-        await self.delete_upload(upload_id)
-        self._committed[upload_id] = (digest, size)
+        elif await self.stat(digest, known) != size:  # else someone stored it already
+            key = self._upload_key(upload_id)
+            location = key if self.driver.keeps_uploads_in_place else None
+            # In place, an earlier try of this commit may have finished it (the database
+            # then failed): the bytes are there, whole.
+            if location is None or await self.driver.stat(key) != size:
+                if storage_state is None and await self.driver.stat(key) != size:
+                    raise DigestInvalid(
+                        "the upload's bytes are gone; push the blob again",
+                        detail={"digest": str(digest)},
+                    )
+                await self.driver.commit(key, storage_state, location or blob)
+        await self.delete_upload(upload_id, keep=location)
+        self._committed[upload_id] = (digest, size, location)
         while len(self._committed) > _MAX_REMEMBERED_COMMITS:
             self._committed.popitem(last=False)
+        return location
 
     async def store_stream(
-        self, upload_id: str, body: AsyncIterator[bytes], digest: Digest, expected: int | None
+        self,
+        upload_id: str,
+        body: AsyncIterator[bytes],
+        digest: Digest,
+        expected: int | None,
+        known: str | None = None,
     ) -> int:
         """A whole blob in one streamed body, its digest known up front: verified as it is
         written, and committed where the driver allows writing it in place (S3) without a
-        copy. A blob already stored (with the `expected` size) is only hashed, not stored
-        again. Raises DigestInvalid when the bytes do not match; returns their size."""
+        copy. A blob already stored (with the `expected` size, at `known` when its row has a
+        location) is only hashed, not stored again. Raises DigestInvalid when the bytes do
+        not match; returns their size."""
         blob = layout.blob_key(digest)
         hasher = hashstate.new(digest.algorithm)
-        if expected is not None and await self.driver.stat(blob) == expected:
+        if expected is not None and await self.stat(digest, known) == expected:
             size = await self._pour(body, hasher, _Discard(), 0)
             _check(hasher, digest)
             return size
@@ -293,29 +328,41 @@ class BlobStore:
             hasher.update(data)
         _check(hasher, digest)
 
-    async def place_data(self, data: bytes, digest: Digest) -> None:
-        """Store verified bytes under the blob's key, unless they are there already."""
-        key = layout.blob_key(digest)
-        if await self.driver.stat(key) != len(data):
-            await self.driver.put(key, data)
+    async def place_data(self, data: bytes, digest: Digest, known: str | None = None) -> None:
+        """Store verified bytes under the blob's key, unless they are there already (or at
+        `known`, its row's location)."""
+        if await self.stat(digest, known) != len(data):
+            await self.driver.put(layout.blob_key(digest), data)
 
     async def start_upload(self, upload_id: str) -> None:
         """Create the upload's (empty) file; appending creates it too, so this is optional."""
-        writer = await self.driver.append(layout.upload_key(upload_id), 0)
+        writer = await self.driver.append(self._upload_key(upload_id), 0)
         await writer.close()
 
     async def upload_size(self, upload_id: str) -> int | None:
-        return await self.driver.stat(layout.upload_key(upload_id))
+        return await self.driver.stat(self._upload_key(upload_id))
 
-    async def delete_upload(self, upload_id: str) -> None:
+    async def delete_upload(
+        self, upload_id: str, keep: str | None = None, everywhere: bool = False
+    ) -> None:
+        """Remove what the upload left in storage, except `keep`: the blob it became. Under
+        `uploaded/` only on a driver that writes there, unless `everywhere` (fsck)."""
         await self.driver.delete(layout.upload_prefix(upload_id))
+        placed = self.driver.keeps_uploads_in_place or everywhere
+        if placed and keep != layout.placed_key(upload_id):
+            await self.driver.delete(layout.placed_prefix(upload_id))
 
-    async def delete_blob(self, digest: Digest) -> None:
-        await self.driver.delete(layout.blob_key(digest).rsplit("/", 1)[0])
-
-    async def delete_blobs(self, digests: Sequence[Digest]) -> None:
-        """Remove the bytes of many blobs, in one batch of the driver's (garbage collection)."""
-        await self.driver.delete_many([layout.blob_key(digest) for digest in digests])
+    async def delete_blobs(self, blobs: Sequence[Digest | tuple[Digest, str | None]]) -> None:
+        """Remove the bytes of many blobs, given as digests or (digest, location): their
+        digests' keys and their locations, in one batch of the driver's (garbage
+        collection)."""
+        keys = []
+        for blob in blobs:
+            digest, location = blob if isinstance(blob, tuple) else (blob, None)
+            keys.append(layout.blob_key(digest))
+            if location is not None:
+                keys.append(location)
+        await self.driver.delete_many(keys)
 
     async def _rehash(self, key: str, size: int, algorithm: str) -> Hasher:
         hasher: Hasher = hashstate.new(algorithm)

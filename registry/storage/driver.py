@@ -94,6 +94,9 @@ class StorageDriver(Protocol):
     # BlobStore's budget allows. A driver that gathers its own parts (S3) needs only small
     # ones: larger, they would be held twice while its parts are sent.
     write_block_bytes: int | None
+    # True when moving an upload's bytes to another key would copy them (S3): uploads are then
+    # written under `uploaded/` and stay there once they are blobs (storage/layout.py).
+    keeps_uploads_in_place: bool
 
     async def stat(self, key: str) -> int | None:
         """Size in bytes of the object at `key`, or None when there is none."""

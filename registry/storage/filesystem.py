@@ -35,6 +35,7 @@ class FilesystemDriver:
     visible under a key; without it they may still be in the page cache, as Distribution's."""
 
     write_block_bytes: int | None = None  # each block goes straight to the file
+    keeps_uploads_in_place = False  # a rename moves an upload to its blob's key for free
 
     def __init__(self, root: str | Path, fsync: bool = True) -> None:
         self.root = Path(root).resolve()

@@ -4,7 +4,9 @@ Keys are the layout's keys under `storage.s3.prefix` in the bucket. boto3 blocks
 call runs in a pool of `max_concurrency` threads (one botocore connection each), never one
 thread per chunk. Uploads are multipart uploads (see `s3upload.py`); `commit` completes them
 and, when the bytes are not at their destination yet, copies them there server-side
-(CopyObject up to 5 GiB, UploadPartCopy in parallel ranges above). Reads are one GET each,
+(CopyObject up to 5 GiB, UploadPartCopy in parallel ranges above). That copy took a quarter
+of a chunked push, so the driver `keeps_uploads_in_place`: BlobStore commits a finished
+upload where it was written, and the blob's row records that location. Reads are one GET each,
 its body read in pieces by the pool while the loop sends the piece before: ranged GETs of a
 few MiB, several at once, cost botocore ~2 ms of CPU each, which made pulls CPU-bound here.
 
@@ -46,9 +48,11 @@ COPY_OBJECT_MAX = 5 * 1024**3  # CopyObject's limit; above it, UploadPartCopy
 COPY_PART = 512 * 1024 * 1024
 # Sizes of blob keys seen lately. A blob's bytes never change once written, and a HEAD to S3
 # costs ~2 ms of botocore's CPU (several times our whole blob HEAD), so a blob HEAD answers
-# from here. Only `blobs/` keys; dropped on delete and whenever a read finds the object gone
-# or of another size; and kept a minute at most, so that a blob deleted through another
-# process is seen missing by this one's HEADs within that time (its GETs see it at once).
+# from here. Only blobs' keys: `blobs/`, and `uploaded/` where chunked pushes leave theirs
+# (an object there is replaced only by an upload that reopens it, which forgets it). Dropped
+# on delete and whenever a read finds the object gone or of another size; and kept a minute
+# at most, so that a blob deleted through another process is seen missing by this one's
+# HEADs within that time (its GETs see it at once).
 STAT_TTL_SECONDS = 60.0
 STAT_CACHE_KEYS = 10_000
 _NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
@@ -125,6 +129,7 @@ def composite_etag(upload: UploadState) -> str | None:
 
 class S3Driver:
     write_block_bytes: int | None = 1024 * 1024  # writers gather them into parts
+    keeps_uploads_in_place = True  # a copy of a finished upload cost a quarter of a push
 
     def __init__(
         self, settings: S3Config, client: Any | None = None, memory_bytes: int = 16 * 1024 * 1024
@@ -140,6 +145,7 @@ class S3Driver:
             self._sse["SSEKMSKeyId"] = settings.kms_key_id
         self.client = client if client is not None else make_client(settings)
         self._sizes: collections.OrderedDict[str, tuple[float, int]] = collections.OrderedDict()
+        self._cached = (self.prefix + "blobs/", self.prefix + "uploaded/")
         self._pool = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix="registry-s3")
         # Parts uploading at once, every writer of this process together: each is a part in
         # memory, so they share the upload memory (limits.upload_memory_bytes); two at least,
@@ -176,7 +182,7 @@ class S3Driver:
         return size
 
     def _remember(self, full: str, size: int) -> None:
-        if full.startswith(self.prefix + "blobs/"):
+        if full.startswith(self._cached):
             self._sizes[full] = (time.monotonic(), size)
             self._sizes.move_to_end(full)
             while len(self._sizes) > STAT_CACHE_KEYS:
@@ -383,6 +389,7 @@ class S3Driver:
             return S3AppendWriter(self, target, self.part_size, whole=True)
         # A plain object at `key` holds the first bytes: they start the multipart upload as
         # a copied part (server-side), or, under a part's minimum, as its tail.
+        self._forget(full)
         stored = await self.stat(key)
         if stored is None or stored < offset:
             raise StorageError(f"{key} holds {stored or 0} bytes, not the {offset} expected")

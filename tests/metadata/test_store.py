@@ -280,3 +280,51 @@ class TestReferrers:
         filtered = await store.referrers("r", subject, "application/sbom")
         assert [r.digest for r in filtered] == [sbom]
         assert await store.referrers("r", digest("nothing"), None) == []
+
+
+class TestBlobLocations:
+    """Where a blob's bytes are when an upload left them in place (S3): the first upload to
+    finish gives the row its location, later ones learn it (theirs are duplicates)."""
+
+    async def test_the_first_finish_places_the_blob(self, store: MetadataStore) -> None:
+        blob = digest("x")
+        first, second = await store.create_upload("r1"), await store.create_upload("r2")
+        a, b = await store.reserve(blob, 5), await store.reserve(blob, 5)
+        assert a is not None and b is not None and a.location is None and b.location is None
+        done = await store.finish_upload(first.id, "r1", blob, 5, a.incarnation, "uploaded/a/data")
+        assert done and done.location == "uploaded/a/data"
+        assert await store.blob_in_repository("r1", blob) == (5, "uploaded/a/data")
+        done = await store.finish_upload(second.id, "r2", blob, 5, b.incarnation, "uploaded/b/data")
+        assert done and done.location == "uploaded/a/data"  # the caller drops its own bytes
+        assert await store.blob_in_repository("r2", blob) == (5, "uploaded/a/data")
+        later = await store.reserve(blob, 5)
+        assert later is not None and later.location == "uploaded/a/data"
+
+    async def test_a_blob_moves_only_from_where_it_was_seen(self, store: MetadataStore) -> None:
+        blob = digest("x")
+        session = await store.create_upload("r")
+        held = await store.reserve(blob, 5)
+        assert held is not None
+        await store.finish_upload(session.id, "r", blob, 5, held.incarnation, "uploaded/a/data")
+        assert not await store.move_blob(blob, held.incarnation, "uploaded/z/data", "uploaded/b")
+        assert not await store.move_blob(blob, "0" * 32, "uploaded/a/data", "uploaded/b")
+        assert await store.move_blob(blob, held.incarnation, "uploaded/a/data", "uploaded/b")
+        assert await store.blob_in_repository("r", blob) == (5, "uploaded/b")
+
+    async def test_bytes_in_place_are_not_taken_after_the_session_ended(
+        self, store: MetadataStore
+    ) -> None:
+        """An upload session that expired while its finish ran: its bytes are being deleted
+        with it, so the blob must not be recorded there."""
+        blob = digest("x")
+        session = await store.create_upload("r")
+        held = await store.reserve(blob, 5)
+        assert held is not None
+        await store.delete_upload(session.id)  # expiry
+        done = await store.finish_upload(
+            session.id, "r", blob, 5, held.incarnation, "uploaded/a/data"
+        )
+        assert not done
+        assert await store.blob_in_repository("r", blob) is None
+        again = await store.reserve(blob, 5)
+        assert again is not None and again.location is None

@@ -88,21 +88,37 @@ def split(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
-async def push(store: BlobStore, upload_id: str, data: bytes, algorithm: str = "sha256") -> Digest:
+async def push(
+    store: BlobStore,
+    upload_id: str,
+    data: bytes,
+    algorithm: str = "sha256",
+    known: str | None = None,
+) -> tuple[Digest, str | None]:
+    """A chunked upload of `data`, committed: its digest, and its location (None: at the
+    digest's key), as the blob's row would keep it. `known`: the row's location already."""
     await store.start_upload(upload_id)
     progress = await store.append_upload(upload_id, 0, body(split(data, 1000)))
     assert progress.size == len(data)
     digest = Digest.of(data, algorithm)
-    await commit(store, upload_id, progress, digest)
-    return digest
+    return digest, await commit(store, upload_id, progress, digest, known)
 
 
 async def commit(
-    store: BlobStore, upload_id: str, progress: UploadProgress, digest: Digest
-) -> None:
-    await store.commit_upload(
+    store: BlobStore,
+    upload_id: str,
+    progress: UploadProgress,
+    digest: Digest,
+    known: str | None = None,
+) -> str | None:
+    storage_state = await store.verify_upload(
         upload_id, progress.size, digest, progress.hash_state, progress.storage_state
     )
+    return await store.place_upload(upload_id, progress.size, digest, storage_state, known)
+
+
+def in_place(store: BlobStore) -> bool:
+    return store.driver.keeps_uploads_in_place
 
 
 async def append(
@@ -124,19 +140,22 @@ def files(root: Path) -> list[str]:
 
 
 async def test_push_and_read(store: BlobStore, stored_keys: Callable[[], list[str]]) -> None:
+    """On disk the upload is moved to the digest's key; on S3 it stays where it was written
+    (moving it would copy it), and its location is what reads are given."""
     data = os.urandom(10_000)
-    digest = await push(store, UPLOAD, data)
-    assert await store.stat(digest) == len(data)
-    assert await store.read_all(digest) == data
-    assert b"".join([c async for c in store.read(digest, 100, 50)]) == data[100:150]
-    assert stored_keys() == [layout.blob_key(digest)]
-    assert await store.upload_size(UPLOAD) is None
+    digest, where = await push(store, UPLOAD, data)
+    assert where == (layout.placed_key(UPLOAD) if in_place(store) else None)
+    assert await store.stat(digest, where) == len(data)
+    assert await store.read_all(digest, where) == data
+    assert b"".join([c async for c in store.read(digest, 100, 50, where)]) == data[100:150]
+    assert stored_keys() == [where or layout.blob_key(digest)]  # nothing else left
 
 
 async def test_local_path(root: Path) -> None:
     store = BlobStore(FilesystemDriver(root))
     data = os.urandom(1000)
-    digest = await push(store, UPLOAD, data)
+    digest, where = await push(store, UPLOAD, data)
+    assert where is None
     path = store.local_path(digest)
     assert path is not None and path.read_bytes() == data
 
@@ -145,13 +164,14 @@ async def test_sha512(store: BlobStore) -> None:
     """An upload is hashed with SHA-256 as it comes; a SHA-512 digest is checked by reading
     the bytes back (the fallback), on S3 too."""
     data = os.urandom(6 * MiB + 5)
-    digest = await push(store, UPLOAD, data, "sha512")
+    digest, where = await push(store, UPLOAD, data, "sha512")
     assert digest.algorithm == "sha512"
-    assert await store.read_all(digest) == data
+    assert await store.read_all(digest, where) == data
 
 
 async def test_empty_blob(store: BlobStore) -> None:
-    digest = await push(store, UPLOAD, b"")
+    digest, where = await push(store, UPLOAD, b"")
+    assert where is None
     assert str(digest) == "sha256:" + hashlib.sha256(b"").hexdigest()
     assert await store.stat(digest) == 0
 
@@ -178,15 +198,15 @@ async def test_wrong_bytes_under_a_stored_digest_and_size_are_refused(
     checked all the same: "already stored" must never stand in for the digest check, or
     anyone knowing a blob's digest and size could claim it with garbage."""
     stored = os.urandom(4000)
-    digest = await push(store, UPLOAD, stored)
+    digest, where = await push(store, UPLOAD, stored)
     forged = os.urandom(len(stored))
     await store.start_upload(OTHER_UPLOAD)
     progress = await append(store, OTHER_UPLOAD, None, split(forged, 1000))
     with pytest.raises(DigestInvalid):
-        await commit(store, OTHER_UPLOAD, progress, digest)
+        await commit(store, OTHER_UPLOAD, progress, digest, where)
     with pytest.raises(DigestInvalid):
         await store.store(forged, digest)
-    assert await store.read_all(digest) == stored
+    assert await store.read_all(digest, where) == stored
 
 
 async def test_a_commit_retried_after_its_move_finds_its_bytes_in_place(
@@ -198,13 +218,13 @@ async def test_a_commit_retried_after_its_move_finds_its_bytes_in_place(
     await store.start_upload(UPLOAD)
     progress = await append(store, UPLOAD, None, split(data, 1000))
     digest = Digest.of(data)
-    await commit(store, UPLOAD, progress, digest)
-    await commit(store, UPLOAD, progress, digest)
+    where = await commit(store, UPLOAD, progress, digest)
+    assert await commit(store, UPLOAD, progress, digest) == where
     with pytest.raises(DigestInvalid):
         await store.commit_upload(OTHER_UPLOAD, len(data), digest)
     with pytest.raises(DigestInvalid):
         await store.commit_upload(UPLOAD, len(data) - 1, digest)
-    assert await store.read_all(digest) == data
+    assert await store.read_all(digest, where) == data
 
 
 async def test_chunks_resume_in_another_process(
@@ -218,8 +238,8 @@ async def test_chunks_resume_in_another_process(
     second = BlobStore(_reading_forbidden(driver_and_keys[0]))
     progress = await append(second, UPLOAD, progress, split(data[6 * MiB + 1 :], 99_999))
     assert progress.size == len(data)
-    await commit(second, UPLOAD, progress, Digest.of(data))
-    assert await first.read_all(Digest.of(data)) == data
+    where = await commit(second, UPLOAD, progress, Digest.of(data))
+    assert await first.read_all(Digest.of(data), where) == data
 
 
 async def test_without_a_hash_state_the_bytes_are_read_back(store: BlobStore) -> None:
@@ -230,8 +250,8 @@ async def test_without_a_hash_state_the_bytes_are_read_back(store: BlobStore) ->
     progress = UploadProgress(progress.size, None, progress.storage_state)
     progress = await append(store, UPLOAD, progress, [data[5 * MiB + 3 :]])
     progress = UploadProgress(progress.size, b"SH\x012junk", progress.storage_state)
-    await commit(store, UPLOAD, progress, Digest.of(data))
-    assert await store.read_all(Digest.of(data)) == data
+    where = await commit(store, UPLOAD, progress, Digest.of(data))
+    assert await store.read_all(Digest.of(data), where) == data
 
 
 def _reading_forbidden(driver: StorageDriver) -> StorageDriver:
@@ -257,8 +277,8 @@ async def test_failed_body_puts_the_upload_back(store: BlobStore) -> None:
     # The retry of the same chunk, and the commit, see exactly the bytes that stayed.
     done = await append(store, UPLOAD, progress, [more])
     assert done.size == len(good + more)
-    await commit(store, UPLOAD, done, Digest.of(good + more))
-    assert await store.read_all(Digest.of(good + more)) == good + more
+    where = await commit(store, UPLOAD, done, Digest.of(good + more))
+    assert await store.read_all(Digest.of(good + more), where) == good + more
 
 
 async def test_append_at_an_earlier_offset_drops_the_rest(root: Path) -> None:
@@ -282,12 +302,12 @@ async def test_commit_counts_only_the_recorded_size(root: Path) -> None:
 async def test_second_copy_is_not_stored(
     store: BlobStore, stored_keys: Callable[[], list[str]]
 ) -> None:
+    """A second upload of a stored blob (its row's location given) keeps nothing."""
     data = os.urandom(4000)
-    digest = await push(store, UPLOAD, data)
-    again = await push(store, OTHER_UPLOAD, data)
-    assert again == digest
-    assert stored_keys() == [layout.blob_key(digest)]
-    assert await store.read_all(digest) == data
+    digest, where = await push(store, UPLOAD, data)
+    assert await push(store, OTHER_UPLOAD, data, known=where) == (digest, where)
+    assert stored_keys() == [where or layout.blob_key(digest)]
+    assert await store.read_all(digest, where) == data
 
 
 async def test_interleaved_uploads_keep_their_own_state(store: BlobStore) -> None:
@@ -296,10 +316,10 @@ async def test_interleaved_uploads_keep_their_own_state(store: BlobStore) -> Non
     pb = await append(store, OTHER_UPLOAD, None, [b[:2000]])
     pa = await append(store, UPLOAD, pa, [a[1000:]])
     pb = await append(store, OTHER_UPLOAD, pb, [b[2000:]])
-    await commit(store, UPLOAD, pa, Digest.of(a))
-    await commit(store, OTHER_UPLOAD, pb, Digest.of(b))
-    assert await store.read_all(Digest.of(a)) == a
-    assert await store.read_all(Digest.of(b)) == b
+    wa = await commit(store, UPLOAD, pa, Digest.of(a))
+    wb = await commit(store, OTHER_UPLOAD, pb, Digest.of(b))
+    assert await store.read_all(Digest.of(a), wa) == a
+    assert await store.read_all(Digest.of(b), wb) == b
 
 
 async def test_delete_upload_and_blob(
@@ -309,9 +329,9 @@ async def test_delete_upload_and_blob(
     await append(store, UPLOAD, None, [b"x" * (6 * MiB)])  # a multipart upload on S3
     await store.delete_upload(UPLOAD)
     assert await store.upload_size(UPLOAD) is None
-    digest = await push(store, OTHER_UPLOAD, b"blob")
-    await store.delete_blob(digest)
-    assert await store.stat(digest) is None
+    digest, where = await push(store, OTHER_UPLOAD, b"blob")
+    await store.delete_blobs([(digest, where)])
+    assert await store.stat(digest, where) is None
     assert stored_keys() == []
 
 

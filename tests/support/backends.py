@@ -9,6 +9,7 @@ only when a test needs them. `RegistryServer.storage` shows what is stored, on e
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,6 +95,25 @@ class StorageView:
         algorithm, hex_digest = digest.split(":", 1)
         return f"blobs/{algorithm}/{hex_digest[:2]}/{hex_digest}/data"
 
+    def read(self, key: str) -> bytes:
+        if self.on_s3:
+            found = self._client().get_object(Bucket=self.bucket, Key=key)  # type: ignore[attr-defined]
+            return found["Body"].read()  # type: ignore[no-any-return]
+        return (self.root / key).read_bytes()
+
+    def blob_keys(self, digest: str) -> list[str]:
+        """Every key holding the blob's bytes: its digest's key, and any object a chunked
+        upload left in place (`uploaded/<id>/data`, on S3) whose bytes hash to it."""
+        algorithm, hex_digest = digest.split(":", 1)
+        found = [k for k in self.keys(self.blob_key(digest)) if k == self.blob_key(digest)]
+        for key in self.keys("uploaded/"):
+            if (
+                key.endswith("/data")
+                and hashlib.new(algorithm, self.read(key)).hexdigest() == hex_digest
+            ):
+                found.append(key)
+        return found
+
     def replace(self, key: str, data: bytes | None) -> None:
         """Damage storage behind the registry's back: new bytes at `key`, or none."""
         if self.on_s3:
@@ -107,6 +127,7 @@ class StorageView:
         if data is None:
             path.unlink()
         else:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
 
 
