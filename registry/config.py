@@ -71,6 +71,9 @@ class S3Config:
     redirect: bool = False  # answer blob GETs with a 307 to a presigned URL
     redirect_seconds: int = 600  # lifetime of a presigned URL
     max_concurrency: int = 32  # threads (and connections) talking to S3 at once, per worker
+    # A chunked push's bytes stay where they were written (the blob row names the key); off:
+    # copied to the digest's key, as releases before 0009 did (for a rolling upgrade).
+    chunked_in_place: bool = True
 
 
 STORAGE_DRIVERS = ("filesystem", "s3")

@@ -129,7 +129,6 @@ def composite_etag(upload: UploadState) -> str | None:
 
 class S3Driver:
     write_block_bytes: int | None = 1024 * 1024  # writers gather them into parts
-    keeps_uploads_in_place = True  # a copy of a finished upload cost a quarter of a push
 
     def __init__(
         self, settings: S3Config, client: Any | None = None, memory_bytes: int = 16 * 1024 * 1024
@@ -138,6 +137,8 @@ class S3Driver:
         self.prefix = settings.prefix.strip("/") + "/" if settings.prefix.strip("/") else ""
         self.part_size = settings.part_size
         self.redirect_seconds = settings.redirect_seconds
+        # A copy of a finished upload to its digest's key cost a quarter of a chunked push.
+        self.keeps_uploads_in_place = settings.chunked_in_place
         self._sse: dict[str, str] = {}
         if settings.encryption:
             self._sse["ServerSideEncryption"] = settings.encryption

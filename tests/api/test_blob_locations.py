@@ -160,3 +160,21 @@ def test_fsck_and_collection_find_blobs_where_they_are(
     assert digest in json.loads(collected.stdout)["deleted_blobs"]
     assert view.blob_keys(digest) == []
     assert client.get(f"/v2/{repo}/blobs/{digest}").status_code == 404
+
+
+def test_in_place_can_be_turned_off_for_a_rolling_upgrade(make_server: ServerFactory) -> None:
+    """`storage.s3.chunked_in_place: false`: a chunked push ends at the digest's key, where
+    replicas from before migration 0009 look for it."""
+    server = make_server("copying", env={**ENV, "REGISTRY_STORAGE_S3_CHUNKED_IN_PLACE": "false"})
+    if not storage(server).on_s3:
+        pytest.skip("a setting of the S3 driver")
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            data = os.urandom(6 * MiB + 7)
+            repo = unique_repo("copying")
+            finish(c, patched(c, repo, data, 6 * MiB), data)
+            assert storage(server).keys() == [storage(server).blob_key(digest_of(data))]
+            assert_blob(c, repo, data)
+    finally:
+        server.stop()
