@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from registry.allocator import give_back_freed
 from registry.api.context import Services
 from registry.api.routes import ROUTES
 from registry.auth import AccessController, AllowAll
@@ -200,6 +201,7 @@ def build_services(
         driver,
         buffer_bytes=config.limits.upload_buffer_bytes,
         memory_bytes=config.limits.upload_memory_bytes,
+        on_idle=give_back_freed,
     )
     if access is None:  # token auth when auth.enabled, else none (loopback only)
         access = access_controller(config, db)

@@ -44,3 +44,31 @@ def test_freed_blocks_are_reused_without_new_page_faults() -> None:
     # By default each pass maps (or regrows) and faults in its 32 MiB again: 8,192 pages.
     assert default > 5 * 4_000
     assert tuned < default / 10
+
+
+# The same blocks, freed; the resident size (KiB) with them kept, then given back.
+GIVE_BACK = """
+from registry.allocator import give_back_freed, keep_freed_buffers
+assert keep_freed_buffers()
+def resident():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4
+blocks = [bytearray(4 * 1024 * 1024) for _ in range(8)]
+for block in blocks:
+    block[::4096] = b"x" * len(block[::4096])
+del blocks
+kept = resident()
+assert give_back_freed()
+print(kept, resident())
+"""
+
+
+def test_freed_blocks_are_given_back_on_request() -> None:
+    """Kept for the next upload, the blocks still count in the worker's memory until it is
+    idle: then `give_back_freed` returns them."""
+    done = subprocess.run(
+        [sys.executable, "-c", GIVE_BACK], capture_output=True, text=True, check=True,
+        cwd=REPO_ROOT,
+    )  # fmt: skip
+    kept, after = (int(x) for x in done.stdout.split())
+    assert kept - after > 24 * 1024, (kept, after)

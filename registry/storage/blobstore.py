@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,6 +31,7 @@ from registry.storage.pipeline import BLOCKS_HELD, BlockPipeline
 DEFAULT_ALGORITHM = "sha256"
 _MAX_REMEMBERED_COMMITS = 1024
 MIN_BLOCK_BYTES = 256 * 1024
+IDLE_SECONDS = 1.0  # longer than the pause between two chunks of one push
 _HASH_ON_LOOP_BYTES = 64 * 1024  # hashing this much takes ~50 us: not worth a thread hop
 _MAX_PIECES = 256  # body pieces in one block; more (tiny ones) are joined
 _SMALL_PIECE = 64 * 1024  # pieces below this may be joined; larger ones are left as they came
@@ -66,11 +67,17 @@ class BlobStore:
         driver: StorageDriver,
         buffer_bytes: int = 4 * 1024 * 1024,
         memory_bytes: int = 16 * 1024 * 1024,
+        on_idle: Callable[[], object] | None = None,
     ) -> None:
         self.driver = driver
         self.buffer_bytes = buffer_bytes  # the largest block
         self.memory_bytes = memory_bytes  # what the blocks of every upload together may hold
+        # Called once no upload has been received for `idle_seconds` (the server gives the
+        # freed blocks back to the kernel then: registry/allocator.py).
+        self.on_idle = on_idle
+        self.idle_seconds = IDLE_SECONDS
         self._pouring = 0  # uploads being received in this process
+        self._pours = 0  # uploads begun, ever: a quiet spell is one where this stays put
         # Uploads this process verified and committed, as (digest, size, location): when the
         # database then fails to record the blob (its disk is full), the client's retry of
         # the same PUT finds the bytes already where they belong.
@@ -151,6 +158,7 @@ class BlobStore:
         pieces: list[bytes] = []
         buffered = 0
         self._pouring += 1
+        self._pours += 1
         try:
             async for piece in body:
                 pieces.append(piece)
@@ -171,7 +179,15 @@ class BlobStore:
             raise
         finally:
             self._pouring -= 1
+            if self._pouring == 0 and self.on_idle is not None:
+                asyncio.get_running_loop().call_later(
+                    self.idle_seconds, self._quiet_since, self._pours
+                )
         return size
+
+    def _quiet_since(self, pours: int) -> None:
+        if self._pours == pours and self.on_idle is not None:  # none began since
+            self.on_idle()
 
     async def _resume(
         self, key: str, offset: int, hash_state: bytes | None, storage_state: str | None

@@ -3,6 +3,7 @@ on the filesystem driver and on S3 (SeaweedFS)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import statistics
@@ -443,3 +444,26 @@ async def test_a_body_of_tiny_pieces_is_stored_whole_in_bounded_writes(root: Pat
     digest = Digest.of(data, "sha256")
     await store.commit_upload(UPLOAD, len(data), digest)
     assert await store.read_all(digest) == data
+
+
+async def test_on_idle_is_called_once_uploads_have_stopped(root: Path) -> None:
+    """Never while an upload is being received, nor when another began during the quiet
+    spell the last one's end started; once, after a spell with none."""
+    calls: list[int] = []
+    store = BlobStore(FilesystemDriver(root), on_idle=lambda: calls.append(1))
+    store.idle_seconds = 0.1
+    release = asyncio.Event()
+
+    async def held() -> AsyncIterator[bytes]:
+        yield b"first"
+        await release.wait()
+        yield b"rest"
+
+    await store.append_upload(UPLOAD, 0, body([b"quick"]))  # its end starts a quiet spell
+    slow = asyncio.create_task(store.append_upload(OTHER_UPLOAD, 0, held()))
+    await asyncio.sleep(0.4)  # the spell's end comes and goes while `slow` is receiving
+    assert calls == []
+    release.set()
+    assert (await slow).size == len(b"firstrest")
+    await asyncio.sleep(0.4)
+    assert calls == [1]
