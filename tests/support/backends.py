@@ -69,26 +69,38 @@ class StorageView:
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
 
     def upload_exists(self, upload_id: str) -> bool:
-        return bool(self.keys(f"uploads/{upload_id}"))
+        """Whether bytes of the upload in progress are stored: under `uploads/<id>/`, and on
+        S3 (which writes uploads in place) its tail objects and unfinished multipart upload
+        under `uploaded/<id>/`; not the finished object there, a blob's bytes now."""
+        if not self.on_s3:
+            return bool(self.keys(f"uploads/{upload_id}"))
+        return bool(self.keys(f"uploads/{upload_id}/")) or bool(self._in_place(upload_id))
+
+    def _in_place(self, upload_id: str) -> list[tuple[str, str | None]]:
+        """(key, multipart upload id or None) of what an upload in progress holds under
+        `uploaded/<id>/` on S3."""
+        prefix = f"uploaded/{upload_id}/"
+        found: list[tuple[str, str | None]] = [
+            (k, None)
+            for k in self.seaweedfs.keys(self.bucket, prefix)
+            if ".tail-" in k  # type: ignore[attr-defined]
+        ]
+        uploads = self._client().list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)  # type: ignore[attr-defined]
+        return found + [(u["Key"], u["UploadId"]) for u in uploads.get("Uploads", [])]
 
     def upload_bytes(self, upload_id: str) -> int:
         """Bytes stored for an upload in progress (S3: its tail objects and uploaded parts)."""
-        prefix = f"uploads/{upload_id}/"
         if not self.on_s3:
-            path = self.root / prefix / "data"
+            path = self.root / f"uploads/{upload_id}/data"
             return path.stat().st_size if path.exists() else 0
         client = self._client()
         total = 0
-        for page in client.get_paginator("list_objects_v2").paginate(  # type: ignore[attr-defined]
-            Bucket=self.bucket, Prefix=prefix
-        ):
-            total += sum(item["Size"] for item in page.get("Contents", []))
-        uploads = client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)  # type: ignore[attr-defined]
-        for upload in uploads.get("Uploads", []):
-            parts = client.list_parts(  # type: ignore[attr-defined]
-                Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-            )
-            total += sum(part["Size"] for part in parts.get("Parts", []))
+        for key, multipart in self._in_place(upload_id):
+            if multipart is None:
+                total += client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]  # type: ignore[attr-defined]
+            else:
+                parts = client.list_parts(Bucket=self.bucket, Key=key, UploadId=multipart)  # type: ignore[attr-defined]
+                total += sum(part["Size"] for part in parts.get("Parts", []))
         return total
 
     def blob_key(self, digest: str) -> str:
