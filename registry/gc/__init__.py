@@ -51,14 +51,16 @@ and `metadata/gcstore.py`:
      no repository links yet, so nothing can see it) or keep it, and restart its grace
      period. From here on no collector will mark this row for a grace period;
    - move the bytes to the blob's key (the key's old copy, if any, is not being deleted: no
-     marked row exists);
+     marked row exists), or, on S3, complete them where the upload wrote them;
    - finish: lock the row again and link it into the repository only if it is still the
      same incarnation and unmarked. Otherwise it was collected in between (possible only
      with a grace period near zero) and the answer is 503 UNAVAILABLE, never a 201 for bytes
-     that may be gone.
-   So the bytes under a blob key are removed only while its row is marked, and a marked row
-   is never given back to an upload: a blob re-uploaded while its old copy is being deleted
-   waits, then writes its bytes afresh. `registry fsck --repair` removes orphan bytes
+     that may be gone. Bytes left in place become the row's `location` here, unless it has
+     one (those bytes are the blob's; these are dropped), and only while the upload's
+     session lasts: an expired session's bytes are being deleted with it.
+   So the bytes under a blob key (and at its row's location, removed with it) are removed
+   only while its row is marked, and a marked row is never given back to an upload: a blob
+   re-uploaded while its old copy is being deleted waits, then writes its bytes afresh. `registry fsck --repair` removes orphan bytes
    through the same marks.
 
 The rows of a collector that died between marking and forgetting stay marked: a later run
