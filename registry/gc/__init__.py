@@ -60,8 +60,8 @@ and `metadata/gcstore.py`:
      session lasts: an expired session's bytes are being deleted with it.
    So the bytes under a blob key (and at its row's location, removed with it) are removed
    only while its row is marked, and a marked row is never given back to an upload: a blob
-   re-uploaded while its old copy is being deleted waits, then writes its bytes afresh. `registry fsck --repair` removes orphan bytes
-   through the same marks.
+   re-uploaded while its old copy is being deleted waits, then writes its bytes afresh.
+   `registry fsck --repair` removes orphan bytes through the same marks.
 
 The rows of a collector that died between marking and forgetting stay marked: a later run
 (of any replica) takes over marks older than `DELETE_LEASE` and finishes them. Uploads of
