@@ -213,7 +213,8 @@ async def upload_chunk(request: Request) -> Response:
     name, svc, upload = await _session(request)
     async with _claimed(request, svc, name, upload) as (upload, claim):
         expected = _chunk_length(request, name, upload, _content_length(request))
-        size = await _append(svc, upload, _checked_body(request, expected, claim), claim)
+        body = _checked_body(request, expected, claim)
+        size = await _append(svc, upload, body, claim, expected)
     return Response(status_code=202, headers=_upload_headers(request, name, upload, size))
 
 
@@ -238,10 +239,14 @@ def _chunk_length(request: Request, name: str, upload: Upload, expected: int | N
 
 
 async def _append(
-    svc: Services, upload: Upload, body: AsyncIterator[bytes], claim: Claim | None
+    svc: Services,
+    upload: Upload,
+    body: AsyncIterator[bytes],
+    claim: Claim | None,
+    length: int | None = None,
 ) -> int:
     progress = await svc.blobs.append_upload(
-        upload.id, upload.size, body, upload.hash_state, upload.storage_state
+        upload.id, upload.size, body, upload.hash_state, upload.storage_state, length
     )
     writer = claim.writer if claim is not None else None
     # The size and the states that go with it move together: the next request, on any
@@ -306,7 +311,7 @@ async def _finish(
                 # The session ends here either way, so its recorded size need not move first.
                 body_stream = _checked_body(request, expected, claim)
                 progress = await svc.blobs.append_upload(
-                    upload.id, upload.size, body_stream, hash_state, storage_state
+                    upload.id, upload.size, body_stream, hash_state, storage_state, expected
                 )
                 size, hash_state, storage_state = (
                     progress.size,

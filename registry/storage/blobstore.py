@@ -126,9 +126,10 @@ class BlobStore:
         body: AsyncIterator[bytes],
         hash_state: bytes | None = None,
         storage_state: str | None = None,
+        length: int | None = None,
     ) -> UploadProgress:
-        """Append a request body to an upload at `offset` (its session's saved states given);
-        return where the upload stands now.
+        """Append a request body to an upload at `offset` (its session's saved states given;
+        `length`: the body's, when known); return where the upload stands now.
 
         Bytes are hashed and written in large blocks (lists of the body's pieces, not joined)
         in worker threads while the next block arrives. If the body fails midway (client
@@ -136,7 +137,7 @@ class BlobStore:
         """
         key = self._upload_key(upload_id)
         hasher, storage_state = await self._resume(key, offset, hash_state, storage_state)
-        writer = await self.driver.append(key, offset, storage_state)
+        writer = await self.driver.append(key, offset, storage_state, length=length)
         size = await self._pour(body, hasher, writer, offset)
         storage_state = await _closed(writer)
         return UploadProgress(size, _saved(hasher), storage_state)
@@ -316,7 +317,7 @@ class BlobStore:
             _check(hasher, digest)
             return size
         key = layout.upload_key(upload_id)
-        writer = await self.driver.append(key, 0, None, destination=blob)
+        writer = await self.driver.append(key, 0, None, destination=blob, length=expected)
         size = await self._pour(body, hasher, writer, 0)
         try:
             _check(hasher, digest)

@@ -114,13 +114,19 @@ class StorageDriver(Protocol):
         ...
 
     async def append(
-        self, key: str, offset: int, state: str | None = None, destination: str | None = None
+        self,
+        key: str,
+        offset: int,
+        state: str | None = None,
+        destination: str | None = None,
+        length: int | None = None,
     ) -> AppendWriter:
         """A writer that appends to the upload at `key` from `offset`, discarding anything
         past it. `state` is what the upload's last writer returned (None for a new upload, or
         for an object at `key` written whole). `destination`, when already known, is where
         `commit` will put the bytes: a driver whose unfinished writes are invisible may write
-        them there directly, so that the commit moves nothing."""
+        them there directly, so that the commit moves nothing. `length`, when known, is how
+        many bytes the writer will be given (S3 streams its parts then)."""
         ...
 
     async def commit(self, source: str, state: str | None, destination: str) -> None:

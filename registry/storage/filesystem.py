@@ -84,7 +84,12 @@ class FilesystemDriver:
             raise storage_error(exc, f"put {key}") from exc
 
     async def append(
-        self, key: str, offset: int, state: str | None = None, destination: str | None = None
+        self,
+        key: str,
+        offset: int,
+        state: str | None = None,
+        destination: str | None = None,
+        length: int | None = None,
     ) -> FileAppendWriter:
         # The file is the whole state; a partly written file must never sit at `destination`.
         path = self._path(key)

@@ -39,7 +39,13 @@ from registry.storage.driver import (
     StoredObject,
     check_key,
 )
-from registry.storage.s3upload import MIN_PART, S3AppendWriter, UploadState, completed_parts
+from registry.storage.s3upload import (
+    MIN_PART,
+    PartStream,
+    S3AppendWriter,
+    UploadState,
+    completed_parts,
+)
 
 log = logging.getLogger("registry.storage.s3")
 
@@ -375,19 +381,24 @@ class S3Driver:
     # Uploads ------------------------------------------------------------------------------
 
     async def append(
-        self, key: str, offset: int, state: str | None = None, destination: str | None = None
+        self,
+        key: str,
+        offset: int,
+        state: str | None = None,
+        destination: str | None = None,
+        length: int | None = None,
     ) -> S3AppendWriter:
         full = self._key(key)
         if state is not None:
             upload = UploadState.load(state)
             if upload.size != offset:
                 raise StorageError(f"{key} holds {upload.size} bytes, not the {offset} expected")
-            return S3AppendWriter(self, upload, self.part_size)
+            return S3AppendWriter(self, upload, self.part_size, length=length)
         if not offset:
             if destination is None:
-                return S3AppendWriter(self, UploadState(full), self.part_size)
+                return S3AppendWriter(self, UploadState(full), self.part_size, length=length)
             target = UploadState(self._key(destination))
-            return S3AppendWriter(self, target, self.part_size, whole=True)
+            return S3AppendWriter(self, target, self.part_size, whole=True, length=length)
         # A plain object at `key` holds the first bytes: they start the multipart upload as
         # a copied part (server-side), or, under a part's minimum, as its tail.
         self._forget(full)
@@ -401,7 +412,7 @@ class S3Driver:
             upload.upload_id = await self.create_multipart(full)
             etag = await self._copy_part(full, upload.upload_id, 1, full, 0, offset)
             upload.parts = [(etag, offset)]
-        return S3AppendWriter(self, upload, self.part_size)
+        return S3AppendWriter(self, upload, self.part_size, length=length)
 
     async def commit(self, source: str, state: str | None, destination: str) -> None:
         src, dst = self._key(source), self._key(destination)
@@ -542,6 +553,21 @@ class S3Driver:
             UploadId=upload_id,
             PartNumber=number,
             Body=data,
+        )
+        return str(result["ETag"])
+
+    async def upload_part_stream(
+        self, key: str, upload_id: str, number: int, body: PartStream
+    ) -> str:
+        result = await self._run(
+            key,
+            self.client.upload_part,
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+            ContentLength=body.size,
         )
         return str(result["ETag"])
 

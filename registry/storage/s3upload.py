@@ -16,6 +16,13 @@ before it were small. A writer of a whole blob (a monolithic push) keeps nothing
 cuts a part as soon as it has one, and its last part may be short. Tail objects have random
 names, and parts are checked by ETag when the upload completes, so a writer that lost its
 claim but still runs can never slip its bytes into the upload in place of another's.
+
+When the request says how many bytes it brings (`length`: its Content-Length), each part's
+size is known before its first byte arrives, and the part is *streamed*: its UploadPart
+starts at once and sends the bytes as they come (`PartStream`), instead of after the last
+one. Otherwise a request's last part went up only once the body had ended, and the client
+waited that long before its next PATCH: a sixth of a chunked push. The part's bytes are
+still kept until it is stored, so a streamed part that fails is sent again whole.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -71,15 +79,80 @@ class Operations(Protocol):
 
     async def create_multipart(self, key: str) -> str: ...
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str: ...
+    async def upload_part_stream(
+        self, key: str, upload_id: str, number: int, body: PartStream
+    ) -> str: ...
     async def put_object(self, key: str, data: bytes) -> None: ...
     async def read_start(self, key: str, size: int) -> bytes: ...
     async def abort_multipart(self, key: str, upload_id: str) -> None: ...
     async def delete_keys(self, keys: list[str]) -> None: ...
 
 
+class PartStream:
+    """A part's body, fed by the event loop as the request's bytes arrive and read by the
+    thread sending it (botocore reads it like a file of `size` bytes)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.fed = 0
+        self._pieces: list[memoryview] = []
+        self._ended = False
+        self._failed = False
+        self._ready = threading.Condition()
+
+    def feed(self, piece: bytes) -> None:
+        with self._ready:
+            self._pieces.append(memoryview(piece))
+            self.fed += len(piece)
+            self._ready.notify()
+
+    def end(self, failed: bool = False) -> None:
+        """No more bytes: all were fed, or (`failed`) the request broke off."""
+        with self._ready:
+            self._ended = True
+            self._failed = failed
+            self._ready.notify()
+
+    def read(self, amount: int = -1) -> bytes:
+        with self._ready:
+            while not self._pieces and not self._ended:
+                self._ready.wait()
+            if self._failed:
+                raise OSError("the request's body broke off")
+            if not self._pieces:
+                return b""
+            head = self._pieces[0]
+            if 0 <= amount < len(head):
+                self._pieces[0] = head[amount:]
+                return bytes(head[:amount])
+            self._pieces.pop(0)
+            return bytes(head)
+
+
+@dataclass
+class _Streaming:
+    """The part being streamed: its number, body, the bytes fed so far (kept until it is
+    stored, to send again whole if the stream fails), and the task sending it."""
+
+    number: int
+    body: PartStream
+    kept: list[bytes] = field(default_factory=list)
+    task: asyncio.Future[None] | None = None
+    all_fed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def missing(self) -> int:
+        return self.body.size - self.body.fed
+
+
 class S3AppendWriter:
     def __init__(
-        self, ops: Operations, state: UploadState, part_size: int, whole: bool = False
+        self,
+        ops: Operations,
+        state: UploadState,
+        part_size: int,
+        whole: bool = False,
+        length: int | None = None,
     ) -> None:
         self._ops = ops
         # The writer of a whole blob in one request (a monolithic push): its last part may be
@@ -93,16 +166,112 @@ class S3AppendWriter:
         self._tail_loaded = not state.tail  # the old tail's bytes are in `_pieces` already
         self._in_flight: set[asyncio.Future[None]] = set()
         self._new_tail: list[str] = []
+        # Bytes this request still brings (None: unknown), and the part being streamed.
+        self._coming = length
+        self._streaming: _Streaming | None = None
 
     async def write(self, *pieces: bytes) -> None:
+        if self._coming is not None and self._tail_loaded:
+            await self._stream(pieces)
+            return
         for piece in pieces:
             if piece:
                 self._pieces.append(piece)
                 self._buffered += len(piece)
+                if self._coming is not None:
+                    self._coming -= len(piece)
         kept_back = 0 if self._whole else MIN_PART
         while self._buffered + self._unread_tail() >= self._part_size + kept_back:
             await self._load_tail()
             await self._send_part(self._part_size)
+
+    # Streamed parts -------------------------------------------------------------------------
+
+    def _streamed_size(self, ahead: int) -> int | None:
+        """The size of the next part, given the bytes `ahead` (buffered and still coming);
+        None when they are too few for a part (they become a tail object at the end)."""
+        if ahead >= self._part_size + MIN_PART or (self._whole and ahead > self._part_size):
+            return self._part_size
+        if ahead >= MIN_PART or (self._whole and ahead and self._state.parts):
+            return ahead
+        return None
+
+    async def _stream(self, pieces: tuple[bytes, ...]) -> None:
+        assert self._coming is not None
+        for piece in pieces:
+            if piece:
+                self._coming -= len(piece)
+                self._pieces.append(piece)
+                self._buffered += len(piece)
+                await self._pump()
+
+    async def _pump(self) -> None:
+        """Feed the buffered bytes to streamed parts, each begun once its size is known;
+        the request's last bytes, too few for a part, stay for the tail."""
+        assert self._coming is not None
+        while self._buffered:
+            if self._streaming is None:
+                size = self._streamed_size(self._buffered + self._coming)
+                if size is None:
+                    return
+                await self._start_stream(size)
+            assert self._streaming is not None
+            self._feed(self._cut(min(self._buffered, self._streaming.missing)))
+
+    async def _start_stream(self, size: int) -> None:
+        self._raise_failures()
+        while len(self._in_flight) >= PARTS_IN_FLIGHT:
+            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            self._raise_failures()
+        state = self._state
+        if state.upload_id is None:
+            state.upload_id = await self._ops.create_multipart(state.key)
+        if len(state.parts) >= MAX_PARTS:
+            raise ValueError("the upload has more parts than S3 takes")
+        await self._ops.budget.acquire()
+        state.parts.append(("", size))
+        streaming = _Streaming(len(state.parts), PartStream(size))
+        streaming.task = asyncio.ensure_future(self._send_streamed(streaming))
+        self._in_flight.add(streaming.task)
+        self._streaming = streaming
+
+    def _feed(self, piece: bytes) -> None:
+        streaming = self._streaming
+        assert streaming is not None and len(piece) <= streaming.missing
+        streaming.kept.append(piece)
+        streaming.body.feed(piece)
+        if not streaming.missing:
+            streaming.body.end()
+            streaming.all_fed.set()
+            self._streaming = None
+
+    async def _send_streamed(self, streaming: _Streaming) -> None:
+        key, upload_id = self._state.key, self._state.upload_id
+        assert upload_id is not None
+        try:
+            try:
+                etag = await self._ops.upload_part_stream(
+                    key, upload_id, streaming.number, streaming.body
+                )
+            except Exception:
+                await streaming.all_fed.wait()  # (cancelled when the request broke off)
+                data = b"".join(streaming.kept)  # sent again whole: botocore may retry it
+                etag = await self._ops.upload_part(key, upload_id, streaming.number, data)
+            self._state.parts[streaming.number - 1] = (etag, streaming.body.size)
+        finally:
+            streaming.kept.clear()
+            self._ops.budget.release()
+
+    def _stop_stream(self) -> None:
+        """The request broke off mid-part: end its stream as failed (its part is left out
+        of the state, as the writer is aborted)."""
+        if self._streaming is not None:
+            self._streaming.body.end(failed=True)
+            if self._streaming.task is not None:
+                self._streaming.task.cancel()
+            self._streaming = None
+
+    # Parts cut from the buffer ----------------------------------------------------------
 
     def _unread_tail(self) -> int:
         return 0 if self._tail_loaded else self._state.tail_size
@@ -171,6 +340,9 @@ class S3AppendWriter:
         self._raise_failures()
 
     async def close(self) -> str | None:
+        if self._streaming is not None:  # the body ended short of what it announced
+            self._stop_stream()
+            raise ValueError("the request ended before the bytes it announced")
         last_part = self._whole and self._buffered > 0 and bool(self._state.parts)
         if last_part or self._buffered + self._unread_tail() >= MIN_PART:
             await self._load_tail()
@@ -190,6 +362,7 @@ class S3AppendWriter:
         """Let parts in flight end, then drop what this writer added: a multipart upload it
         started, its tail object. Parts it uploaded into an older multipart upload are left
         out of the state, so the upload's completion leaves them out too."""
+        self._stop_stream()
         if self._in_flight:
             await asyncio.wait(self._in_flight)
         self._in_flight.clear()
