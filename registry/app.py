@@ -250,6 +250,7 @@ def create_app(
         side = None
         if metrics_addr:
             side = await start_metrics_listener(metrics_addr, probes, services)
+        await probes.warm_up(services)
         # Everything built so far lives as long as the process: keep the cyclic garbage
         # collector from walking it again and again under load.
         gc.freeze()

@@ -55,6 +55,17 @@ class Probes:
             routes.append(Route("/metrics", self.metrics_page, methods=["GET"]))
         return routes
 
+    async def warm_up(self, services: Services) -> None:
+        """Touch the database and storage once before serving: the first request would
+        otherwise pay for opening connections and, on S3, for loading botocore's models (a
+        second of CPU on this project's VM, at the first PATCH of a push). Failures are for
+        /readyz to report, not for the start."""
+        for check in (self._database, self._storage):
+            try:
+                await asyncio.wait_for(check(services), self.timeout)
+            except Exception as exc:  # any failure: not warmed, still served
+                log.debug("warm-up: %s", exc)
+
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 

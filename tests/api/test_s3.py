@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -247,3 +248,22 @@ def test_throttling_is_retried_then_answered_503(
         assert patch_chunk(c, location, data[6 * MiB :], 6 * MiB).status_code == 202
         assert c.put(location, params={"digest": digest_of(data)}).status_code == 201
         assert_blob(c, repo, data)
+
+
+def test_each_worker_touches_s3_before_it_serves(
+    tmp_path: Path, seaweedfs: SeaweedFS, s3_proxy: TcpProxy
+) -> None:
+    """Both workers open their S3 connection (loading botocore's models) while starting,
+    not at the first push they serve: with no request to either, each connects."""
+    bucket = seaweedfs.new_bucket("warm")
+    server = s3_server(tmp_path / "data", seaweedfs, bucket, s3_proxy.url)
+    server.extra_args = ["--workers", "2"]
+    before = sum(s3_proxy.connections)
+    server.start()
+    try:
+        deadline = time.monotonic() + 30  # the second worker may still be starting
+        while sum(s3_proxy.connections) - before < 2:
+            assert time.monotonic() < deadline, f"{sum(s3_proxy.connections) - before} connected"
+            time.sleep(0.05)
+    finally:
+        server.stop()
