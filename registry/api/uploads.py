@@ -75,7 +75,7 @@ class Claim:
     upload_id: str
     writer: str
     renewed_at: float = field(default_factory=time.monotonic)
-    ended: bool = False  # the session is gone (finished or cancelled): nothing to release
+    ended: bool = False  # the session is gone (finished or cancelled), or released already
 
     async def keep(self) -> None:
         """Renew the claim when it is getting old (called as body pieces arrive)."""
@@ -250,16 +250,20 @@ async def _append(
     )
     writer = claim.writer if claim is not None else None
     # The size and the states that go with it move together: the next request, on any
-    # process or replica, carries on from exactly here.
-    if progress.size != upload.size and not await svc.metadata.advance_upload(
-        upload.id,
-        upload.size,
-        progress.size,
-        writer,
-        progress.hash_state,
-        progress.storage_state,
-    ):
-        raise BlobUploadInvalid("the upload changed during this request", status=416)
+    # process or replica, carries on from exactly here. The claim ends in the same write.
+    if progress.size != upload.size:
+        if not await svc.metadata.advance_upload(
+            upload.id,
+            upload.size,
+            progress.size,
+            writer,
+            progress.hash_state,
+            progress.storage_state,
+            release=claim is not None,
+        ):
+            raise BlobUploadInvalid("the upload changed during this request", status=416)
+        if claim is not None:
+            claim.ended = True
     return progress.size
 
 

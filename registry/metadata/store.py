@@ -151,6 +151,8 @@ _ADVANCE_UPLOAD = (
     )
 )
 _ADVANCE_CLAIMED_UPLOAD = _ADVANCE_UPLOAD.where(uploads.c.writer == bindparam("claimant"))
+# The same, ending the claim in that one write (a PATCH done: one transaction less each).
+_ADVANCE_AND_RELEASE = _ADVANCE_CLAIMED_UPLOAD.values(writer=None, writer_until=None)
 _INSERT_UPLOAD = insert(uploads)
 _DELETE_UPLOAD = delete(uploads).where(uploads.c.id == bindparam("upload"))
 _BLOB_TOTALS = select(func.count(), func.coalesce(func.sum(blobs.c.size), 0)).select_from(blobs)
@@ -375,10 +377,11 @@ class MetadataStore:
         writer: str | None = None,
         hash_state: bytes | None = None,
         storage_state: str | None = None,
+        release: bool = False,
     ) -> bool:
         """Move the upload's recorded size from `old_size`, with the states that go with the
         new size; False if someone else moved it (or, given a `writer`, if that writer no
-        longer holds the upload)."""
+        longer holds the upload). With `release`, the writer's claim ends with it."""
         params: dict[str, Any] = {
             "upload": upload_id,
             "old_size": old_size,
@@ -389,7 +392,7 @@ class MetadataStore:
         }
         statement = _ADVANCE_UPLOAD
         if writer is not None:
-            statement = _ADVANCE_CLAIMED_UPLOAD
+            statement = _ADVANCE_AND_RELEASE if release else _ADVANCE_CLAIMED_UPLOAD
             params["claimant"] = writer
         async with self.db.write() as conn:
             return bool((await conn.execute(statement, params)).rowcount)
