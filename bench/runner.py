@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -81,6 +82,11 @@ def _one(
     )
     with server:
         state = workload.prepare(server, ctx)
+        # What the run before (either side's) and the preparation wrote to the page cache is
+        # written back now, not while this run is measured: the kernel throttles every writer
+        # while much is dirty, and a 512 MiB push leaves that much (in SeaweedFS's volumes
+        # too), which had cost the next run's SQLite writes up to a second.
+        os.sync()
         recording = None
         if profile_dir is not None and side == "ours":
             profile_dir.mkdir(parents=True, exist_ok=True)
