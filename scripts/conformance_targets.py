@@ -37,10 +37,10 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from support.postgres import PostgresServer, postgres_bin_dir  # noqa: E402
-from support.seaweedfs import SeaweedFS, _weed  # noqa: E402
+from support.seaweedfs import SeaweedFS, weed_binary  # noqa: E402
 from support.server import free_port  # noqa: E402
 from support.tcpproxy import TcpProxy  # noqa: E402
 
@@ -65,7 +65,7 @@ class Targets:
             self.pg = PostgresServer(postgres_bin_dir())
             self.pg.start()
         if self.weed is None:
-            binary = _weed()
+            binary = weed_binary()
             if binary is None:
                 raise RuntimeError("weed is missing: bash scripts/bootstrap.sh test,postgres,s3")
             self.weed = SeaweedFS(binary)
