@@ -147,8 +147,14 @@ class SeaweedFS:
         )
 
     def new_bucket(self, hint: str = "b") -> str:
+        """A new, empty bucket, already able to take bytes: SeaweedFS gives each bucket its
+        own volumes, made at the first write (half a second to a second here), which would
+        otherwise fall in whatever is measured first."""
         name = f"{hint[:20]}-{uuid.uuid4().hex[:12]}".lower().replace("_", "-")
-        self.client().create_bucket(Bucket=name)
+        client = self.client()
+        client.create_bucket(Bucket=name)
+        client.put_object(Bucket=name, Key="primed", Body=b"x")
+        client.delete_object(Bucket=name, Key="primed")
         return name
 
     def drop_bucket(self, bucket: str) -> None:
