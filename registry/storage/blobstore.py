@@ -84,7 +84,7 @@ class BlobStore:
         self._committed: OrderedDict[str, tuple[Digest, int, str | None]] = OrderedDict()
 
     async def stat(self, digest: Digest, location: str | None = None) -> int | None:
-        return await self.driver.stat(location or layout.blob_key(digest))
+        return await self.driver.stat(_key_of(digest, location))
 
     def read(
         self,
@@ -93,14 +93,14 @@ class BlobStore:
         length: int | None = None,
         location: str | None = None,
     ) -> AsyncIterator[bytes]:
-        return self.driver.read(location or layout.blob_key(digest), offset, length)
+        return self.driver.read(_key_of(digest, location), offset, length)
 
     def local_path(self, digest: Digest, location: str | None = None) -> Path | None:
-        return self.driver.local_path(location or layout.blob_key(digest))
+        return self.driver.local_path(_key_of(digest, location))
 
     def open_local(self, digest: Digest, location: str | None = None) -> BinaryIO | None:
         """The blob's file opened for reading, when the driver keeps it on local disk."""
-        path = self.driver.local_path(location or layout.blob_key(digest))
+        path = self.driver.local_path(_key_of(digest, location))
         if path is None:
             return None
         try:
@@ -109,7 +109,7 @@ class BlobStore:
             return None
 
     async def redirect_url(self, digest: Digest, location: str | None = None) -> str | None:
-        return await self.driver.redirect_url(location or layout.blob_key(digest))
+        return await self.driver.redirect_url(_key_of(digest, location))
 
     async def read_all(self, digest: Digest, location: str | None = None) -> bytes:
         return b"".join([chunk async for chunk in self.read(digest, location=location)])
@@ -387,6 +387,11 @@ class BlobStore:
             async for chunk in self.driver.read(key, 0, size):
                 await asyncio.to_thread(hasher.update, chunk)
         return hasher
+
+
+def _key_of(digest: Digest, location: str | None) -> str:
+    """Where the blob's bytes are: its row's location, else the digest's key."""
+    return location or layout.blob_key(digest)
 
 
 async def _closed(writer: AppendWriter) -> str | None:
