@@ -98,6 +98,7 @@ class PartStream:
         self._pieces: list[memoryview] = []
         self._ended = False
         self._failed = False
+        self._read_from = False
         self._ready = threading.Condition()
 
     def feed(self, piece: bytes) -> None:
@@ -113,12 +114,22 @@ class PartStream:
             self._failed = failed
             self._ready.notify()
 
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Only to the start, before anything was read: a retry of the request (botocore
+        rewinds its body) fails at once instead, and the part is sent again whole."""
+        with self._ready:
+            if offset or whence or self._read_from:
+                self._failed = True
+                self._ready.notify()
+            return 0
+
     def read(self, amount: int = -1) -> bytes:
         with self._ready:
-            while not self._pieces and not self._ended:
+            self._read_from = True
+            while not self._pieces and not self._ended and not self._failed:
                 self._ready.wait()
             if self._failed:
-                raise OSError("the request's body broke off")
+                raise OSError("the part's stream cannot be sent again")
             if not self._pieces:
                 return b""
             head = self._pieces[0]
@@ -219,18 +230,9 @@ class S3AppendWriter:
             self._feed(self._cut(min(self._buffered, self._streaming.missing)))
 
     async def _start_stream(self, size: int) -> None:
-        self._raise_failures()
-        while len(self._in_flight) >= PARTS_IN_FLIGHT:
-            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
-            self._raise_failures()
-        state = self._state
-        if state.upload_id is None:
-            state.upload_id = await self._ops.create_multipart(state.key)
-        if len(state.parts) >= MAX_PARTS:
-            raise ValueError("the upload has more parts than S3 takes")
-        await self._ops.budget.acquire()
-        state.parts.append(("", size))
-        streaming = _Streaming(len(state.parts), PartStream(size))
+        await self._claim_part_slot()
+        self._state.parts.append(("", size))
+        streaming = _Streaming(len(self._state.parts), PartStream(size))
         streaming.task = asyncio.ensure_future(self._send_streamed(streaming))
         self._in_flight.add(streaming.task)
         self._streaming = streaming
@@ -304,6 +306,14 @@ class S3AppendWriter:
         """Send the first `size` buffered bytes as the next part, once this writer and the
         process may have one more part in flight: they are joined into one object only then,
         so a writer kept waiting holds its pieces and no copy of them."""
+        await self._claim_part_slot()
+        data = self._cut(size)
+        self._state.parts.append(("", len(data)))
+        self._in_flight.add(asyncio.ensure_future(self._upload(len(self._state.parts), data)))
+
+    async def _claim_part_slot(self) -> None:
+        """Wait until this writer and the process may have one more part in flight (the
+        caller releases the budget when the part is stored); begin the multipart upload."""
         self._raise_failures()
         while len(self._in_flight) >= PARTS_IN_FLIGHT:
             await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -314,9 +324,6 @@ class S3AppendWriter:
         if len(state.parts) >= MAX_PARTS:
             raise ValueError("the upload has more parts than S3 takes")
         await self._ops.budget.acquire()
-        data = self._cut(size)
-        state.parts.append(("", len(data)))
-        self._in_flight.add(asyncio.ensure_future(self._upload(len(state.parts), data)))
 
     async def _upload(self, number: int, data: bytes) -> None:
         try:

@@ -122,3 +122,23 @@ async def test_a_body_broken_off_mid_part_leaves_the_upload_as_it_was(driver: No
         UPLOAD, done.size, Digest.of(good + more), done.hash_state, done.storage_state
     )
     assert await store.read_all(Digest.of(good + more), where) == good + more
+
+
+def test_a_streamed_part_cannot_be_sent_twice() -> None:
+    """botocore rewinds a body to retry a request: a stream already read from refuses, so
+    the retry fails at once (and the part goes again whole), instead of sending S3 the rest
+    under the whole part's length."""
+    fresh = PartStream(4)
+    fresh.seek(0)  # before sending: fine
+    fresh.feed(b"ab")
+    fresh.feed(b"cd")
+    fresh.end()
+    assert fresh.read(1) == b"a"
+    assert b"".join(iter(lambda: fresh.read(3), b"")) == b"bcd"
+    used = PartStream(4)
+    used.feed(b"abcd")
+    used.end()
+    assert used.read(2) == b"ab"
+    used.seek(0)
+    with pytest.raises(OSError):
+        used.read()
