@@ -545,19 +545,15 @@ class S3Driver:
         )
 
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        result = await self._run(
-            key,
-            self.client.upload_part,
-            Bucket=self.bucket,
-            Key=key,
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=data,
-        )
-        return str(result["ETag"])
+        return await self._upload_part(key, upload_id, number, data)
 
     async def upload_part_stream(
         self, key: str, upload_id: str, number: int, body: PartStream
+    ) -> str:
+        return await self._upload_part(key, upload_id, number, body, ContentLength=body.size)
+
+    async def _upload_part(
+        self, key: str, upload_id: str, number: int, body: object, **extra: Any
     ) -> str:
         result = await self._run(
             key,
@@ -567,7 +563,7 @@ class S3Driver:
             UploadId=upload_id,
             PartNumber=number,
             Body=body,
-            ContentLength=body.size,
+            **extra,
         )
         return str(result["ETag"])
 
