@@ -284,14 +284,19 @@ class BlobStore:
             location = key if self.driver.keeps_uploads_in_place else None
             # In place, an earlier try of this commit may have finished it (the database
             # then failed): the bytes are there, whole.
-            if location is None or await self.driver.stat(key) != size:
-                if storage_state is None and await self.driver.stat(key) != size:
+            stored = None
+            if location is not None or storage_state is None:
+                stored = await self.driver.stat(key)
+            if location is None or stored != size:
+                if storage_state is None and stored != size:
                     raise DigestInvalid(
                         "the upload's bytes are gone; push the blob again",
                         detail={"digest": str(digest)},
                     )
                 await self.driver.commit(key, storage_state, location or blob)
-        await self.delete_upload(upload_id, keep=location)
+        # Committed in place, nothing else is left: the commit removed its tail objects.
+        if location != layout.placed_key(upload_id):
+            await self.delete_upload(upload_id)
         self._committed[upload_id] = (digest, size, location)
         while len(self._committed) > _MAX_REMEMBERED_COMMITS:
             self._committed.popitem(last=False)
@@ -359,14 +364,11 @@ class BlobStore:
     async def upload_size(self, upload_id: str) -> int | None:
         return await self.driver.stat(self._upload_key(upload_id))
 
-    async def delete_upload(
-        self, upload_id: str, keep: str | None = None, everywhere: bool = False
-    ) -> None:
-        """Remove what the upload left in storage, except `keep`: the blob it became. Under
-        `uploaded/` only on a driver that writes there, unless `everywhere` (fsck)."""
+    async def delete_upload(self, upload_id: str, everywhere: bool = False) -> None:
+        """Remove what the upload left in storage; under `uploaded/` only on a driver that
+        writes there, unless `everywhere` (fsck)."""
         await self.driver.delete(layout.upload_prefix(upload_id))
-        placed = self.driver.keeps_uploads_in_place or everywhere
-        if placed and keep != layout.placed_key(upload_id):
+        if self.driver.keeps_uploads_in_place or everywhere:
             await self.driver.delete(layout.placed_prefix(upload_id))
 
     async def delete_blobs(self, blobs: Sequence[Digest | tuple[Digest, str | None]]) -> None:
